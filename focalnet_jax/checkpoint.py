@@ -1,0 +1,121 @@
+"""Checkpoints on disk: one orbax `CheckpointManager` layout for everything we write.
+
+A checkpoint directory holds numbered steps; each step has two items:
+  - 'state': a pytree. Training writes its whole train state; `python -m focalnet_jax.convert`
+    writes `{'params': ...}` at step 0. Either way `state['params']` holds the model params,
+    and training with EMA also has `state['ema_params']`.
+  - 'meta': JSON with at least `{'model': NAME, 'model_overrides': {...}}`, enough to rebuild
+    the module (`focalnet_jax.create_model(meta['model'], **meta['model_overrides'])`).
+
+Writing is atomic per step (orbax writes into a temporary directory and renames it when
+complete), so a crash during a save leaves earlier steps intact.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+STATE = "state"
+META = "meta"
+
+
+def manager(directory: str | os.PathLike, **options: Any) -> ocp.CheckpointManager:
+  """A CheckpointManager over `directory` with our two items; `options` go to its options."""
+  return ocp.CheckpointManager(
+      os.path.abspath(os.fspath(directory)),
+      options=ocp.CheckpointManagerOptions(**options),
+      item_names=(STATE, META),
+  )
+
+
+def save(
+    directory: str | os.PathLike,
+    state: Any,
+    meta: dict[str, Any],
+    step: int = 0,
+    mngr: ocp.CheckpointManager | None = None,
+    force: bool = True,
+) -> None:
+  """Saves `state` and `meta` as step `step`, waiting until the write is complete."""
+  own = mngr is None
+  mngr = mngr or manager(directory)
+  mngr.save(
+      step,
+      args=ocp.args.Composite(**{STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta)}),
+      force=force,
+  )
+  mngr.wait_until_finished()
+  if own:
+    mngr.close()
+
+
+def _checked_step(mngr: ocp.CheckpointManager, directory: str, step: int | None) -> int:
+  steps = mngr.all_steps()
+  if not steps:
+    raise FileNotFoundError(
+        f"No checkpoint found in {directory!r}: expected numbered step directories written by "
+        "train.py or `python -m focalnet_jax.convert`. Check the path."
+    )
+  if step is None:
+    return max(steps)
+  if step not in steps:
+    raise FileNotFoundError(f"Checkpoint {directory!r} has no step {step}; it has steps {sorted(steps)}.")
+  return step
+
+
+def read_meta(directory: str | os.PathLike, step: int | None = None) -> dict[str, Any]:
+  """The JSON metadata of a checkpoint step (the latest by default)."""
+  directory = os.path.abspath(os.fspath(directory))
+  with manager(directory) as mngr:
+    step = _checked_step(mngr, directory, step)
+    try:
+      restored = mngr.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))
+    except Exception as e:  # noqa: BLE001 - orbax raises many types for unreadable files
+      raise ValueError(
+          f"Checkpoint {directory!r} step {step} has no readable metadata ({type(e).__name__}: {e}). "
+          "It may be truncated or not a focalnet_jax checkpoint."
+      ) from e
+  return dict(restored[META])
+
+
+def restore_state(
+    directory: str | os.PathLike, target: Any = None, step: int | None = None
+) -> tuple[Any, dict[str, Any], int]:
+  """Restores (state, meta, step). With `target` (a pytree of arrays or ShapeDtypeStructs,
+  possibly carrying shardings) the state is restored onto it; without, as numpy arrays."""
+  directory = os.path.abspath(os.fspath(directory))
+  with manager(directory) as mngr:
+    step = _checked_step(mngr, directory, step)
+    if target is not None:
+      target = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    try:
+      restored = mngr.restore(
+          step,
+          args=ocp.args.Composite(
+              **{STATE: ocp.args.StandardRestore(target), META: ocp.args.JsonRestore()}
+          ),
+      )
+    except Exception as e:  # noqa: BLE001
+      raise ValueError(
+          f"Could not restore checkpoint {directory!r} step {step}: {type(e).__name__}: {e}. "
+          "The checkpoint may be truncated or corrupt, or written for a different model "
+          "(compare its meta with your config)."
+      ) from e
+  return restored[STATE], dict(restored[META]), step
+
+
+def load_params(
+    directory: str | os.PathLike, step: int | None = None, ema: bool = False
+) -> tuple[Any, dict[str, Any]]:
+  """(params, meta) of a checkpoint written by training or by conversion."""
+  state, meta, step = restore_state(directory, step=step)
+  key = "ema_params" if ema else "params"
+  if key not in state:
+    raise KeyError(
+        f"Checkpoint {os.fspath(directory)!r} step {step} has no {key!r} (it has {sorted(state)})."
+        + (" It was written without EMA; evaluate the raw params instead." if ema else "")
+    )
+  return state[key], meta
