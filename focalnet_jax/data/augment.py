@@ -1,0 +1,382 @@
+"""Train and eval image transforms in TensorFlow, stateless and seeded per example.
+
+The train transform follows the official FocalNet recipe (timm's `create_transform` with
+`rand-m9-mstd0.5-inc1`, `reprob=0.25`, `remode='pixel'`):
+
+  random resized crop (scale, log-uniform ratio; timm's 10 tries then centre crop) -> bicubic
+  resize -> horizontal flip -> RandAugment -> /255 -> normalise -> random erasing
+
+RandAugment uses timm's "increasing" op set (15 ops, `_RAND_INCREASING_TRANSFORMS`): each of
+`num_ops` layers picks an op uniformly (with replacement) and applies it with probability 0.5
+at a magnitude drawn from N(magnitude, magnitude_std) clipped to [0, 10]. Geometric ops fill
+with the dataset mean colour, as timm does; they resample bilinearly (TF's projective
+transform has no bicubic), where timm's FocalNet config uses bicubic.
+
+Every function takes a stateless seed (an int32/int64 tensor of shape [2]), so a transformed
+example depends only on (image, seed). This module imports TensorFlow; import it lazily.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import tensorflow as tf
+
+# timm's magnitude scale: a level of 10 is the op's strongest setting.
+_LEVEL_MAX = 10.0
+# timm's random erasing: box area fraction and aspect range, tries per image.
+_ERASE_AREA = (0.02, 1.0 / 3.0)
+_ERASE_ASPECT = (0.3, 1.0 / 0.3)
+_TRIES = 10
+
+
+def _split(seed: tf.Tensor, n: int) -> list[tf.Tensor]:
+  return tf.unstack(tf.random.experimental.stateless_split(seed, n))
+
+
+def _uniform(seed, shape=(), lo=0.0, hi=1.0) -> tf.Tensor:
+  return tf.random.stateless_uniform(shape, seed, minval=lo, maxval=hi, dtype=tf.float32)
+
+
+def _randint(seed, upper: tf.Tensor) -> tf.Tensor:
+  """Uniform integer in [0, upper] (inclusive), upper a scalar int32 tensor >= 0."""
+  u = _uniform(seed)
+  return tf.minimum(tf.cast(tf.floor(u * tf.cast(upper + 1, tf.float32)), tf.int32), upper)
+
+
+# ----------------------------------------------------------------------------------------
+# Crops and resizes
+
+
+def rrc_window(seed, height, width, scale: Sequence[float], ratio: Sequence[float]) -> tf.Tensor:
+  """timm/torchvision RandomResizedCrop window [top, left, h, w] (int32) for an image of (height, width).
+
+  Ten candidates (area uniform in `scale` of the image, aspect log-uniform in `ratio`); the
+  first that fits wins; if none fits, the largest centre crop with aspect clamped into `ratio`.
+  """
+  s_area, s_ratio, s_top, s_left = _split(seed, 4)
+  h_f, w_f = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+  area = h_f * w_f
+  target = area * _uniform(s_area, [_TRIES], scale[0], scale[1])
+  aspect = tf.exp(_uniform(s_ratio, [_TRIES], math.log(ratio[0]), math.log(ratio[1])))
+  cw = tf.cast(tf.round(tf.sqrt(target * aspect)), tf.int32)
+  ch = tf.cast(tf.round(tf.sqrt(target / aspect)), tf.int32)
+  fits = (cw > 0) & (ch > 0) & (cw <= width) & (ch <= height)
+  first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
+  any_fit = tf.reduce_any(fits)
+
+  # Fallback: whole image, cropped to the nearest allowed aspect ratio.
+  in_ratio = w_f / h_f
+  fb_w = tf.where(in_ratio < ratio[0], width,
+                  tf.where(in_ratio > ratio[1], tf.cast(tf.round(h_f * ratio[1]), tf.int32), width))
+  fb_h = tf.where(in_ratio < ratio[0], tf.cast(tf.round(w_f / ratio[0]), tf.int32), height)
+  h = tf.where(any_fit, ch[first], fb_h)
+  w = tf.where(any_fit, cw[first], fb_w)
+  top = tf.where(any_fit, _randint(s_top, height - h), (height - h) // 2)
+  left = tf.where(any_fit, _randint(s_left, width - w), (width - w) // 2)
+  return tf.stack([top, left, h, w])
+
+
+def decode_and_crop(data: tf.Tensor, window_fn: Callable[[tf.Tensor, tf.Tensor], tf.Tensor]) -> tf.Tensor:
+  """Decodes encoded image bytes to uint8 RGB [h, w, 3], cropped to `window_fn(height, width)`.
+
+  JPEGs decode only the crop window (much cheaper for large photos); other formats (PNG, GIF's
+  first frame, BMP, WebP) decode fully, then crop. Grayscale and RGBA become RGB.
+  """
+  def jpeg():
+    shape = tf.image.extract_jpeg_shape(data)
+    win = window_fn(shape[0], shape[1])
+    return tf.image.decode_and_crop_jpeg(data, win, channels=3)
+
+  def other():
+    img = tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8)
+    shape = tf.shape(img)
+    win = window_fn(shape[0], shape[1])
+    return img[win[0]:win[0] + win[2], win[1]:win[1] + win[3]]
+
+  img = tf.cond(tf.io.is_jpeg(data), jpeg, other)
+  img.set_shape([None, None, 3])
+  return img
+
+
+def decode(data: tf.Tensor) -> tf.Tensor:
+  """Decodes encoded image bytes to uint8 RGB [h, w, 3] (any supported format)."""
+  img = tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8)
+  img.set_shape([None, None, 3])
+  return img
+
+
+def resize(img: tf.Tensor, size, method: str) -> tf.Tensor:
+  """Resizes to `size` (h, w) with antialiasing (as PIL does) and rounds back to uint8."""
+  if method not in ("bicubic", "bilinear"):
+    raise ValueError(f"interpolation must be 'bicubic' or 'bilinear', got {method!r}")
+  out = tf.image.resize(img, size, method=method, antialias=True)
+  return tf.cast(tf.clip_by_value(tf.round(out), 0.0, 255.0), tf.uint8)
+
+
+def eval_transform(data: tf.Tensor, image_size: int, crop_ratio: float, interpolation: str) -> tf.Tensor:
+  """Decode, resize the shorter side to floor(image_size / crop_ratio), centre crop image_size: uint8."""
+  img = decode(data)
+  shape = tf.shape(img)
+  h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
+  short = float(math.floor(image_size / crop_ratio))
+  # torchvision's Resize(int): the shorter side becomes `short`, the longer one is truncated.
+  new_h = tf.cast(tf.where(h <= w, short, tf.floor(short * h / w)), tf.int32)
+  new_w = tf.cast(tf.where(h <= w, tf.floor(short * w / h), short), tf.int32)
+  img = resize(img, tf.stack([new_h, new_w]), interpolation)
+  top = tf.cast(tf.round(tf.cast(new_h - image_size, tf.float32) / 2.0), tf.int32)
+  left = tf.cast(tf.round(tf.cast(new_w - image_size, tf.float32) / 2.0), tf.int32)
+  img = img[top:top + image_size, left:left + image_size]
+  img.set_shape([image_size, image_size, 3])
+  return img
+
+
+def normalize(img: tf.Tensor, mean: Sequence[float], std: Sequence[float]) -> tf.Tensor:
+  """uint8 [0, 255] -> float32 (x / 255 - mean) / std."""
+  x = tf.cast(img, tf.float32) / 255.0
+  return (x - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+
+
+# ----------------------------------------------------------------------------------------
+# RandAugment ops: uint8 [H, W, 3] -> uint8 [H, W, 3]
+
+
+def _blend(degenerate: tf.Tensor, img: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
+  """PIL ImageEnhance: degenerate + factor * (img - degenerate), clipped to uint8."""
+  d = tf.cast(degenerate, tf.float32)
+  out = d + factor * (tf.cast(img, tf.float32) - d)
+  return tf.cast(tf.clip_by_value(tf.round(out), 0.0, 255.0), tf.uint8)
+
+
+def _gray(img: tf.Tensor) -> tf.Tensor:
+  """PIL's 'L' conversion (ITU-R 601-2 luma), float32 [H, W, 1]."""
+  x = tf.cast(img, tf.float32)
+  return tf.floor(x[..., :1] * 0.299 + x[..., 1:2] * 0.587 + x[..., 2:] * 0.114 + 0.5)
+
+
+def auto_contrast(img: tf.Tensor) -> tf.Tensor:
+  """Stretches each channel to the full [0, 255] range (channels with one value stay)."""
+  x = tf.cast(img, tf.float32)
+  lo = tf.reduce_min(x, axis=[0, 1], keepdims=True)
+  hi = tf.reduce_max(x, axis=[0, 1], keepdims=True)
+  scale = tf.where(hi > lo, 255.0 / tf.maximum(hi - lo, 1.0), 1.0)
+  lo = tf.where(hi > lo, lo, 0.0)
+  return tf.cast(tf.clip_by_value(tf.floor((x - lo) * scale), 0.0, 255.0), tf.uint8)
+
+
+def equalize(img: tf.Tensor) -> tf.Tensor:
+  """PIL ImageOps.equalize per channel: maps the cumulative histogram onto [0, 255]."""
+  def channel(c):
+    c = tf.cast(c, tf.int32)
+    hist = tf.math.bincount(c, minlength=256, maxlength=256, dtype=tf.int32)
+    last = tf.gather(hist, tf.reduce_max(tf.where(hist > 0)[:, 0]))
+    step = (tf.reduce_sum(hist) - last) // 255
+    lut = (tf.cumsum(hist, exclusive=True) + step // 2) // tf.maximum(step, 1)
+    lut = tf.clip_by_value(lut, 0, 255)
+    return tf.where(step > 0, tf.gather(lut, c), c)
+  out = tf.stack([channel(img[..., i]) for i in range(3)], axis=-1)
+  return tf.cast(out, tf.uint8)
+
+
+def invert(img: tf.Tensor) -> tf.Tensor:
+  return 255 - img
+
+
+def posterize(img: tf.Tensor, bits: tf.Tensor) -> tf.Tensor:
+  """Keeps the `bits` most significant bits (0 bits: black)."""
+  shift = tf.cast(8 - bits, tf.uint8)
+  return tf.bitwise.left_shift(tf.bitwise.right_shift(img, shift), shift)
+
+
+def solarize(img: tf.Tensor, threshold: tf.Tensor) -> tf.Tensor:
+  """Inverts pixels >= threshold (threshold 256: unchanged)."""
+  x = tf.cast(img, tf.int32)
+  return tf.cast(tf.where(x >= threshold, 255 - x, x), tf.uint8)
+
+
+def solarize_add(img: tf.Tensor, add: tf.Tensor, threshold: int = 128) -> tf.Tensor:
+  """Adds `add` to pixels below `threshold`, saturating at 255."""
+  x = tf.cast(img, tf.int32)
+  return tf.cast(tf.where(x < threshold, tf.minimum(x + add, 255), x), tf.uint8)
+
+
+def color(img: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
+  """Saturation: blends with the grayscale image (factor 0: gray, 1: unchanged)."""
+  return _blend(tf.tile(_gray(img), [1, 1, 3]), img, factor)
+
+
+def contrast(img: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
+  """Blends with the mean gray level (factor 0: flat gray, 1: unchanged)."""
+  mean = tf.floor(tf.reduce_mean(_gray(img)) + 0.5)
+  return _blend(tf.fill(tf.shape(img), mean), img, factor)
+
+
+def brightness(img: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
+  """Blends with black (factor 0: black, 1: unchanged)."""
+  return _blend(tf.zeros_like(img), img, factor)
+
+
+def sharpness(img: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
+  """Blends with PIL's SMOOTH-filtered image (border pixels kept), as ImageEnhance.Sharpness."""
+  x = tf.cast(img, tf.float32)[None]
+  k = tf.constant([[1, 1, 1], [1, 5, 1], [1, 1, 1]], tf.float32) / 13.0
+  k = tf.tile(k[:, :, None, None], [1, 1, 3, 1])
+  smooth = tf.nn.depthwise_conv2d(x, k, [1, 1, 1, 1], "VALID")[0]
+  smooth = tf.round(smooth)
+  padded = tf.pad(smooth, [[1, 1], [1, 1], [0, 0]])
+  inner = tf.pad(tf.ones_like(smooth[..., :1]), [[1, 1], [1, 1], [0, 0]]) > 0
+  degenerate = tf.where(inner, padded, x[0])
+  return _blend(degenerate, img, factor)
+
+
+def affine(img: tf.Tensor, matrix: tf.Tensor, fill: Sequence[int]) -> tf.Tensor:
+  """Applies the affine map output (x, y) -> input (a x + b y + c, d x + e y + f), PIL's convention.
+
+  `matrix` is [a, b, c, d, e, f]; pixels from outside the image get the `fill` colour.
+  """
+  x = tf.cast(img, tf.float32)
+  # A ones channel tracks how much of each output pixel came from inside the image, so the
+  # per-channel fill colour can be blended in (the TF op fills with one scalar only).
+  x = tf.concat([x, tf.ones_like(x[..., :1])], axis=-1)
+  # PIL samples at pixel centres (i + 0.5); TF's op at integer coordinates. Shift accordingly.
+  a, b, c, d, e, f = tf.unstack(tf.cast(matrix, tf.float32))
+  c = c + 0.5 * (a + b - 1.0)
+  f = f + 0.5 * (d + e - 1.0)
+  transform = tf.stack([a, b, c, d, e, f, 0.0, 0.0])
+  out = tf.raw_ops.ImageProjectiveTransformV3(
+      images=x[None], transforms=transform[None], output_shape=tf.shape(img)[:2],
+      fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT")[0]
+  inside = out[..., 3:]
+  out = out[..., :3] + (1.0 - inside) * tf.constant(fill, tf.float32)
+  return tf.cast(tf.clip_by_value(tf.round(out), 0.0, 255.0), tf.uint8)
+
+
+def rotate(img: tf.Tensor, degrees: tf.Tensor, fill: Sequence[int]) -> tf.Tensor:
+  """Rotates counter-clockwise by `degrees` about the image centre (PIL Image.rotate)."""
+  shape = tf.cast(tf.shape(img), tf.float32)
+  cy, cx = shape[0] / 2.0, shape[1] / 2.0  # PIL's centre, in its pixel-centre coordinates
+  a = -degrees * math.pi / 180.0
+  cos, sin = tf.cos(a), tf.sin(a)
+  # input = R (output - centre) + centre
+  matrix = tf.stack([cos, sin, cx - cos * cx - sin * cy, -sin, cos, cy + sin * cx - cos * cy])
+  return affine(img, matrix, fill)
+
+
+def shear_x(img, factor, fill):
+  return affine(img, tf.stack([1.0, factor, 0.0, 0.0, 1.0, 0.0]), fill)
+
+
+def shear_y(img, factor, fill):
+  return affine(img, tf.stack([1.0, 0.0, 0.0, factor, 1.0, 0.0]), fill)
+
+
+def translate_x(img, pixels, fill):
+  return affine(img, tf.stack([1.0, 0.0, pixels, 0.0, 1.0, 0.0]), fill)
+
+
+def translate_y(img, pixels, fill):
+  return affine(img, tf.stack([1.0, 0.0, 0.0, 0.0, 1.0, pixels]), fill)
+
+
+def randaugment_ops(fill: Sequence[int]) -> dict[str, Callable]:
+  """timm's `_RAND_INCREASING_TRANSFORMS`, each as f(img, level, sign) with level in [0, 10].
+
+  `sign` is +-1 (timm negates signed arguments with probability 0.5); the level-to-argument
+  maps are timm's: e.g. Rotate +-3 degrees per level, Shear +-0.03, TranslateRel +-4.5% of the
+  side, enhance factors 1 +- 0.09 per level (at least 0.1), PosterizeIncreasing keeps
+  4 - int(0.4 level) bits, SolarizeIncreasing thresholds at 256 - int(25.6 level),
+  SolarizeAdd adds min(128, int(11 level)).
+  """
+  def enhance(fn):
+    return lambda img, level, sign: fn(img, tf.maximum(0.1, 1.0 + sign * level * 0.09))
+
+  def size(img, axis):
+    return tf.cast(tf.shape(img)[axis], tf.float32)
+
+  return {
+      "AutoContrast": lambda img, level, sign: auto_contrast(img),
+      "Equalize": lambda img, level, sign: equalize(img),
+      "Invert": lambda img, level, sign: invert(img),
+      "Rotate": lambda img, level, sign: rotate(img, sign * level * 3.0, fill),
+      "PosterizeIncreasing": lambda img, level, sign: posterize(
+          img, 4 - tf.cast(tf.floor(level * 0.4), tf.int32)),
+      "SolarizeIncreasing": lambda img, level, sign: solarize(
+          img, 256 - tf.minimum(256, tf.cast(tf.floor(level * 25.6), tf.int32))),
+      "SolarizeAdd": lambda img, level, sign: solarize_add(
+          img, tf.minimum(128, tf.cast(tf.floor(level * 11.0), tf.int32))),
+      "ColorIncreasing": enhance(color),
+      "ContrastIncreasing": enhance(contrast),
+      "BrightnessIncreasing": enhance(brightness),
+      "SharpnessIncreasing": enhance(sharpness),
+      "ShearX": lambda img, level, sign: shear_x(img, sign * level * 0.03, fill),
+      "ShearY": lambda img, level, sign: shear_y(img, sign * level * 0.03, fill),
+      "TranslateXRel": lambda img, level, sign: translate_x(img, sign * level * 0.045 * size(img, 1), fill),
+      "TranslateYRel": lambda img, level, sign: translate_y(img, sign * level * 0.045 * size(img, 0), fill),
+  }
+
+
+def randaugment(img: tf.Tensor, seed, num_ops: int, magnitude: float, magnitude_std: float,
+                fill: Sequence[int], prob: float = 0.5) -> tf.Tensor:
+  """RandAugment (timm semantics): `num_ops` layers, each a uniformly chosen op applied with `prob`."""
+  ops = list(randaugment_ops(fill).values())
+  for layer_seed in _split(seed, num_ops) if num_ops > 0 else []:
+    s_op, s_apply, s_mag, s_sign = _split(layer_seed, 4)
+    index = tf.random.stateless_uniform([], s_op, 0, len(ops), dtype=tf.int32)
+    level = magnitude + magnitude_std * tf.random.stateless_normal([], s_mag)
+    level = tf.clip_by_value(level, 0.0, _LEVEL_MAX)
+    sign = tf.where(_uniform(s_sign) < 0.5, -1.0, 1.0)
+    branches = [lambda op=op: op(img, level, sign) for op in ops]
+    applied = tf.switch_case(index, branches)
+    img = tf.where(_uniform(s_apply) < prob, applied, img)
+    img.set_shape([None, None, 3])
+  return img
+
+
+def random_erase(x: tf.Tensor, seed, prob: float) -> tf.Tensor:
+  """timm RandomErasing (mode 'pixel', one box) on a normalised float image [H, W, C].
+
+  With probability `prob`, a box of area U(2%, 1/3) of the image and aspect log-uniform in
+  (0.3, 1/0.3) (ten tries to fit strictly inside) is filled with per-pixel N(0, 1) noise.
+  """
+  s_apply, s_area, s_aspect, s_top, s_left, s_noise = _split(seed, 6)
+  shape = tf.shape(x)
+  height, width = shape[0], shape[1]
+  area = tf.cast(height * width, tf.float32)
+  target = area * _uniform(s_area, [_TRIES], *_ERASE_AREA)
+  aspect = tf.exp(_uniform(s_aspect, [_TRIES], math.log(_ERASE_ASPECT[0]), math.log(_ERASE_ASPECT[1])))
+  hs = tf.cast(tf.round(tf.sqrt(target * aspect)), tf.int32)
+  ws = tf.cast(tf.round(tf.sqrt(target / aspect)), tf.int32)
+  fits = (ws < width) & (hs < height)
+  first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
+  do = (_uniform(s_apply) < prob) & tf.reduce_any(fits)
+
+  def erase():
+    h, w = hs[first], ws[first]
+    top, left = _randint(s_top, height - h), _randint(s_left, width - w)
+    rows = tf.range(height)[:, None, None]
+    cols = tf.range(width)[None, :, None]
+    box = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)
+    noise = tf.random.stateless_normal(shape, s_noise, dtype=x.dtype)
+    return tf.where(box, noise, x)
+
+  return tf.cond(do, erase, lambda: x)
+
+
+def train_transform(data: tf.Tensor, seed, *, image_size: int, interpolation: str,
+                    scale: Sequence[float], ratio: Sequence[float], hflip: bool,
+                    randaug_num_ops: int, randaug_magnitude: float, randaug_magnitude_std: float,
+                    random_erase_prob: float, mean: Sequence[float], std: Sequence[float]) -> tf.Tensor:
+  """Encoded image bytes -> normalised float32 [image_size, image_size, 3] (the full train recipe)."""
+  s_crop, s_flip, s_ra, s_erase = _split(seed, 4)
+  img = decode_and_crop(data, lambda h, w: rrc_window(s_crop, h, w, scale, ratio))
+  img = resize(img, [image_size, image_size], interpolation)
+  if hflip:
+    img = tf.where(_uniform(s_flip) < 0.5, img[:, ::-1], img)
+  if randaug_num_ops > 0:
+    fill = tuple(min(255, round(255 * m)) for m in mean)  # timm's img_mean fill colour
+    img = randaugment(img, s_ra, randaug_num_ops, randaug_magnitude, randaug_magnitude_std, fill)
+  x = normalize(img, mean, std)
+  if random_erase_prob > 0:
+    x = random_erase(x, s_erase, random_erase_prob)
+  x.set_shape([image_size, image_size, 3])
+  return x

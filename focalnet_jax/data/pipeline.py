@@ -1,0 +1,266 @@
+"""The train and eval input pipelines (tf.data), the contract the trainer relies on.
+
+`config.dataset` picks the source: a TFDS name ('imagenet2012', 'cifar10:3.0.2'),
+'folder:/path/to/root' (root/<split>/<class>/<image>), 'digits' (scikit-learn's digits,
+written once as an image folder under data_dir) or 'synthetic' (random, TF-free).
+
+Train batches are a pure function of (config, step, process): epoch e = step // steps_per_epoch
+is shuffled from a seed of (seed, e, process), each example is augmented with stateless random
+ops seeded by (seed, e, process, position in the epoch), and tf.data runs deterministically.
+Resuming at `start_step` starts inside epoch e at the right position, so a resumed run sees
+exactly the batches an uninterrupted one would. Epochs drop their last partial batch.
+
+Eval yields every example of the split exactly once over all processes, in batches padded
+with masked examples, and every process yields the same number of batches.
+
+TensorFlow is imported on first use, not with this module.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import threading
+from typing import Any, Iterator
+
+import numpy as np
+
+from focalnet_jax.data import synthetic
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  num_classes: int
+  num_train: int  # examples in config.train_split
+  num_eval: int  # examples in config.eval_split
+  class_names: tuple[str, ...]  # index = label
+
+
+@functools.cache
+def import_tf():
+  """Imports TensorFlow for input pipelines only: no GPU memory, no competing with JAX for it."""
+  import tensorflow as tf
+  try:
+    tf.config.set_visible_devices([], "GPU")
+  except RuntimeError:  # TF already initialised its devices elsewhere in this process
+    pass
+  return tf
+
+
+def _options(config):
+  tf = import_tf()
+  opts = tf.data.Options()
+  opts.deterministic = True  # needed for reproducible, resumable batches
+  opts.threading.max_intra_op_parallelism = 1  # parallelism comes from the parallel map instead
+  if config.data_threads:
+    opts.threading.private_threadpool_size = config.data_threads
+  opts.experimental_optimization.map_parallelization = True
+  return opts
+
+
+def _source(config):
+  """The TFDS or folder source for config.dataset (not for 'synthetic')."""
+  import_tf()
+  from focalnet_jax.data import digits, sources
+  dataset = config.dataset
+  if dataset == "synthetic":
+    raise ValueError("config.dataset='synthetic' has no TF pipeline; use synthetic_iterator.")
+  if dataset == "digits":
+    root = digits.prepare_digits(config.data_dir, config.digits_split_seed)
+    return sources.FolderSource(root, config.train_split, config.corrupt_images)
+  if dataset.startswith("folder:"):
+    return sources.FolderSource(sources.folder_root(dataset), config.train_split, config.corrupt_images)
+  return sources.TfdsSource(dataset, config.data_dir, _options(config))
+
+
+def get_info(config) -> DatasetInfo:
+  """Class count and names, and the sizes of config.train_split and config.eval_split."""
+  if config.dataset == "synthetic":
+    return DatasetInfo(synthetic.NUM_CLASSES, synthetic.NUM_TRAIN, synthetic.NUM_EVAL,
+                       tuple(f"class_{i}" for i in range(synthetic.NUM_CLASSES)))
+  src = _source(config)
+  names = src.class_names()
+  return DatasetInfo(len(names), src.num_examples(config.train_split), src.num_examples(config.eval_split),
+                     names)
+
+
+def _local_batch(global_batch: int, process_count: int) -> int:
+  if global_batch % process_count:
+    raise ValueError(f"Batch size {global_batch} is not divisible by the process count {process_count}.")
+  return global_batch // process_count
+
+
+def _aug_kwargs(config) -> dict[str, Any]:
+  a = config.aug
+  return dict(image_size=config.image_size, interpolation=config.interpolation, scale=tuple(a.rrc_scale),
+              ratio=tuple(a.rrc_ratio), hflip=a.hflip, randaug_num_ops=a.randaug_num_ops,
+              randaug_magnitude=float(a.randaug_magnitude), randaug_magnitude_std=float(a.randaug_magnitude_std),
+              random_erase_prob=float(a.random_erase_prob), mean=tuple(a.mean), std=tuple(a.std))
+
+
+def _culprit(paths: list[str]) -> str | None:
+  """The first of `paths` that TF cannot decode (to name it when a batch fails)."""
+  tf = import_tf()
+  for p in paths:
+    try:
+      tf.io.decode_image(tf.io.read_file(p), channels=3, expand_animations=False)
+    except tf.errors.OpError:
+      return p
+  return None
+
+
+def _decode_error(err, paths: list[str]) -> ValueError:
+  bad = _culprit(paths) if paths else None
+  where = f"image {bad!r} cannot be decoded" if bad else "an image in this batch cannot be decoded"
+  return ValueError(f"Input pipeline failed: {where} ({type(err).__name__}: {str(err).splitlines()[0]}). "
+                    "Remove or repair the file.")
+
+
+@functools.lru_cache(maxsize=8)
+def _train_example_fn(reads_files: bool, kwargs: tuple):
+  """(position, bytes or path, epoch seed) -> augmented image, traced once per setting: tracing
+  the RandAugment graph takes seconds, and epochs (and iterators) reuse it."""
+  tf = import_tf()
+  from focalnet_jax.data import augment
+
+  @tf.function(autograph=False, input_signature=[tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.string),
+                                                 tf.TensorSpec([2], tf.int32)])
+  def fn(pos, data, base):
+    if reads_files:
+      data = tf.io.read_file(data)
+    return augment.train_transform(data, tf.random.experimental.stateless_fold_in(base, pos), **dict(kwargs))
+  return fn
+
+
+class _Background:
+  """Runs fn(*args) on a daemon thread (TF releases the GIL); `result()` waits for it."""
+
+  def __init__(self, fn, *args):
+    self._out = None
+    self._thread = threading.Thread(target=self._run, args=(fn, args), daemon=True)
+    self._thread.start()
+
+  def _run(self, fn, args):
+    try:
+      self._out = (True, fn(*args))
+    except BaseException as e:  # re-raised in the consumer's thread
+      self._out = (False, e)
+
+  def result(self):
+    self._thread.join()
+    ok, value = self._out
+    if not ok:
+      raise value
+    return value
+
+
+def train_iterator(config, *, start_step: int = 0, process_index: int = 0,
+                   process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+  """Infinite augmented train batches {'image': f32 (B, S, S, 3), 'label': i32 (B,)}, B = batch_size / processes.
+
+  The batch at step t depends only on (config, t, process_index, process_count); see module doc.
+  """
+  if config.dataset == "synthetic":
+    raise ValueError("config.dataset='synthetic': use synthetic_iterator.")
+  tf = import_tf()
+  batch = _local_batch(config.batch_size, process_count)
+  src = _source(config)
+  num_train = src.num_examples(config.train_split)
+  steps_per_epoch = num_train // config.batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f"batch_size {config.batch_size} exceeds the {num_train} train examples.")
+  n_take = steps_per_epoch * batch
+  opts, kwargs = _options(config), _aug_kwargs(config)
+  parallel = config.data_threads or tf.data.AUTOTUNE
+
+  transform_one = _train_example_fn(src.reads_files, tuple(sorted(kwargs.items())))
+
+  def start_epoch(epoch: int, offset: int):
+    """The epoch's batch iterator from step `offset` on, and its first batch (or the error getting it)."""
+    base = tf.random.experimental.stateless_fold_in(tf.constant([config.seed, epoch], tf.int64), process_index)
+    if src.reads_files:
+      records = src.train_epoch(config.seed, epoch, process_index, process_count, n_take, offset * batch)
+    else:
+      records = src.train_epoch(config.train_split, config.seed, epoch, process_index, process_count, n_take,
+                                offset * batch, config.shuffle_buffer)
+    ds = records.map(lambda pos, data, label: (transform_one(pos, data, base), label),
+                     num_parallel_calls=parallel, deterministic=True)
+    ds = ds.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE).with_options(opts)
+    it = ds.as_numpy_iterator()
+    try:
+      return it, next(it)
+    except tf.errors.OpError as e:
+      return it, e
+
+  # Each epoch is its own pipeline; the next one is built and started in the background while
+  # this one runs, so that epoch boundaries do not stall training (building and optimising a
+  # pipeline takes about a second).
+  epoch, offset = divmod(start_step, steps_per_epoch)
+  upcoming = _Background(start_epoch, epoch, offset)
+  while True:
+    it, first = upcoming.result()
+    upcoming = _Background(start_epoch, epoch + 1, 0)
+    for step_in_epoch in range(offset, steps_per_epoch):
+      try:
+        if isinstance(first, Exception):
+          raise first
+        image, label = first if step_in_epoch == offset else next(it)
+      except tf.errors.OpError as e:
+        paths = []
+        if src.reads_files:
+          positions = np.arange(step_in_epoch * batch, (step_in_epoch + 1) * batch)
+          paths = src.train_paths(config.seed, epoch, process_index, process_count, n_take, positions)
+        raise _decode_error(e, paths) from e
+      yield {"image": image, "label": label}
+    epoch, offset = epoch + 1, 0
+
+
+def eval_iterator(config, *, process_index: int = 0, process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+  """One pass over config.eval_split: {'image', 'label', 'mask'} batches of eval_batch_size / processes.
+
+  Process p gets an even share of the split; the last batches are padded with mask-0 examples
+  so that every process yields ceil(largest share / batch) batches.
+  """
+  if config.dataset == "synthetic":
+    raise ValueError("config.dataset='synthetic': use synthetic_iterator(..., eval=True).")
+  tf = import_tf()
+  from focalnet_jax.data import augment
+  batch = _local_batch(config.eval_batch_size, process_count)
+  src = _source(config)
+  records, n_local, n_most = src.eval_records(config.eval_split, process_index, process_count)
+  num_batches = -(-n_most // batch)
+
+  def transform(data, label):
+    if src.reads_files:
+      data = tf.io.read_file(data)
+    img = augment.eval_transform(data, config.image_size, config.crop_ratio, config.interpolation)
+    return augment.normalize(img, config.aug.mean, config.aug.std), label
+
+  ds = records.take(n_local).map(transform, num_parallel_calls=config.data_threads or tf.data.AUTOTUNE,
+                                 deterministic=True)
+  ds = ds.batch(batch).prefetch(tf.data.AUTOTUNE).with_options(_options(config))
+  it = ds.as_numpy_iterator()
+  size = config.image_size
+  seen = 0
+  for i in range(num_batches):
+    image = np.zeros((batch, size, size, 3), np.float32)
+    label = np.zeros((batch,), np.int32)
+    mask = np.zeros((batch,), np.float32)
+    if seen < n_local:
+      try:
+        got_image, got_label = next(it)
+      except StopIteration:
+        got_image, got_label = image[:0], label[:0]
+        logging.warning("Eval split %r gave %d examples, fewer than the %d expected.", config.eval_split,
+                        seen, n_local)
+        n_local = seen
+      except tf.errors.OpError as e:
+        paths = []
+        if src.reads_files:
+          positions = np.arange(i * batch, min((i + 1) * batch, n_local))
+          paths = src.eval_paths(config.eval_split, process_index, process_count, positions)
+        raise _decode_error(e, paths) from e
+      n = len(got_label)
+      image[:n], label[:n], mask[:n] = got_image, got_label, 1.0
+      seen += n
+    yield {"image": image, "label": label, "mask": mask}
