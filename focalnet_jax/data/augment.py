@@ -184,8 +184,9 @@ def invert(img: tf.Tensor) -> tf.Tensor:
 
 def posterize(img: tf.Tensor, bits: tf.Tensor) -> tf.Tensor:
   """Keeps the `bits` most significant bits (0 bits: black)."""
-  shift = tf.cast(8 - bits, tf.uint8)
-  return tf.bitwise.left_shift(tf.bitwise.right_shift(img, shift), shift)
+  # A mask in int32: shifting a uint8 by 8 (bits = 0) is undefined.
+  mask = 256 - tf.bitwise.left_shift(1, 8 - tf.cast(bits, tf.int32))
+  return tf.cast(tf.bitwise.bitwise_and(tf.cast(img, tf.int32), mask), tf.uint8)
 
 
 def solarize(img: tf.Tensor, threshold: tf.Tensor) -> tf.Tensor:

@@ -175,8 +175,8 @@ def train_iterator(config, *, start_step: int = 0, process_index: int = 0,
 
   transform_one = _train_example_fn(src.reads_files, tuple(sorted(kwargs.items())))
 
-  def start_epoch(epoch: int, offset: int):
-    """The epoch's batch iterator from step `offset` on, and its first batch (or the error getting it)."""
+  def build_epoch(epoch: int, offset: int):
+    """The epoch's batches from step `offset` on (built on the caller's thread: TFDS is not thread-safe)."""
     base = tf.random.experimental.stateless_fold_in(tf.constant([config.seed, epoch], tf.int64), process_index)
     if src.reads_files:
       records = src.train_epoch(config.seed, epoch, process_index, process_count, n_take, offset * batch)
@@ -185,21 +185,24 @@ def train_iterator(config, *, start_step: int = 0, process_index: int = 0,
                                 offset * batch, config.shuffle_buffer)
     ds = records.map(lambda pos, data, label: (transform_one(pos, data, base), label),
                      num_parallel_calls=parallel, deterministic=True)
-    ds = ds.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE).with_options(opts)
+    return ds.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE).with_options(opts)
+
+  def start(ds):
+    """An iterator over `ds` and its first batch (or the error getting it)."""
     it = ds.as_numpy_iterator()
     try:
       return it, next(it)
     except tf.errors.OpError as e:
       return it, e
 
-  # Each epoch is its own pipeline; the next one is built and started in the background while
-  # this one runs, so that epoch boundaries do not stall training (building and optimising a
-  # pipeline takes about a second).
+  # Each epoch is its own pipeline; the next one is started (its iterator created, which
+  # optimises the graph, about a second, and its first batch computed) in the background
+  # while this one runs, so that epoch boundaries stall training less.
   epoch, offset = divmod(start_step, steps_per_epoch)
-  upcoming = _Background(start_epoch, epoch, offset)
+  upcoming = _Background(start, build_epoch(epoch, offset))
   while True:
     it, first = upcoming.result()
-    upcoming = _Background(start_epoch, epoch + 1, 0)
+    upcoming = _Background(start, build_epoch(epoch + 1, 0))
     for step_in_epoch in range(offset, steps_per_epoch):
       try:
         if isinstance(first, Exception):

@@ -113,8 +113,10 @@ class TfdsSource:
     try:
       return self.builder.as_dataset(split=split, decoders={"image": self._tfds.decode.SkipDecoding()},
                                      **kwargs)
-    except AssertionError as e:  # TFDS's "could not find data in <data_dir>"
-      raise self._not_prepared() from e
+    except AssertionError as e:
+      if "could not find data" in str(e):
+        raise self._not_prepared() from e
+      raise
 
   def class_names(self) -> tuple[str, ...]:
     label = self.builder.info.features["label"]
