@@ -1,0 +1,122 @@
+r"""Every default of training and evaluation, in one place.
+
+  python train.py --config configs/default.py --workdir runs/focalnet_t \
+      --config.data_dir=$TFDS_DATA_DIR
+
+trains FocalNet-T (SRF) on ImageNet-1K for 300 epochs with the official recipe (about 2.5
+days on 8 A100s; every variant config in this folder derives from this file and overrides
+only what differs). Any field can be overridden on the command line
+(`--config.batch_size=256`); a misspelt field is an error.
+
+Values derived from others are computed by the trainer from the FINAL config, after
+command-line overrides (see `focalnet_jax.optim.resolve_schedule`):
+  steps_per_epoch = num_train // batch_size
+  total_steps     = total_steps if > 0 else num_epochs * steps_per_epoch
+  warmup_steps    = warmup_epochs * steps_per_epoch
+  lr (peak)       = base_lr * batch_size / lr_base_batch_size   (likewise warmup_lr, min_lr)
+"""
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """The ImageNet-1K FocalNet-T (SRF) recipe; `arg` is unused (variants live in their own files)."""
+  del arg
+  c = ml_collections.ConfigDict()
+
+  # --- model: a published variant; every None field keeps the variant's value --------------
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "focalnet_tiny_srf"
+  c.model.num_classes = config_dict.placeholder(int)  # None: the dataset's class count
+  c.model.embed_dim = config_dict.placeholder(int)
+  c.model.depths = config_dict.placeholder(tuple)
+  c.model.patch_size = config_dict.placeholder(int)
+  c.model.focal_levels = config_dict.placeholder(object)  # int or one per stage
+  c.model.focal_windows = config_dict.placeholder(object)
+  c.model.focal_factor = config_dict.placeholder(int)
+  c.model.mlp_ratio = config_dict.placeholder(float)
+  c.model.drop_rate = config_dict.placeholder(float)
+  c.model.drop_path_rate = config_dict.placeholder(float)
+  c.model.use_conv_embed = config_dict.placeholder(bool)
+  c.model.use_layerscale = config_dict.placeholder(bool)
+  c.model.layerscale_value = config_dict.placeholder(float)
+  c.model.use_postln = config_dict.placeholder(bool)
+  c.model.use_postln_in_modulation = config_dict.placeholder(bool)
+  c.model.normalize_modulator = config_dict.placeholder(bool)
+  c.model.use_global_context = config_dict.placeholder(bool)
+  c.model.use_gating = config_dict.placeholder(bool)
+  c.model.interaction = config_dict.placeholder(str)
+  c.model.depthwise_impl = config_dict.placeholder(str)
+  # Mixed precision: bfloat16 compute, float32 parameters (the master weights).
+  c.model.dtype = "bfloat16"
+  c.model.param_dtype = "float32"
+  c.model.remat = False  # rematerialise each block in the backward pass (saves memory)
+
+  # --- data (the contract of focalnet_jax.data; see notes in its module docstring) ---------
+  c.dataset = "imagenet2012"  # TFDS name, 'folder:/path', 'digits' or 'synthetic'
+  c.data_dir = config_dict.placeholder(str)
+  c.train_split = "train"
+  c.eval_split = "validation"
+  c.image_size = 224
+  c.crop_ratio = 0.875
+  c.interpolation = "bicubic"
+  c.batch_size = 1024  # global, over all devices and hosts
+  c.eval_batch_size = 1024
+  c.shuffle_buffer = 16_384
+  c.data_threads = config_dict.placeholder(int)  # None: tf.data AUTOTUNE
+  c.corrupt_images = "skip"
+  c.digits_split_seed = 0
+  c.aug = ml_collections.ConfigDict()
+  c.aug.rrc_scale = (0.08, 1.0)
+  c.aug.rrc_ratio = (3.0 / 4.0, 4.0 / 3.0)
+  c.aug.hflip = True
+  c.aug.randaug_num_ops = 2
+  c.aug.randaug_magnitude = 9
+  c.aug.randaug_magnitude_std = 0.5
+  c.aug.random_erase_prob = 0.25
+  c.aug.mean = IMAGENET_MEAN
+  c.aug.std = IMAGENET_STD
+
+  # --- on-device batch mixing and targets (timm semantics) -------------------------------
+  c.mixup_alpha = 0.8  # 0 disables mixup
+  c.cutmix_alpha = 1.0  # 0 disables cutmix
+  c.mixup_prob = 1.0  # probability of mixing a batch at all
+  c.mixup_switch_prob = 0.5  # probability of cutmix rather than mixup when both are on
+  c.label_smoothing = 0.1
+
+  # --- optimisation ------------------------------------------------------------------------
+  c.num_epochs = 300
+  c.total_steps = -1  # > 0 overrides num_epochs
+  c.base_lr = 5e-4  # at lr_base_batch_size; scaled linearly with batch_size
+  c.warmup_lr = 5e-7
+  c.min_lr = 5e-6
+  c.lr_base_batch_size = 512
+  c.warmup_epochs = 20.0
+  c.weight_decay = 0.05  # not applied to norms, biases or layerscale gammas
+  c.adam_b1 = 0.9
+  c.adam_b2 = 0.999
+  c.adam_eps = 1e-8
+  c.grad_clip_norm = 5.0  # global norm; 0 disables
+  c.grad_accum_steps = 1  # micro-batches per step; the global batch stays batch_size
+  c.ema_decay = 0.0  # 0: no EMA of the weights; e.g. 0.9998 evaluates EMA params too
+
+  # --- parallelism: a ('data', 'fsdp') device mesh; -1 = the remaining devices ---------------
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1
+  c.mesh.fsdp = 1
+  c.fsdp_min_size = 2**14  # params with fewer elements are replicated, not sharded
+
+  # --- bookkeeping ---------------------------------------------------------------------------
+  c.seed = 0
+  c.init_from = config_dict.placeholder(str)  # a checkpoint dir (ours or from convert) to fine-tune
+  c.log_every_steps = 100
+  c.eval_every_steps = -1  # -1: once per epoch; 0: only at the end
+  c.checkpoint_every_steps = 1000
+  c.keep_checkpoints = 3
+  c.async_checkpoints = True  # write in a background thread while training continues
+  return c

@@ -1,0 +1,15 @@
+r"""FocalNet-T (LRF, 3 focal levels) on ImageNet-1K, the paper's 300-epoch recipe (82.3% top-1).
+
+  python train.py --config configs/focalnet_t_lrf.py --workdir runs/focalnet_t_lrf \
+      --config.data_dir=$TFDS_DATA_DIR
+
+About 2.5 days on 8 A100 40GB (batch 1024, bfloat16). Only the variant differs from default.py
+(its drop-path rate comes with the variant).
+"""
+from configs import default
+
+
+def get_config(arg=None):
+  config = default.get_config(arg)
+  config.model.name = "focalnet_tiny_lrf"
+  return config

@@ -1,0 +1,82 @@
+"""What a user sees of a run: console lines, TensorBoard events and a JSON-lines file.
+
+Metrics travel as (sum, count) pairs so averages stay exact under padding and across hosts
+(`average` divides them on the host). Only process 0 writes; TensorBoard events are written
+with tensorboardX, which needs no TensorFlow.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Mapping
+
+import numpy as np
+from absl import logging
+
+
+def average(sums: Mapping[str, Any]) -> dict[str, float]:
+  """{'loss': (sum, count), 'lr': value, ...} -> {'loss': sum / count, 'lr': value}."""
+  out = {}
+  for key, value in sums.items():
+    if isinstance(value, (tuple, list)):
+      total, count = value
+      out[key] = float(total) / max(float(count), 1e-12)
+    else:
+      out[key] = float(np.asarray(value))
+  return out
+
+
+def format_duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+class Writer:
+  """Writes scalars to TensorBoard (`workdir/tb`) and `workdir/metrics.jsonl`; no-op off process 0."""
+
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.enabled = enabled
+    self._tb = None
+    self._jsonl = None
+    if enabled:
+      os.makedirs(workdir, exist_ok=True)
+      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      try:
+        from tensorboardX import SummaryWriter
+
+        self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+      except ImportError:  # TensorBoard is optional; the JSONL file has everything.
+        logging.warning("tensorboardX is not installed; writing metrics.jsonl only.")
+
+  def write(self, step: int, scalars: Mapping[str, float], prefix: str) -> None:
+    """Records `scalars` at `step` under `prefix` ('train' or 'eval')."""
+    if not self.enabled:
+      return
+    record = {"step": int(step), "split": prefix, "time": time.time(), **{k: float(v) for k, v in scalars.items()}}
+    self._jsonl.write(json.dumps(record) + "\n")
+    self._jsonl.flush()
+    if self._tb is not None:
+      for key, value in scalars.items():
+        self._tb.add_scalar(f"{prefix}/{key}", float(value), int(step))
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self._jsonl is not None:
+      self._jsonl.close()
+    if self._tb is not None:
+      self._tb.close()
+
+
+def console_line(
+    step: int, total_steps: int, steps_per_epoch: int, scalars: Mapping[str, float], img_per_s: float, eta_s: float
+) -> str:
+  """`step 100/1000 epoch 1.25 | loss 2.3456 lr 1.0e-03 | 850 img/s | ETA 3m05s`."""
+  epoch = step / max(steps_per_epoch, 1)
+  parts = [f"step {step}/{total_steps} epoch {epoch:.2f}"]
+  parts.append(" ".join(f"{k} {v:.4g}" if k != "lr" else f"lr {v:.2e}" for k, v in scalars.items()))
+  parts.append(f"{img_per_s:.0f} img/s")
+  parts.append(f"ETA {format_duration(eta_s)}")
+  return " | ".join(parts)

@@ -1,0 +1,441 @@
+"""Sharded training and evaluation: `train_and_evaluate(config, workdir)`.
+
+One pure train step, jitted over a ('data', 'fsdp') mesh with the train state donated:
+mixup/cutmix on device, forward/backward (optionally over micro-batches), clipped AdamW,
+optional EMA. The state is a plain dict {'step', 'params', 'opt_state'[, 'ema_params']},
+created already sharded (`jax.eval_shape` of init -> FSDP shardings -> `jax.jit(init,
+out_shardings=...)`). Randomness is `fold_in(base_key, step)` and the data iterator starts at
+the restored step, so a resumed run continues exactly as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import signal
+import threading
+import time
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from focalnet_jax import checkpoint
+from focalnet_jax import data as data_lib
+from focalnet_jax import metrics as metrics_lib
+from focalnet_jax import mixup, optim, sharding, variants
+
+State = dict[str, Any]
+HEAD_PREFIX = "head/"
+
+# Set by the SIGTERM handler; the loop then saves a checkpoint and returns.
+_STOP = threading.Event()
+
+
+def request_stop(*_: Any) -> None:
+  """Asks the running loop to save and stop (what SIGTERM does)."""
+  _STOP.set()
+
+
+# --- the model and its description ----------------------------------------------------------
+
+
+def model_overrides(config: ml_collections.ConfigDict, num_classes: int) -> dict[str, Any]:
+  """The FocalNet fields the config sets (None = the variant's value), JSON-ready."""
+  overrides = {k: v for k, v in config.model.to_dict().items() if k != "name" and v is not None}
+  overrides.setdefault("num_classes", num_classes)
+  return {k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()}
+
+
+def build_model(config: ml_collections.ConfigDict, num_classes: int):
+  """(module, overrides) for the config's model with the dataset's class count."""
+  overrides = model_overrides(config, num_classes)
+  return variants.create_model(config.model.name, **overrides), overrides
+
+
+# --- data ------------------------------------------------------------------------------------
+
+
+def dataset_info(config: ml_collections.ConfigDict) -> data_lib.DatasetInfo:
+  return data_lib.get_info(config)
+
+
+def train_batches(config, info, start_step: int) -> Iterator[dict[str, np.ndarray]]:
+  kw = dict(start_step=start_step, process_index=jax.process_index(), process_count=jax.process_count())
+  if config.dataset == "synthetic":
+    return data_lib.synthetic_iterator(config, info.num_classes, **kw)
+  return data_lib.train_iterator(config, **kw)
+
+
+def eval_batches(config, info) -> Iterator[dict[str, np.ndarray]]:
+  kw = dict(process_index=jax.process_index(), process_count=jax.process_count())
+  if config.dataset == "synthetic":
+    return data_lib.synthetic_iterator(config, info.num_classes, eval=True, **kw)
+  return data_lib.eval_iterator(config, **kw)
+
+
+def to_global(batch: dict[str, np.ndarray], sharding_: NamedSharding, keys: tuple[str, ...]) -> dict[str, jax.Array]:
+  """This process's share of the batch -> global arrays sharded over the mesh."""
+  return {k: jax.make_array_from_process_local_data(sharding_, np.asarray(batch[k])) for k in keys}
+
+
+# --- the steps ------------------------------------------------------------------------------
+
+
+def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  """Per-example cross entropy against soft targets, in float32."""
+  return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+
+
+def make_train_step(
+    model, tx: optax.GradientTransformation, config: ml_collections.ConfigDict, num_classes: int,
+    schedule: optax.Schedule, micro_sharding: NamedSharding | None,
+) -> Callable[[State, dict, jax.Array], tuple[State, dict]]:
+  """The pure update: (state, batch, base_rng) -> (state, metrics as (sum, count) pairs)."""
+  accum = config.grad_accum_steps
+
+  def loss_fn(params, images, targets, rng):
+    logits = model.apply({"params": params}, images, train=True, rngs={"dropout": rng})
+    return cross_entropy(logits, targets).mean()
+
+  grad_fn = jax.value_and_grad(loss_fn)
+
+  def step_fn(state: State, batch: dict, base_rng: jax.Array):
+    step = state["step"]
+    rng = jax.random.fold_in(base_rng, step)
+    mix_rng, drop_rng = jax.random.split(rng)
+    images, targets, _ = mixup.mix(
+        mix_rng, batch["image"], batch["label"], num_classes=num_classes,
+        mixup_alpha=config.mixup_alpha, cutmix_alpha=config.cutmix_alpha, prob=config.mixup_prob,
+        switch_prob=config.mixup_switch_prob, label_smoothing=config.label_smoothing,
+    )
+    params = state["params"]
+    if accum == 1:
+      loss, grads = grad_fn(params, images, targets, drop_rng)
+    else:
+      # Micro-batch m takes examples m, m + accum, ...: each device keeps its own rows.
+      def split(x):
+        x = x.reshape((x.shape[0] // accum, accum) + x.shape[1:]).swapaxes(0, 1)
+        return jax.lax.with_sharding_constraint(x, micro_sharding)
+
+      def micro(carry, xs):
+        loss_sum, grad_sum = carry
+        i, im, tg = xs
+        loss, grads = grad_fn(params, im, tg, jax.random.fold_in(drop_rng, i))
+        return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
+
+      zeros = jax.tree.map(jnp.zeros_like, params)
+      (loss, grads), _ = jax.lax.scan(
+          micro, (jnp.zeros((), jnp.float32), zeros), (jnp.arange(accum), split(images), split(targets))
+      )
+      loss, grads = loss / accum, jax.tree.map(lambda g: g / accum, grads)
+    grad_norm = optax.global_norm(grads)
+    updates, opt_state = tx.update(grads, state["opt_state"], params)
+    new_state = dict(state, step=step + 1, params=optax.apply_updates(params, updates), opt_state=opt_state)
+    if "ema_params" in state:
+      d = config.ema_decay
+      new_state["ema_params"] = jax.tree.map(
+          lambda e, p: d * e + (1.0 - d) * p, state["ema_params"], new_state["params"]
+      )
+    n = jnp.asarray(batch["label"].shape[0], jnp.float32)
+    step_metrics = {
+        "loss": (loss * n, n),
+        "grad_norm": (grad_norm, jnp.ones((), jnp.float32)),
+        "lr": (schedule(step), jnp.ones((), jnp.float32)),
+    }
+    return new_state, step_metrics
+
+  return step_fn
+
+
+def make_eval_step(model, num_classes: int):
+  """(params, batch) -> {'loss', 'top1', 'top5'} as (sum, count) pairs over unmasked examples."""
+  k = min(5, num_classes)
+
+  def eval_fn(params, batch):
+    logits = model.apply({"params": params}, batch["image"], train=False).astype(jnp.float32)
+    labels, mask = batch["label"], batch["mask"]
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    top1 = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+    topk = jnp.any(jax.lax.top_k(logits, k)[1] == labels[:, None], axis=-1).astype(jnp.float32)
+    count = jnp.sum(mask)
+    return {"loss": (jnp.sum(loss * mask), count), "top1": (jnp.sum(top1 * mask), count),
+            "top5": (jnp.sum(topk * mask), count)}
+
+  return eval_fn
+
+
+def evaluate(eval_step, params, config, info, batch_sharding: NamedSharding) -> dict[str, float]:
+  """One exact pass over the eval split: every real example counted once (padding masked)."""
+  totals = None
+  for batch in eval_batches(config, info):
+    out = eval_step(params, to_global(batch, batch_sharding, ("image", "label", "mask")))
+    totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+  if totals is None:
+    raise ValueError(f"The eval split {config.eval_split!r} of {config.dataset!r} yielded no batches.")
+  totals = jax.device_get(totals)
+  result = metrics_lib.average(totals)
+  result["num_examples"] = float(totals["top1"][1])
+  return result
+
+
+# --- state creation, fine-tuning, checkpoints ---------------------------------------------
+
+
+def _flat(tree: Any) -> dict[str, Any]:
+  return {"/".join(str(getattr(k, "key", k)) for k in path): v
+          for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def load_pretrained(init_from: str, abstract_params: Any, fresh_params: Any, shardings: Any) -> Any:
+  """Params of `init_from` placed onto `shardings`; a head of another shape keeps `fresh_params`'.
+
+  Any other missing key, extra key or shape mismatch is an error naming them.
+  """
+  loaded, meta = checkpoint.load_params(init_from)
+  want, got = _flat(abstract_params), _flat(loaded)
+  missing = sorted(set(want) - set(got))
+  extra = sorted(set(got) - set(want))
+  mismatched = sorted(k for k in set(want) & set(got) if tuple(want[k].shape) != tuple(np.shape(got[k])))
+  head = [k for k in mismatched if k.startswith(HEAD_PREFIX)]
+  # A missing head (a checkpoint converted with num_classes=0) is re-initialised too.
+  head += [k for k in missing if k.startswith(HEAD_PREFIX)]
+  problems = [f"{k}: checkpoint {np.shape(got[k])} vs model {tuple(want[k].shape)}"
+              for k in mismatched if k not in head]
+  problems += [f"{k}: missing from the checkpoint" for k in missing if k not in head]
+  problems += [f"{k}: in the checkpoint, not in the model" for k in extra if not k.startswith(HEAD_PREFIX)]
+  if problems:
+    raise ValueError(
+        f"init_from={init_from!r} (model {meta.get('model')!r}) does not fit config.model:\n  "
+        + "\n  ".join(problems)
+    )
+  if head:
+    logging.warning(
+        "init_from: the head of %s (%s) does not fit this model (%s); re-initialising the head.",
+        init_from, ", ".join(f"{k} {np.shape(got[k]) if k in got else 'absent'}" for k in head),
+        ", ".join(f"{k} {tuple(want[k].shape)}" for k in head),
+    )
+  fresh = _flat(fresh_params)
+  flat_shard = _flat(shardings)
+  leaves = {}
+  for key in want:
+    if key in head:
+      leaves[key] = fresh[key]
+    else:
+      leaves[key] = jax.device_put(np.asarray(got[key], dtype=want[key].dtype), flat_shard[key])
+  treedef = jax.tree.structure(abstract_params)
+  order = list(_flat(abstract_params))
+  return jax.tree.unflatten(treedef, [leaves[k] for k in order])
+
+
+def _with_shardings(abstract: Any, shardings: Any) -> Any:
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+
+
+# --- the loop --------------------------------------------------------------------------------
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains per `config`, resuming from `workdir` if it holds checkpoints; returns final metrics.
+
+  The returned dict holds the last eval metrics (`top1`, `top5`, `loss`, and `ema_*` with EMA),
+  the last train averages as `train_*`, `step`, and `preempted` (1.0 if SIGTERM stopped it).
+  """
+  workdir = os.path.abspath(workdir)
+  is_main = jax.process_index() == 0
+  info = dataset_info(config)
+  sched = optim.resolve_schedule(config, info.num_train)
+  model, overrides = build_model(config, info.num_classes)
+  model.check_image_size(config.image_size, config.image_size)
+  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
+  n_dev = mesh.devices.size
+  for name, b in (("batch_size", config.batch_size), ("eval_batch_size", config.eval_batch_size)):
+    if b % (n_dev * (config.grad_accum_steps if name == "batch_size" else 1)):
+      raise ValueError(
+          f"{name}={b} must be divisible by the {n_dev} mesh devices"
+          + (f" x grad_accum_steps={config.grad_accum_steps}" if name == "batch_size" else "") + "."
+      )
+  if is_main:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  logging.info("Mesh %s over %d devices (%d processes); %s; %s", dict(mesh.shape), n_dev,
+               jax.process_count(), config.model.name, sched)
+
+  lr_fn = optim.lr_schedule(sched)
+  tx = optim.make_optimizer(config, lr_fn)
+  base_rng = jax.random.PRNGKey(config.seed)
+  init_rng, train_rng = jax.random.split(base_rng)
+  size = config.image_size
+  use_ema = config.ema_decay > 0
+
+  def init_fn(rng):
+    dummy = jnp.zeros((1, size, size, 3), jnp.float32)
+    params = model.init({"params": rng, "dropout": rng}, dummy, train=False)["params"]
+    state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+    if use_ema:
+      state["ema_params"] = params
+    return state
+
+  batch_sh = sharding.batch_sharding(mesh)
+  repl = sharding.replicated(mesh)
+  with jax.set_mesh(mesh):
+    abstract = jax.eval_shape(init_fn, init_rng)
+    state_sh = sharding.tree_shardings(abstract, mesh, config.fsdp_min_size)
+    abstract_sh = _with_shardings(abstract, state_sh)
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract["params"]))
+    logging.info("%s: %s parameters (%s).", config.model.name, f"{n_params:,}",
+                 ", ".join(f"{k}={v}" for k, v in overrides.items()))
+
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    mngr = checkpoint.manager(ckpt_dir, max_to_keep=config.keep_checkpoints, create=True,
+                              enable_async_checkpointing=config.async_checkpoints)
+    latest = mngr.latest_step()
+    if latest is not None:
+      restored = mngr.restore(latest, args=ocp.args.Composite(
+          **{checkpoint.STATE: ocp.args.StandardRestore(abstract_sh)}))
+      state = restored[checkpoint.STATE]
+      logging.info("Resumed from %s at step %d.", ckpt_dir, latest)
+    else:
+      state = jax.jit(init_fn, out_shardings=state_sh)(init_rng)
+      if config.init_from:
+        params = load_pretrained(config.init_from, abstract["params"], state["params"], state_sh["params"])
+        state["params"] = params
+        if use_ema:
+          state["ema_params"] = jax.tree.map(jnp.copy, params)
+        logging.info("Initialised params from %s.", config.init_from)
+    start_step = int(jax.device_get(state["step"]))
+
+    micro_sh = NamedSharding(mesh, P(None, sharding.AXES))
+    step_fn = make_train_step(model, tx, config, info.num_classes, lr_fn, micro_sh)
+    metric_sh = {k: (repl, repl) for k in ("loss", "grad_norm", "lr")}
+    train_step = jax.jit(step_fn, in_shardings=(state_sh, {"image": batch_sh, "label": batch_sh}, repl),
+                         out_shardings=(state_sh, metric_sh), donate_argnums=(0,))
+    batch_abstract = {
+        "image": jax.ShapeDtypeStruct((config.batch_size, size, size, 3), jnp.float32, sharding=batch_sh),
+        "label": jax.ShapeDtypeStruct((config.batch_size,), jnp.int32, sharding=batch_sh),
+    }
+    t0 = time.time()
+    compiled = train_step.lower(abstract_sh, batch_abstract, jax.ShapeDtypeStruct((2,), jnp.uint32)).compile()
+    logging.info("Compiled the train step in %.1fs.", time.time() - t0)
+    try:
+      mem = compiled.memory_analysis()
+      if mem is not None:
+        logging.info("Train step memory per device: arguments %.1f MiB, outputs %.1f MiB, temporaries %.1f MiB.",
+                     mem.argument_size_in_bytes / 2**20, mem.output_size_in_bytes / 2**20,
+                     mem.temp_size_in_bytes / 2**20)
+    except Exception:  # noqa: BLE001 - not every backend implements it
+      pass
+    eval_step = jax.jit(make_eval_step(model, info.num_classes), out_shardings=repl)
+
+    meta = {"model": config.model.name, "model_overrides": overrides,
+            "config": json.loads(config.to_json_best_effort()),
+            "image_size": size, "num_classes": info.num_classes}
+    writer = metrics_lib.Writer(workdir, enabled=is_main)
+    eval_every = sched.steps_per_epoch if config.eval_every_steps < 0 else config.eval_every_steps
+    total = sched.total_steps
+    batches = train_batches(config, info, start_step)
+
+    pending: list[tuple[int, dict]] = []
+    last_saved = latest
+    last_train: dict[str, float] = {}
+    last_eval: dict[str, float] = {}
+    preempted = False
+    t_last, s_last = time.time(), start_step
+
+    def flush(step: int) -> None:
+      """Pulls the pending metrics in one transfer, checks them, logs the averages."""
+      nonlocal pending, last_train, t_last, s_last
+      if not pending:
+        return
+      steps, host = zip(*jax.device_get(pending))
+      pending = []
+      for s, m in zip(steps, host):
+        for key, (total_, _) in m.items():
+          if not np.isfinite(total_):
+            mngr.wait_until_finished()
+            raise FloatingPointError(
+                f"Non-finite {key} ({total_}) at step {s}. Last good checkpoint: "
+                + (f"step {last_saved} in {ckpt_dir}" if last_saved is not None else "none")
+                + ". Lower base_lr, raise warmup_epochs, or check the data; the run resumes from that "
+                "checkpoint when restarted."
+            )
+      sums = {k: (sum(m[k][0] for m in host), sum(m[k][1] for m in host)) for k in host[0]}
+      last_train = metrics_lib.average(sums)
+      now = time.time()
+      rate = (step - s_last) * config.batch_size / max(now - t_last, 1e-9)
+      eta = (total - step) * (now - t_last) / max(step - s_last, 1)
+      t_last, s_last = now, step
+      writer.write(step, {**last_train, "img_per_s": rate}, "train")
+      if is_main:
+        logging.info(metrics_lib.console_line(step, total, sched.steps_per_epoch, last_train, rate, eta))
+
+    def save(step: int) -> None:
+      nonlocal last_saved
+      mngr.save(step, args=ocp.args.Composite(
+          **{checkpoint.STATE: ocp.args.StandardSave(state), checkpoint.META: ocp.args.JsonSave(meta)}),
+          force=True)
+      last_saved = step
+
+    def run_eval(step: int) -> None:
+      nonlocal last_eval
+      t = time.time()
+      last_eval = evaluate(eval_step, state["params"], config, info, batch_sh)
+      if use_ema:
+        ema = evaluate(eval_step, state["ema_params"], config, info, batch_sh)
+        last_eval.update({f"ema_{k}": v for k, v in ema.items() if k != "num_examples"})
+      writer.write(step, last_eval, "eval")
+      if is_main:
+        logging.info("eval at step %d (%d examples, %.1fs): %s", step, last_eval["num_examples"],
+                     time.time() - t, " ".join(f"{k} {v:.4f}" for k, v in last_eval.items() if k != "num_examples"))
+
+    old_handler = None
+    if threading.current_thread() is threading.main_thread():
+      old_handler = signal.signal(signal.SIGTERM, request_stop)
+    _STOP.clear()
+    try:
+      step = start_step
+      while step < total:
+        batch = to_global(next(batches), batch_sh, ("image", "label"))
+        state, step_metrics = compiled(state, batch, train_rng)
+        step += 1
+        pending.append((step, step_metrics))
+        stop = _STOP.is_set()
+        if jax.process_count() > 1:
+          # Every process must take the same decision, at the same step: agree at log steps.
+          stop = step % config.log_every_steps == 0 and bool(
+              np.any(multihost_utils.process_allgather(np.asarray(stop))))
+        save_now = step % config.checkpoint_every_steps == 0 or step == total or stop
+        if step % config.log_every_steps == 0 or save_now:
+          flush(step)  # also checks the loss is finite before anything is saved
+        if save_now:
+          save(step)
+        if stop:
+          preempted = True
+          mngr.wait_until_finished()
+          logging.warning("SIGTERM: saved step %d to %s; stopping. Rerun the same command to resume.",
+                          step, ckpt_dir)
+          break
+        if (eval_every > 0 and step % eval_every == 0) or step == total:
+          run_eval(step)
+      if start_step >= total and not last_eval:
+        run_eval(start_step)
+    finally:
+      mngr.wait_until_finished()
+      mngr.close()
+      writer.close()
+      if old_handler is not None:
+        signal.signal(signal.SIGTERM, old_handler)
+
+  result = {**last_eval, **{f"train_{k}": v for k, v in last_train.items()}}
+  result["step"] = float(jax.device_get(state["step"]))
+  result["preempted"] = float(preempted)
+  return result

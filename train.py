@@ -1,0 +1,58 @@
+r"""Trains and evaluates a FocalNet: a thin entry point over `focalnet_jax.trainer`.
+
+  python train.py --config configs/quickstart.py --workdir runs/quickstart
+  python train.py --config configs/focalnet_t.py --workdir runs/t --config.batch_size=512
+
+Multi-host: run the same command on every host with
+  --coordinator_address HOST:PORT --num_processes N --process_id I
+or with --distributed on a cluster that JAX detects (SLURM, Cloud TPU, ...).
+"""
+from __future__ import annotations
+
+import json
+import logging as std_logging
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and config.json go.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (multi-host).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Call jax.distributed.initialize() with cluster auto-detection."
+)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+class _QuietLibraries(std_logging.Filter):
+  """Drops the INFO chatter of orbax (several lines per save) so the run's own lines stand out."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno > std_logging.INFO or "orbax" not in record.pathname
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  import jax  # after flag parsing, so --jax_* flags and env settings apply
+
+  if _COORDINATOR.value or _DISTRIBUTED.value:
+    jax.distributed.initialize(
+        coordinator_address=_COORDINATOR.value,
+        num_processes=_NUM_PROCESSES.value,
+        process_id=_PROCESS_ID.value,
+    )
+  logging.info("Process %d/%d, %d local / %d global devices.", jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count())
+  from focalnet_jax import trainer
+
+  result = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  if jax.process_index() == 0:
+    print(json.dumps({"final": result}))
+
+
+if __name__ == "__main__":
+  app.run(main)
