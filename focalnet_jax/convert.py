@@ -58,7 +58,12 @@ def load_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> dict
   if ext == ".safetensors":
     from safetensors.numpy import load_file
 
-    return unwrap_state_dict(load_file(path))
+    try:
+      return unwrap_state_dict(load_file(path))
+    except TypeError:  # bfloat16 tensors, which numpy cannot name; JAX's reader can
+      from safetensors.flax import load_file as load_file_jax
+
+      return unwrap_state_dict(load_file_jax(path))
   if ext not in (".pth", ".pt", ".bin", ".ckpt"):
     raise ValueError(
         f"Cannot read {path!r}: expected a .safetensors, .pth, .pt or .bin file (got {ext!r})."
@@ -109,7 +114,8 @@ def _to_numpy(value: Any) -> np.ndarray:
     value = value.float() if value.is_floating_point() else value
     value = value.numpy()
   value = np.asarray(value)
-  return value.astype(np.float32) if np.issubdtype(value.dtype, np.floating) else value
+  floating = np.issubdtype(value.dtype, np.floating) or value.dtype.name == "bfloat16"
+  return value.astype(np.float32) if floating else value
 
 
 # --- layouts and key names ----------------------------------------------------------------
@@ -188,6 +194,12 @@ def torch_key(path: tuple[str, ...], layout: str, *, postln: bool = False, prefi
 
 def _is_head_key(key: str, layout: str) -> bool:
   return key.startswith({"official": "head.", "timm": "head.", "hf": "classifier."}[layout])
+
+
+def _forward_order(path: tuple[str, ...]) -> tuple[int, tuple[str, ...]]:
+  first = path[0]
+  rank = {"patch_embed": 0, "norm": 1_000_000, "head": 1_000_001}.get(first)
+  return (int(first.split("_")[1]) + 1 if rank is None else rank, path)
 
 
 def _to_flax(value: np.ndarray, expected_ndim: int, focal: bool) -> np.ndarray:
@@ -364,7 +376,8 @@ def convert_state_dict(
   model = create_model(model_name, **overrides)
   side = model.stride
   shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, side, side, 3), jnp.float32))
-  targets = traverse_util.flatten_dict(shapes["params"])
+  flat = traverse_util.flatten_dict(shapes["params"])
+  targets = {p: flat[p] for p in sorted(flat, key=_forward_order)}  # so errors name the stem first
   postln = bool(model.use_postln)
   wanted = {path: torch_key(path, layout, postln=postln, prefix=prefix) for path in targets}
 
@@ -435,8 +448,8 @@ def _report(model_name, overrides, layout, state_dict, prefix, missing, unexpect
     options = [
         f"num_classes={n} to keep the checkpoint's {n}-class head" if n else
         "num_classes=0 (the checkpoint has no head)",
-        "drop_head=True (CLI: --drop-head) to discard it and initialise a new head for "
-        f"num_classes={model.num_classes} (for fine-tuning)",
+        "drop_head=True (CLI: --drop-head) to discard it"
+        + (f" and initialise a new {model.num_classes}-class head (for fine-tuning)" if model.num_classes else ""),
     ]
     if n == NUM_CLASSES_22K and model.num_classes == NUM_CLASSES_1K:
       options.append(
@@ -509,16 +522,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
   overrides = dict(args.override)
   output = os.path.abspath(args.output)
-  if os.path.exists(output) and (not os.path.isdir(output) or os.listdir(output)):
-    if not args.force:
-      raise SystemExit(
-          f"error: {output} already exists and is not empty; refusing to overwrite it. "
-          "Choose another --output, or pass --force to replace it."
-      )
-    if os.path.isdir(output):
-      shutil.rmtree(output)
-    else:
-      os.remove(output)
+  occupied = os.path.exists(output) and (not os.path.isdir(output) or bool(os.listdir(output)))
+  if occupied and not args.force:  # checked first, so a refusal costs nothing
+    raise SystemExit(
+        f"error: {output} already exists and is not empty; refusing to overwrite it. "
+        "Choose another --output, or pass --force to replace it."
+    )
   try:
     state_dict = load_checkpoint(args.checkpoint, trust_pickle=args.trust_pickle)
     layout, _ = detect_layout(list(state_dict))
@@ -540,6 +549,10 @@ def main(argv: Sequence[str] | None = None) -> int:
           "head_to_1k": bool(args.head_to_1k),
       },
   }
+  if occupied and os.path.isdir(output):  # --force, and only once the conversion has succeeded
+    shutil.rmtree(output)
+  elif occupied:
+    os.remove(output)
   checkpoint.save(output, {"params": variables["params"]}, meta, step=0)
   over = "".join(f" {k}={v}" for k, v in overrides.items())
   print(

@@ -73,6 +73,9 @@ def _jitted_apply(name: str, overrides: tuple):
 
 
 def jax_logits(name: str, overrides: dict, variables, x_nhwc: np.ndarray) -> np.ndarray:
+  # The reference depthwise conv compiles several times faster on CPU than the default there
+  # ('shift'); the two are tested against each other elsewhere, conversion is tested here.
+  overrides = {"depthwise_impl": "xla", **overrides}
   key = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in overrides.items()))
   return np.asarray(_jitted_apply(name, key)(variables, x_nhwc))
 
@@ -85,10 +88,10 @@ def state_dict_np(module) -> dict:
 
 
 def timm_focalnet(**kwargs):
+  import_timm()  # registers what torchvision needs before timm imports it
   from timm.layers import LayerNorm2d
   from timm.models import focalnet as timm_focalnet_module
 
-  import_timm()
   stem_stride = kwargs.pop("stem_stride", None)
   model = timm_focalnet_module.FocalNet(**kwargs)
   if stem_stride:  # timm has no isotropic models; give its stem the 16x16 patchify of ours
@@ -261,9 +264,8 @@ def test_cli_end_to_end(timm_models, tmp_path, fmt, capsys):
   assert meta["model"] == "focalnet_huge_fl3"
   assert meta["source"]["layout"] == "timm" and meta["source"]["path"] == str(src)
   assert meta["model_overrides"] == {"embed_dim": 16, "depths": [1, 1, 2, 1], "num_classes": 10}
-  model = create_model(meta["model"], **meta["model_overrides"])
   x = images(SMALL, seed=3)
-  ours = model.apply({"params": params}, x)
+  ours = jax_logits(meta["model"], meta["model_overrides"], {"params": params}, x)  # = create_model(...)
   assert rel_err(ours, torch_logits(module, x)) < TOL
 
 
@@ -286,10 +288,18 @@ def test_cli_refuses_to_overwrite(timm_models, tmp_path):
 def test_cli_reports_conversion_errors(timm_models, tmp_path):
   src = tmp_path / "weights.pth"
   torch.save(timm_models["huge"].state_dict(), src)
+  args = ["--model", "focalnet_huge_fl3", "--checkpoint", str(src), "--override", "embed_dim=16",
+          "--override", "depths=[1,1,2,1]"]  # num_classes left at 21842: the head does not fit
   with pytest.raises(SystemExit, match="num_classes=10"):
-    convert.main(["--model", "focalnet_huge_fl3", "--checkpoint", str(src), "--output", str(tmp_path / "o"),
-                  "--override", "embed_dim=16", "--override", "depths=[1,1,2,1]"])
+    convert.main([*args, "--output", str(tmp_path / "o")])
   assert not (tmp_path / "o").exists()
+  # --force replaces an existing checkpoint only once the conversion has succeeded.
+  existing = tmp_path / "existing"
+  existing.mkdir()
+  (existing / "keep.txt").write_text("precious")
+  with pytest.raises(SystemExit, match="num_classes=10"):
+    convert.main([*args, "--output", str(existing), "--force"])
+  assert (existing / "keep.txt").read_text() == "precious"
 
 
 # --- errors and head handling -----------------------------------------------------------------
@@ -374,10 +384,20 @@ def test_numpy_and_safetensors_need_no_torch(timm_models, tmp_path, monkeypatch)
   state_dict = state_dict_np(timm_models["huge"])
   save_file(state_dict, str(tmp_path / "w.safetensors"))
   torch.save(timm_models["huge"].state_dict(), tmp_path / "w.pth")
+  from safetensors.torch import save_file as save_torch
+
+  bf16 = {k: v.to(torch.bfloat16) for k, v in timm_models["huge"].state_dict().items()}
+  save_torch(bf16, str(tmp_path / "w_bf16.safetensors"))
   expected = convert.convert_state_dict(state_dict, name, **overrides)
   monkeypatch.setitem(sys.modules, "torch", None)  # any `import torch` now fails
   loaded = convert.load_checkpoint(tmp_path / "w.safetensors")
   got = convert.convert_state_dict(loaded, name, **overrides)
   jax.tree.map(np.testing.assert_array_equal, got, expected)
+  # bfloat16 files (which numpy cannot read) come back as float32.
+  loaded = convert.load_checkpoint(tmp_path / "w_bf16.safetensors")
+  key = "layers.0.blocks.0.modulation.f.weight"
+  assert loaded[key].dtype == np.float32
+  np.testing.assert_allclose(loaded[key], state_dict[key], rtol=1e-2, atol=1e-6)
+  assert not np.array_equal(loaded[key], state_dict[key])
   with pytest.raises(ImportError, match="needs PyTorch.*safetensors"):
     convert.load_checkpoint(tmp_path / "w.pth")
