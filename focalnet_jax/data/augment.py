@@ -326,9 +326,9 @@ def randaugment(img: tf.Tensor, seed, num_ops: int, magnitude: float, magnitude_
     level = magnitude + magnitude_std * tf.random.stateless_normal([], s_mag)
     level = tf.clip_by_value(level, 0.0, _LEVEL_MAX)
     sign = tf.where(_uniform(s_sign) < 0.5, -1.0, 1.0)
-    branches = [lambda op=op: op(img, level, sign) for op in ops]
-    applied = tf.switch_case(index, branches)
-    img = tf.where(_uniform(s_apply) < prob, applied, img)
+    branches = [lambda op=op, img=img: op(img, level, sign) for op in ops]
+    # tf.cond, not tf.where: skipped layers (half of them) cost nothing.
+    img = tf.cond(_uniform(s_apply) < prob, lambda: tf.switch_case(index, branches), lambda img=img: img)
     img.set_shape([None, None, 3])
   return img
 
