@@ -98,6 +98,12 @@ def _aug_kwargs(config) -> dict[str, Any]:
               random_erase_prob=float(a.random_erase_prob), mean=tuple(a.mean), std=tuple(a.std))
 
 
+def _plain(tf, fn):
+  """`fn` exempt from autograph: it is plain TF already, and converting parses source (slow, and
+  not safe while another thread does the same)."""
+  return tf.autograph.experimental.do_not_convert(fn)
+
+
 def _culprit(paths: list[str]) -> str | None:
   """The first of `paths` that TF cannot decode (to name it when a batch fails)."""
   tf = import_tf()
@@ -183,7 +189,7 @@ def train_iterator(config, *, start_step: int = 0, process_index: int = 0,
     else:
       records = src.train_epoch(config.train_split, config.seed, epoch, process_index, process_count, n_take,
                                 offset * batch, config.shuffle_buffer)
-    ds = records.map(lambda pos, data, label: (transform_one(pos, data, base), label),
+    ds = records.map(_plain(tf, lambda pos, data, label: (transform_one(pos, data, base), label)),
                      num_parallel_calls=parallel, deterministic=True)
     return ds.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE).with_options(opts)
 
@@ -239,7 +245,7 @@ def eval_iterator(config, *, process_index: int = 0, process_count: int = 1) -> 
     img = augment.eval_transform(data, config.image_size, config.crop_ratio, config.interpolation)
     return augment.normalize(img, config.aug.mean, config.aug.std), label
 
-  ds = records.take(n_local).map(transform, num_parallel_calls=config.data_threads or tf.data.AUTOTUNE,
+  ds = records.take(n_local).map(_plain(tf, transform), num_parallel_calls=config.data_threads or tf.data.AUTOTUNE,
                                  deterministic=True)
   ds = ds.batch(batch).prefetch(tf.data.AUTOTUNE).with_options(_options(config))
   it = ds.as_numpy_iterator()

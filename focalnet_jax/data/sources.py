@@ -142,7 +142,7 @@ class TfdsSource:
     return self._tfds.even_splits(split, n=process_count, drop_remainder=drop_remainder)[process_index]
 
   def _records(self, ds):
-    return ds.map(lambda ex: (ex["image"], tf.cast(ex["label"], tf.int32)))
+    return ds.map(tf.autograph.experimental.do_not_convert(lambda ex: (ex["image"], tf.cast(ex["label"], tf.int32))))
 
   def train_epoch(self, split, seed, epoch, process_index, process_count, n_take, skip, shuffle_buffer):
     sub = self._process_split(split, process_index, process_count, drop_remainder=True)
@@ -154,7 +154,7 @@ class TfdsSource:
     ds = self._records(self.open(sub, shuffle_files=True, read_config=read_config))
     ds = ds.shuffle(shuffle_buffer, seed=s).take(n_take).enumerate()
     # Resuming mid-epoch reads (but does not decode) the skipped records.
-    return ds.skip(skip).map(lambda i, rec: (i, rec[0], rec[1]))
+    return ds.skip(skip).map(tf.autograph.experimental.do_not_convert(lambda i, rec: (i, rec[0], rec[1])))
 
   def eval_records(self, split, process_index, process_count) -> tuple[tf.data.Dataset, int, int]:
     subs = [self._process_split(split, p, process_count, drop_remainder=False) for p in range(process_count)]
