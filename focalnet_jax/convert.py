@@ -32,11 +32,12 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-LAYOUTS = ("official", "timm", "hf")
 NUM_CLASSES_22K = 21842
 NUM_CLASSES_1K = 1000
 # Official and timm checkpoints wrap the state dict under one of these keys.
-_WRAPPER_KEYS = ("model", "state_dict", "model_state", "module")
+_WRAPPER_KEYS = ("model", "state_dict")
+# Weight files inside a downloaded HF hub snapshot (timm or transformers), in order of preference.
+_SNAPSHOT_FILES = ("model.safetensors", "pytorch_model.bin")
 _MAX_MISMATCHES = 8  # shape mismatches listed in an error; a wrong variant mismatches hundreds
 _LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias"}
 
@@ -47,11 +48,20 @@ _LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias"}
 def load_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> dict[str, np.ndarray]:
   """Reads a `.safetensors`, `.pth`, `.pt` or `.bin` file into a flat {key: float32 array}.
 
-  `.safetensors` needs only the `safetensors` package. The pickle formats need torch and are
-  read with `weights_only=True`; `trust_pickle=True` lifts that restriction (official training
-  checkpoints may also pickle their yacs config), so use it only for files you trust.
+  `path` may also be a downloaded HF hub snapshot directory holding `model.safetensors` or
+  `pytorch_model.bin`. `.safetensors` needs only the `safetensors` package. The pickle formats
+  need torch and are read with `weights_only=True`; `trust_pickle=True` lifts that restriction
+  (official training checkpoints may also pickle their yacs config): use it only for files you
+  trust.
   """
   path = os.fspath(path)
+  if os.path.isdir(path):
+    found = [os.path.join(path, f) for f in _SNAPSHOT_FILES if os.path.isfile(os.path.join(path, f))]
+    if not found:
+      raise FileNotFoundError(
+          f"{path!r} is a directory without {' or '.join(_SNAPSHOT_FILES)}; pass the weight file itself."
+      )
+    path = found[0]
   if not os.path.isfile(path):
     raise FileNotFoundError(f"Checkpoint file {path!r} does not exist.")
   ext = os.path.splitext(path)[1].lower()
@@ -182,7 +192,9 @@ def torch_key(path: tuple[str, ...], layout: str, *, postln: bool = False, prefi
         renames = {
             "official": {},
             "timm": {"ln": "norm"},
-            "hf": {"f": "projection_in", "h": "projection_context", "proj": "projection_out", "ln": "layernorm"},
+            "hf": {
+                "f": "projection_in", "h": "projection_context", "proj": "projection_out", "ln": "layernorm",
+            },
         }[layout]
         module = f"{block}.modulation.{renames.get(sub, sub)}"
       elif inner[0] == "mlp":
@@ -202,10 +214,12 @@ def _forward_order(path: tuple[str, ...]) -> tuple[int, tuple[str, ...]]:
   return (int(first.split("_")[1]) + 1 if rank is None else rank, path)
 
 
-def _to_flax(value: np.ndarray, expected_ndim: int, focal: bool) -> np.ndarray:
-  """PyTorch -> Flax layout: conv (O, I/g, kh, kw) -> (kh, kw, I/g, O); Linear (O, I) -> (I, O);
-  a 1x1 conv used as a Linear (timm, and `h` everywhere) -> (I, O)."""
-  if expected_ndim == 4 or focal:
+def _to_flax(value: np.ndarray, expected_ndim: int) -> np.ndarray:
+  """PyTorch -> Flax layout: conv (O, I/g, kh, kw) -> (kh, kw, I/g, O), which also turns the
+  depthwise (C, 1, k, k) into (k, k, 1, C); Linear (O, I) -> (I, O); a 1x1 conv used as a
+  Linear (timm's f/proj/fc1/fc2, and `h` everywhere) -> (I, O). Other ranks are left for the
+  shape check to report."""
+  if expected_ndim == 4:
     return value.transpose(2, 3, 1, 0) if value.ndim == 4 else value
   if expected_ndim == 2:
     if value.ndim == 4 and value.shape[2:] == (1, 1):
@@ -244,9 +258,10 @@ def infer_architecture(state_dict: Mapping[str, Any], layout: str, prefix: str =
     arch["use_conv_embed"] = k == 7
     if k != 7:
       arch["patch_size"] = int(k)
-  block_re = re.compile(
-      rf"^{re.escape(prefix)}encoder\.stages\.(\d+)\.layers\.(\d+)\." if layout == "hf" else r"^layers\.(\d+)\.blocks\.(\d+)\."
-  )
+  if layout == "hf":
+    block_re = re.compile(rf"^{re.escape(prefix)}encoder\.stages\.(\d+)\.layers\.(\d+)\.")
+  else:
+    block_re = re.compile(r"^layers\.(\d+)\.blocks\.(\d+)\.")
   blocks: dict[int, set[int]] = collections.defaultdict(set)
   for key in state_dict:
     m = block_re.match(key)
@@ -258,11 +273,8 @@ def infer_architecture(state_dict: Mapping[str, Any], layout: str, prefix: str =
     levels, windows = [], []
     for i in stages:
       block = f"{prefix}encoder.stages.{i}.layers.0" if layout == "hf" else f"layers.{i}.blocks.0"
-      focal = sorted(
-          int(m.group(1))
-          for m in (re.match(rf"^{re.escape(block)}\.modulation\.focal_layers\.(\d+)\.0\.weight$", k) for k in state_dict)
-          if m
-      )
+      focal_re = re.compile(rf"^{re.escape(block)}\.modulation\.focal_layers\.(\d+)\.0\.weight$")
+      focal = sorted(int(m.group(1)) for m in map(focal_re.match, state_dict) if m)
       levels.append(len(focal))
       if focal:
         windows.append(int(state_dict[f"{block}.modulation.focal_layers.0.0.weight"].shape[-1]))
@@ -271,8 +283,8 @@ def infer_architecture(state_dict: Mapping[str, Any], layout: str, prefix: str =
       arch["focal_windows"] = tuple(windows)
   keys = list(state_dict)
   arch["use_layerscale"] = any(k.endswith((".gamma_1", ".ls1.gamma")) for k in keys)
-  ln = {"official": ".modulation.ln.weight", "timm": ".modulation.norm.weight", "hf": ".modulation.layernorm.weight"}
-  arch["use_postln_in_modulation"] = any(k.endswith(ln[layout]) for k in keys)
+  ln = {"official": "ln", "timm": "norm", "hf": "layernorm"}[layout]
+  arch["use_postln_in_modulation"] = any(k.endswith(f".modulation.{ln}.weight") for k in keys)
   if layout == "timm":
     arch["use_postln"] = any(".norm1_post." in k for k in keys)
   head = {"official": "head.weight", "timm": "head.fc.weight", "hf": "classifier.weight"}[layout]
@@ -280,47 +292,64 @@ def infer_architecture(state_dict: Mapping[str, Any], layout: str, prefix: str =
   return arch
 
 
+def _comparable(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+  """FocalNet kwargs (with defaults filled in) in the form `infer_architecture` returns."""
+  from focalnet_jax.model import FocalNet, per_stage
+
+  kw = {f: getattr(FocalNet, f) for f in ("use_conv_embed", "use_layerscale", "use_postln",
+                                          "use_postln_in_modulation", "patch_size", "num_classes")}
+  kw.update(kwargs)
+  n = len(kw["depths"])
+  arch = {
+      "embed_dim": kw["embed_dim"],
+      "use_conv_embed": kw["use_conv_embed"],
+      "depths": tuple(kw["depths"]),
+      "focal_levels": per_stage(kw["focal_levels"], n, "focal_levels"),
+      "focal_windows": per_stage(kw["focal_windows"], n, "focal_windows"),
+      "use_layerscale": kw["use_layerscale"],
+      "use_postln_in_modulation": kw["use_postln_in_modulation"],
+      "use_postln": kw["use_postln"],
+      "num_classes": kw["num_classes"],
+  }
+  if not arch["use_conv_embed"]:
+    arch["patch_size"] = kw["patch_size"]
+  return arch
+
+
+def _differences(arch: Mapping[str, Any], kwargs: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+  """{field: (checkpoint value, model value)} over the fields `arch` could read off the keys."""
+  model = _comparable(kwargs)
+  return {k: (arch[k], v) for k, v in model.items() if k in arch and arch[k] != v}
+
+
 def matching_variants(arch: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
   """Published variants whose architecture fits `arch`, with the overrides each would need
   (only num_classes is allowed to differ)."""
-  from focalnet_jax.model import per_stage
   from focalnet_jax.variants import list_models, model_kwargs
 
   found = []
   for name in list_models():
-    kw = model_kwargs(name)
-    n = len(kw["depths"])
-    want = dict(
-        embed_dim=kw["embed_dim"],
-        use_conv_embed=kw.get("use_conv_embed", False),
-        depths=tuple(kw["depths"]),
-        focal_levels=per_stage(kw["focal_levels"], n, "focal_levels"),
-        focal_windows=per_stage(kw["focal_windows"], n, "focal_windows"),
-        use_layerscale=kw.get("use_layerscale", False),
-        use_postln_in_modulation=kw.get("use_postln_in_modulation", False),
-        use_postln=kw.get("use_postln", False),
-    )
-    if not want["use_conv_embed"]:
-      want["patch_size"] = kw.get("patch_size", 4)
-    if all(arch[k] == v for k, v in want.items() if k in arch):
-      num_classes = kw.get("num_classes", NUM_CLASSES_1K)
-      over = {} if arch.get("num_classes", num_classes) == num_classes else {"num_classes": arch["num_classes"]}
-      found.append((name, over))
+    diff = _differences(arch, model_kwargs(name))
+    if set(diff) <= {"num_classes"}:
+      found.append((name, {k: got for k, (got, _) in diff.items()}))
   return found
 
 
 def _describe(arch: Mapping[str, Any], model_name: str, overrides: Mapping[str, Any]) -> str:
-  matches = matching_variants(arch)
-  fits = [f"{n}" + "".join(f" with {k}={v}" for k, v in o.items()) for n, o in matches]
-  if any(n == model_name and all(overrides.get(k) == v for k, v in o.items()) for n, o in matches):
-    return ""  # the variant is right; the problem is something else (named above)
+  """What, read off the checkpoint's keys, differs from the requested model, and which
+  variant would fit; '' when only the head differs (reported on its own)."""
+  from focalnet_jax.variants import model_kwargs
+
+  diff = _differences(arch, model_kwargs(model_name, **overrides))
+  diff.pop("num_classes", None)
+  if not diff:
+    return ""
+  shown = ", ".join(f"{k}={got} (model: {want})" for k, (got, want) in diff.items())
+  fits = [n + "".join(f" with {k}={v}" for k, v in o.items()) for n, o in matching_variants(arch)]
   if fits:
-    return "This checkpoint looks like " + " or ".join(fits) + "."
-  shown = ", ".join(f"{k}={v}" for k, v in arch.items())
-  return (
-      f"No published variant matches this checkpoint; read from its keys: {shown}. "
-      "Pass these as overrides of the closest variant (CLI: --override key=value)."
-  )
+    return f"The checkpoint has {shown}: it looks like {' or '.join(fits)}."
+  fix = " ".join(f"--override {k}={json.dumps(got, separators=(',', ':'))}" for k, (got, _) in diff.items())
+  return f"The checkpoint has {shown}; no published variant matches. Try: {fix}."
 
 
 def _compact(keys: Sequence[str], limit: int = 12) -> str:
@@ -396,7 +425,7 @@ def convert_state_dict(
       continue
     value = state_dict[key]
     expected = tuple(targets[path].shape)
-    converted = _to_flax(value, len(expected), focal=path[-1].startswith("focal_layers_"))
+    converted = _to_flax(value, len(expected))
     if head_to_1k and path[0] == "head":
       converted = converted[..., :NUM_CLASSES_1K]
     if converted.shape != expected:
@@ -405,7 +434,9 @@ def convert_state_dict(
     params[path] = np.ascontiguousarray(converted, dtype=np.float32)
 
   if missing or unexpected or mismatched:
-    raise ValueError(_report(model_name, overrides, layout, state_dict, prefix, missing, unexpected, mismatched, model))
+    raise ValueError(
+        _report(model_name, overrides, layout, state_dict, prefix, missing, unexpected, mismatched, model)
+    )
 
   if drop_head and head_paths:
     kernel_path = ("head", "kernel")
@@ -445,11 +476,12 @@ def _report(model_name, overrides, layout, state_dict, prefix, missing, unexpect
   problems = [k for k, _, _ in mismatched] + missing + unexpected
   if all(_is_head_key(k, layout) for k in problems):  # only the classifier differs
     n = arch["num_classes"]
+    has = f"has {n} classes" if n else "has no head"
+    new_head = f" and initialise a new {model.num_classes}-class head (for fine-tuning)"
     options = [
         f"num_classes={n} to keep the checkpoint's {n}-class head" if n else
         "num_classes=0 (the checkpoint has no head)",
-        "drop_head=True (CLI: --drop-head) to discard it"
-        + (f" and initialise a new {model.num_classes}-class head (for fine-tuning)" if model.num_classes else ""),
+        "drop_head=True (CLI: --drop-head) to discard it" + (new_head if model.num_classes else ""),
     ]
     if n == NUM_CLASSES_22K and model.num_classes == NUM_CLASSES_1K:
       options.append(
@@ -457,7 +489,7 @@ def _report(model_name, overrides, layout, state_dict, prefix, missing, unexpect
           "which are the ImageNet-1K classes in the official reordered label map"
       )
     lines.append(
-        f"  The checkpoint's head has {n} classes and the model {model.num_classes}. Options: "
+        f"  The checkpoint {has} and the model {model.num_classes} classes. Options: "
         + "; or ".join(options) + "."
     )
   hint = _describe(arch, model_name, overrides)
@@ -494,8 +526,12 @@ def build_parser() -> argparse.ArgumentParser:
       ".safetensors/.bin) into a focalnet_jax checkpoint directory.",
   )
   parser.add_argument("--model", required=True, help="variant name, e.g. focalnet_tiny_srf")
-  parser.add_argument("--checkpoint", required=True, help=".pth/.pt/.bin/.safetensors file")
-  parser.add_argument("--output", required=True, help="checkpoint directory to write (must not exist or be empty)")
+  parser.add_argument(
+      "--checkpoint", required=True, help=".pth/.pt/.bin/.safetensors file, or an HF hub snapshot directory"
+  )
+  parser.add_argument(
+      "--output", required=True, help="checkpoint directory to write (must not exist, or be empty)"
+  )
   head = parser.add_mutually_exclusive_group()
   head.add_argument(
       "--drop-head", action="store_true",
@@ -512,7 +548,8 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--force", action="store_true", help="replace an existing non-empty output directory")
   parser.add_argument(
       "--trust-pickle", action="store_true",
-      help="read .pth files that pickle more than tensors (torch.load weights_only=False); trusted files only",
+      help="read .pth files that pickle more than tensors (torch.load weights_only=False); "
+      "only for files you trust",
   )
   return parser
 

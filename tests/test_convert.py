@@ -326,6 +326,9 @@ def test_missing_and_unexpected_keys_are_listed(timm_models):
   msg = str(e.value)
   assert "missing from the checkpoint (1):" in msg and "layers.2.blocks.1.modulation.h.weight" in msg
   assert "unexpected in the checkpoint (1):" in msg and "layers.0.blocks.0.extra.weight" in msg
+  # Architecture read off the keys: the post-norms of a timm checkpoint name the fix.
+  with pytest.raises(ValueError, match=r"use_postln=True \(model: False\).*--override use_postln=true"):
+    convert.convert_state_dict(state_dict_np(timm_models["huge"]), name, use_postln=False, **overrides)
 
 
 def test_unknown_layout_names_prefixes():
@@ -347,7 +350,8 @@ def test_drop_head(timm_models):
   state_dict = state_dict_np(timm_models["huge"])
   full = convert.convert_state_dict(state_dict, name, **overrides)["params"]
   # A new 5-class head, freshly initialised; every other parameter is the checkpoint's.
-  new = convert.convert_state_dict(state_dict, name, drop_head=True, **{**overrides, "num_classes": 5})["params"]
+  five = {**overrides, "num_classes": 5}
+  new = convert.convert_state_dict(state_dict, name, drop_head=True, **five)["params"]
   assert new["head"]["kernel"].shape == (128, 5) and 0.005 < new["head"]["kernel"].std() < 0.05
   np.testing.assert_array_equal(new["head"]["bias"], 0.0)
   jax.tree.map(np.testing.assert_array_equal, {k: v for k, v in new.items() if k != "head"},
@@ -393,6 +397,10 @@ def test_numpy_and_safetensors_need_no_torch(timm_models, tmp_path, monkeypatch)
   loaded = convert.load_checkpoint(tmp_path / "w.safetensors")
   got = convert.convert_state_dict(loaded, name, **overrides)
   jax.tree.map(np.testing.assert_array_equal, got, expected)
+  snapshot = tmp_path / "snapshot"  # a downloaded HF hub directory
+  snapshot.mkdir()
+  (tmp_path / "w.safetensors").rename(snapshot / "model.safetensors")
+  assert convert.load_checkpoint(snapshot).keys() == loaded.keys()
   # bfloat16 files (which numpy cannot read) come back as float32.
   loaded = convert.load_checkpoint(tmp_path / "w_bf16.safetensors")
   key = "layers.0.blocks.0.modulation.f.weight"
