@@ -125,7 +125,7 @@ def _to_numpy(value: Any) -> np.ndarray:
     value = value.numpy()
   value = np.asarray(value)
   floating = np.issubdtype(value.dtype, np.floating) or value.dtype.name == "bfloat16"
-  return value.astype(np.float32) if floating else value
+  return value.astype(np.float32, copy=False) if floating else value  # no copy of float32 weights
 
 
 # --- layouts and key names ----------------------------------------------------------------
