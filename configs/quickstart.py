@@ -6,7 +6,8 @@ About 5 minutes on 2 CPU cores; reaches ~98-99% test top-1. The 1,797 8x8 digit 
 written once as an image folder under `<data_dir>/digits` (default: `./data`; 80/20 train/test
 split fixed by `digits_split_seed`) and read through the same input pipeline as ImageNet.
 Same trainer, same recipe machinery as the ImageNet configs; only the sizes shrink:
-a 3-stage FocalNet with 32 channels on 32x32 inputs (patch 2), no mixup, light augmentation.
+a 3-stage FocalNet with 32 channels on 16x16 inputs (patch 2: an 8x8 token grid,
+one token per original pixel), no mixup, light augmentation.
 """
 from configs import default
 
@@ -24,7 +25,7 @@ def get_config(arg=None):
   config.data_dir = "./data"
   config.train_split = "train"
   config.eval_split = "test"
-  config.image_size = 32
+  config.image_size = 16
   config.crop_ratio = 1.0
   config.interpolation = "bilinear"
   config.batch_size = 64

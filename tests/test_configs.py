@@ -1,0 +1,95 @@
+"""Every config loads, builds its model and resolves its derived values after overrides."""
+from __future__ import annotations
+
+import glob
+import os
+
+import jax
+import jax.numpy as jnp
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+import train_utils
+from focalnet_jax import optim, trainer, variants
+
+CONFIGS = sorted(p for p in glob.glob(os.path.join(train_utils.ROOT, "configs", "*.py"))
+                 if not p.endswith("__init__.py"))
+IMAGENET_TRAIN = 1_281_167
+
+
+def load(path, *overrides):
+  """The config as train.py sees it: parsed by config_flags with lock_config=True."""
+  argv = ["train.py", f"--config={path}", *overrides]
+  fv = flags.FlagValues()
+  # Overrides are found in argv when the flag is defined (sys.argv by default).
+  config_flags.DEFINE_config_file("config", None, flag_values=fv, lock_config=True, sys_argv=argv)
+  fv(argv)
+  return fv.config
+
+
+def test_every_variant_has_a_config():
+  names = {os.path.basename(p)[:-3] for p in CONFIGS}
+  assert {"default", "quickstart", "focalnet_t", "focalnet_t_lrf", "focalnet_s", "focalnet_s_lrf", "focalnet_b",
+          "focalnet_b_lrf", "focalnet_t_iso", "focalnet_s_iso", "focalnet_b_iso", "focalnet_l_fl3_ft",
+          "focalnet_l_fl4_ft", "focalnet_xl_fl3_ft", "focalnet_xl_fl4_ft", "focalnet_h_fl3_ft",
+          "focalnet_h_fl4_ft", "finetune"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.basename(p)[:-3])
+def test_config_loads_and_builds_its_model(path):
+  config = load(path)
+  with open(path) as f:
+    doc = f.read()
+  assert "python train.py --config configs/" in doc  # the docstring says how to run it
+  num_classes = 10 if config.dataset == "digits" else 1000
+  model, overrides = trainer.build_model(config, num_classes)
+  assert model.num_classes == num_classes
+  model.check_image_size(config.image_size, config.image_size)
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, config.image_size, config.image_size, 3))) \
+      if config.dataset == "digits" else None
+  if shapes is not None:
+    assert shapes["params"]["head"]["kernel"].shape[-1] == 10
+  if "_ft" in path:
+    assert config.model.name.endswith(("fl3", "fl4")) and config.base_lr < 5e-4
+    assert config.image_size == variants.default_image_size(config.model.name)
+
+
+@pytest.mark.parametrize("name", ["focalnet_b_lrf", "focalnet_b_iso", "focalnet_l_fl4_ft"])
+def test_big_models_build_abstractly(name):
+  config = load(os.path.join(train_utils.ROOT, "configs", f"{name}.py"))
+  model, _ = trainer.build_model(config, 1000)
+  size = 32 * (2 if "iso" not in name else 1)
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3), jnp.float32))
+  assert shapes["params"]["head"]["kernel"].shape[-1] == 1000
+
+
+def test_derived_values_follow_overrides():
+  path = os.path.join(train_utils.ROOT, "configs", "focalnet_t.py")
+  base = optim.resolve_schedule(load(path), IMAGENET_TRAIN)
+  assert base.steps_per_epoch == IMAGENET_TRAIN // 1024 and base.total_steps == 300 * base.steps_per_epoch
+  assert base.lr == pytest.approx(1e-3) and base.warmup_steps == 20 * base.steps_per_epoch
+  small = optim.resolve_schedule(load(path, "--config.batch_size=256"), IMAGENET_TRAIN)
+  assert small.lr == pytest.approx(2.5e-4) and small.min_lr == pytest.approx(2.5e-6)
+  assert small.warmup_lr == pytest.approx(2.5e-7)
+  assert small.steps_per_epoch == IMAGENET_TRAIN // 256 and small.total_steps == 300 * small.steps_per_epoch
+  fixed = optim.resolve_schedule(load(path, "--config.total_steps=1000", "--config.warmup_epochs=0"),
+                                 IMAGENET_TRAIN)
+  assert fixed.total_steps == 1000 and fixed.warmup_steps == 0
+
+
+def test_model_fields_override_the_variant():
+  path = os.path.join(train_utils.ROOT, "configs", "focalnet_t.py")
+  config = load(path, "--config.model.focal_levels=3", "--config.model.drop_path_rate=0.1",
+                "--config.model.name=focalnet_small_srf")
+  model, overrides = trainer.build_model(config, 1000)
+  assert model.focal_levels == 3 and model.drop_path_rate == 0.1 and tuple(model.depths) == (2, 2, 18, 2)
+  assert overrides["focal_levels"] == 3 and "depths" not in overrides
+
+
+def test_misspelt_override_is_an_error():
+  path = os.path.join(train_utils.ROOT, "configs", "focalnet_t.py")
+  with pytest.raises(Exception, match='Did you mean "batch_size"'):
+    load(path, "--config.batch_sise=256")
+  with pytest.raises(Exception):
+    load(path, "--config.model.drop_path=0.1")
