@@ -596,7 +596,9 @@ def main(argv: Sequence[str] | None = None) -> int:
       f"Converted {args.checkpoint} ({layout} layout) to {args.model}{over}: "
       f"{num_params(variables['params']):,} parameters.\n"
       f"Wrote {output} (step 0).\n"
-      f"Evaluate or fine-tune it with: python eval.py --config configs/<config>.py --checkpoint {output}"
+      f"Evaluate it:  python eval.py --config configs/<config>.py --checkpoint {output}\n"
+      f"Fine-tune it: python train.py --config configs/<config>.py --config.init_from={output} "
+      "--workdir runs/<name>"
   )
   return 0
 
