@@ -299,7 +299,8 @@ def test_drop_path_rates_rise_linearly_over_blocks():
 
 @pytest.fixture(scope="module")
 def tiny():
-  model = tiny_model(depths=(1, 1, 1, 1))
+  # 'xla' depthwise convs compile faster eagerly; 'shift' is checked against it above.
+  model = tiny_model(depths=(1, 1, 1, 1), depthwise_impl="xla")
   return model, random_variables(model)
 
 
@@ -323,10 +324,7 @@ def test_model_eval_ignores_drop_path_and_train_is_stochastic(iso):
   t1 = droppy.apply(variables, x, train=True, rngs={"dropout": jax.random.key(1)})
   t2 = droppy.apply(variables, x, train=True, rngs={"dropout": jax.random.key(2)})
   assert not np.allclose(t1, t2)
-  # Per sample: some samples of the batch differ from eval, others (all branches kept
-  # or all dropped) are possible, but not every sample is hit the same way.
-  changed = ~np.all(np.isclose(t1, a, rtol=1e-5, atol=1e-6), axis=-1)
-  assert changed.any()
+  assert not np.allclose(t1, a)  # training really drops branches (per sample: see above)
 
 
 def test_bfloat16_compute_stays_close_to_float32(tiny):
