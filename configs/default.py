@@ -59,7 +59,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # --- data (the contract of focalnet_jax.data; see notes in its module docstring) ---------
   c.dataset = "imagenet2012"  # TFDS name, 'folder:/path', 'digits' or 'synthetic'
-  c.data_dir = config_dict.placeholder(str)
+  c.data_dir = config_dict.placeholder(str)  # None: TFDS's default; for 'digits', <workdir>/data
   c.train_split = "train"
   c.eval_split = "validation"
   c.image_size = 224

@@ -3,8 +3,8 @@ r"""Quickstart: a small FocalNet on scikit-learn's handwritten digits, on a lapt
   python train.py --config configs/quickstart.py --workdir runs/quickstart
 
 About 5 minutes on 2 CPU cores; reaches ~98-99% test top-1. The 1,797 8x8 digit images are
-written once as an image folder under `<data_dir>/digits` (default: `./data`; 80/20 train/test
-split fixed by `digits_split_seed`) and read through the same input pipeline as ImageNet.
+written once as an image folder under `<data_dir>/digits` (by default `<workdir>/data`;
+80/20 train/test split fixed by `digits_split_seed`) and read through the same input pipeline as ImageNet.
 Same trainer, same recipe machinery as the ImageNet configs; only the sizes shrink:
 a 3-stage FocalNet with 32 channels on 16x16 inputs (patch 2: an 8x8 token grid,
 one token per original pixel), no mixup, light augmentation.
@@ -22,7 +22,6 @@ def get_config(arg=None):
   config.model.dtype = "float32"  # bfloat16 is slow on most CPUs
 
   config.dataset = "digits"
-  config.data_dir = "./data"
   config.train_split = "train"
   config.eval_split = "test"
   config.image_size = 16

@@ -9,9 +9,8 @@ the restored step, so a resumed run continues exactly as an uninterrupted one.
 """
 from __future__ import annotations
 
-import functools
+import dataclasses
 import json
-import math
 import os
 import signal
 import threading
@@ -251,6 +250,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """
   workdir = os.path.abspath(workdir)
   is_main = jax.process_index() == 0
+  if config.dataset == "digits" and config.data_dir is None:
+    config = config.copy_and_resolve_references()
+    config.data_dir = os.path.join(workdir, "data")  # the quickstart's data lives with its run
   info = dataset_info(config)
   sched = optim.resolve_schedule(config, info.num_train)
   model, overrides = build_model(config, info.num_classes)
@@ -338,7 +340,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     meta = {"model": config.model.name, "model_overrides": overrides,
             "config": json.loads(config.to_json_best_effort()),
-            "image_size": size, "num_classes": info.num_classes}
+            "image_size": size, "num_classes": info.num_classes, "schedule": dataclasses.asdict(sched)}
     writer = metrics_lib.Writer(workdir, enabled=is_main)
     eval_every = sched.steps_per_epoch if config.eval_every_steps < 0 else config.eval_every_steps
     total = sched.total_steps
@@ -386,13 +388,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       last_saved = step
 
     def run_eval(step: int) -> None:
-      nonlocal last_eval
+      nonlocal last_eval, t_last
       t = time.time()
       last_eval = evaluate(eval_step, state["params"], config, info, batch_sh)
       if use_ema:
         ema = evaluate(eval_step, state["ema_params"], config, info, batch_sh)
         last_eval.update({f"ema_{k}": v for k, v in ema.items() if k != "num_examples"})
       writer.write(step, last_eval, "eval")
+      t_last += time.time() - t  # img/s and ETA measure training only
       if is_main:
         logging.info("eval at step %d (%d examples, %.1fs): %s", step, last_eval["num_examples"],
                      time.time() - t, " ".join(f"{k} {v:.4f}" for k, v in last_eval.items() if k != "num_examples"))

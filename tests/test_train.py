@@ -14,6 +14,24 @@ import train_utils
 from focalnet_jax import checkpoint, trainer
 
 
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+  """Runs that compile the same step (uninterrupted, killed, resumed) compile it once."""
+  from jax.experimental.compilation_cache import compilation_cache as cc
+
+  names = ("jax_persistent_cache_min_compile_time_secs", "jax_persistent_cache_min_entry_size_bytes")
+  saved = {n: getattr(jax.config, n) for n in names}
+  for n in names:
+    jax.config.update(n, 0)
+  cc.set_cache_dir(str(tmp_path_factory.mktemp("jax_cache")))
+  cc.reset_cache()
+  yield
+  jax.config.update("jax_compilation_cache_dir", None)
+  cc.reset_cache()
+  for n, v in saved.items():
+    jax.config.update(n, v)
+
+
 @pytest.fixture
 def data(monkeypatch):
   """The in-memory dataset; `data(on_step=f)` re-installs it with a per-step hook."""
@@ -35,17 +53,22 @@ def _assert_trees_close(a, b, **tol):
   jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), **tol), a, b)
 
 
-def test_data_by_fsdp_mesh_matches_one_device(data, tmp_path):
-  """One step on a 2x4 (data x fsdp) mesh = one step on a single device, within float32 rounding."""
+def test_data_by_fsdp_mesh_and_accumulation_match_one_device(data, tmp_path):
+  """One step on a 2x4 (data x fsdp) mesh, also with 2 micro-batches, = one step on one device."""
+  runs = {"1x1": (1, 1, 1), "2x4": (2, 4, 1), "2x4_accum2": (2, 4, 2)}
   results = {}
-  for shape in ((1, 1), (2, 4)):
-    config = train_utils.tiny_config(total_steps=1, **{"mesh.data": shape[0], "mesh.fsdp": shape[1]})
-    workdir = str(tmp_path / f"mesh{shape[0]}x{shape[1]}")
-    results[shape] = (trainer.train_and_evaluate(config, workdir), _params(workdir))
-  (m1, p1), (m8, p8) = results[(1, 1)], results[(2, 4)]
-  np.testing.assert_allclose(m8["train_loss"], m1["train_loss"], rtol=1e-5)
-  np.testing.assert_allclose(m8["top1"], m1["top1"])
-  _assert_trees_close(p8, p1, rtol=1e-4, atol=1e-6)
+  for name, (d, f, accum) in runs.items():
+    # No stochastic depth: micro-batches draw their own drop masks.
+    config = train_utils.tiny_config(total_steps=1, grad_accum_steps=accum,
+                                     **{"mesh.data": d, "mesh.fsdp": f, "model.drop_path_rate": 0.0})
+    workdir = str(tmp_path / name)
+    results[name] = (trainer.train_and_evaluate(config, workdir), _params(workdir))
+  m1, p1 = results["1x1"]
+  for name in ("2x4", "2x4_accum2"):
+    m, p = results[name]
+    np.testing.assert_allclose(m["train_loss"], m1["train_loss"], rtol=1e-5)
+    np.testing.assert_allclose(m["top1"], m1["top1"])
+    _assert_trees_close(p, p1, rtol=1e-4, atol=1e-6)
   assert m1["num_examples"] == train_utils.NUM_EVAL  # padding masked, every example once
 
 
