@@ -344,11 +344,13 @@ class FocalNet(nn.Module):
   def check_image_size(self, height: int, width: int) -> None:
     s = self.stride
     if height % s or width % s or height < s or width < s:
-      examples = ", ".join(str(s * m) for m in (2, 4, 7, 8, 12) if s * m >= 64)
+      nearest = sorted({max(s, v // s * s) for v in (height, width)} | {-(-v // s) * s for v in (height, width)})
+      common = [v for v in (224, 256, 288, 384, 512) if v % s == 0]
       raise ValueError(
           f"Image size {height}x{width} does not fit this FocalNet: height and width must be "
           f"positive multiples of {s} (patch_size {self.patch_size} x 2^{self.num_stages - 1} "
-          f"downsamplings), e.g. {examples}. Resize or crop the images to such a size."
+          f"downsamplings). Nearest valid sides: {', '.join(map(str, nearest))}; common sizes: "
+          f"{', '.join(map(str, common))}. Resize or crop the images to such a size."
       )
 
   def setup(self):

@@ -401,7 +401,9 @@ def test_unknown_names_raise_with_suggestions():
 )
 def test_image_size_must_be_a_multiple_of_the_stride(name, size, stride):
   model = create_model(name)
-  with pytest.raises(ValueError, match=f"multiples of {stride}.*e.g. .*{4 * stride}"):
+  nearest = sorted({max(stride, size // stride * stride), -(-size // stride) * stride})
+  sides = ", ".join(map(str, nearest))
+  with pytest.raises(ValueError, match=f"multiples of {stride}.*Nearest valid sides: {sides};.*224"):
     abstract_variables(model, size)
 
 

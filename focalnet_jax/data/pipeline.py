@@ -227,6 +227,8 @@ def train_iterator(config, *, start_step: int = 0, process_index: int = 0,
 def eval_iterator(config, *, process_index: int = 0, process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
   """One pass over config.eval_split: {'image', 'label', 'mask'} batches of eval_batch_size / processes.
 
+  For imagenet2012_real, 'label' is the original label and 'real' the multi-hot ReaL labels.
+
   Process p gets an even share of the split; the last batches are padded with mask-0 examples
   so that every process yields ceil(largest share / batch) batches.
   """
@@ -239,11 +241,11 @@ def eval_iterator(config, *, process_index: int = 0, process_count: int = 1) -> 
   records, n_local, n_most = src.eval_records(config.eval_split, process_index, process_count)
   num_batches = -(-n_most // batch)
 
-  def transform(data, label):
+  def transform(data, label, *real):
     if src.reads_files:
       data = tf.io.read_file(data)
     img = augment.eval_transform(data, config.image_size, config.crop_ratio, config.interpolation)
-    return augment.normalize(img, config.aug.mean, config.aug.std), label
+    return (augment.normalize(img, config.aug.mean, config.aug.std), label, *real)
 
   ds = records.take(n_local).map(_plain(tf, transform), num_parallel_calls=config.data_threads or tf.data.AUTOTUNE,
                                  deterministic=True)
@@ -251,15 +253,17 @@ def eval_iterator(config, *, process_index: int = 0, process_count: int = 1) -> 
   it = ds.as_numpy_iterator()
   size = config.image_size
   seen = 0
+  real_classes = len(src.class_names()) if src.has_real_labels else 0
   for i in range(num_batches):
     image = np.zeros((batch, size, size, 3), np.float32)
     label = np.zeros((batch,), np.int32)
     mask = np.zeros((batch,), np.float32)
+    real = np.zeros((batch, real_classes), np.float32)
     if seen < n_local:
       try:
-        got_image, got_label = next(it)
+        got_image, got_label, *got_real = next(it)
       except StopIteration:
-        got_image, got_label = image[:0], label[:0]
+        got_image, got_label, got_real = image[:0], label[:0], [real[:0]] if real_classes else []
         logging.warning("Eval split %r gave %d examples, fewer than the %d expected.", config.eval_split,
                         seen, n_local)
         n_local = seen
@@ -271,5 +275,10 @@ def eval_iterator(config, *, process_index: int = 0, process_count: int = 1) -> 
         raise _decode_error(e, paths) from e
       n = len(got_label)
       image[:n], label[:n], mask[:n] = got_image, got_label, 1.0
+      if real_classes:
+        real[:n] = got_real[0]
       seen += n
-    yield {"image": image, "label": label, "mask": mask}
+    out = {"image": image, "label": label, "mask": mask}
+    if real_classes:
+      out["real"] = real  # multi-hot ReaL labels (imagenet2012_real)
+    yield out

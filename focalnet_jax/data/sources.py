@@ -35,6 +35,7 @@ class FolderSource:
   train_split: str
   corrupt_images: str
   reads_files: bool = True  # records carry paths, read inside the parallel map
+  has_real_labels: bool = False
 
   def split(self, split: str) -> folder.FolderSplit:
     return folder.labelled_split(self.root, split, self.train_split, self.corrupt_images)
@@ -96,7 +97,10 @@ class TfdsSource:
       raise ValueError(f"Unknown TFDS dataset {self.name!r} (config.dataset). Use a TFDS name, "
                        "'folder:/path/to/root', 'digits' or 'synthetic'.") from e
     features = self.builder.info.features
-    if "image" not in features or "label" not in features:
+    # imagenet2012_real labels each image with its original label and a set of ReaL labels.
+    self.label_key = next((k for k in ("label", "original_label") if k in features), None)
+    self.real_key = "real_label" if "real_label" in features else None
+    if "image" not in features or self.label_key is None:
       raise ValueError(f"TFDS dataset {self.name!r} has features {list(features)}; "
                        "the pipeline needs 'image' and 'label'.")
 
@@ -118,8 +122,12 @@ class TfdsSource:
         raise self._not_prepared() from e
       raise
 
+  @property
+  def has_real_labels(self) -> bool:
+    return self.real_key is not None
+
   def class_names(self) -> tuple[str, ...]:
-    label = self.builder.info.features["label"]
+    label = self.builder.info.features[self.label_key]
     names = tuple(label.names)
     if self.name.split(":")[0] == "imagenet2012" and len(names) == 1000:
       from focalnet_jax import labels  # WordNet lemmas instead of the wnids TFDS gives
@@ -141,8 +149,19 @@ class TfdsSource:
       return split
     return self._tfds.even_splits(split, n=process_count, drop_remainder=drop_remainder)[process_index]
 
-  def _records(self, ds):
-    return ds.map(tf.autograph.experimental.do_not_convert(lambda ex: (ex["image"], tf.cast(ex["label"], tf.int32))))
+  def _records(self, ds, with_real: bool = False):
+    """(encoded image, label), plus a multi-hot float vector of the ReaL labels if asked."""
+    num_classes = self.builder.info.features[self.label_key].num_classes
+
+    def record(ex):
+      out = (ex["image"], tf.cast(ex[self.label_key], tf.int32))
+      if with_real:
+        # An image with no ReaL label gets all zeros and is left out of the ReaL accuracy.
+        hot = tf.one_hot(tf.cast(ex[self.real_key], tf.int32), num_classes, dtype=tf.float32)
+        out += (tf.minimum(tf.reduce_sum(hot, axis=0), 1.0),)
+      return out
+
+    return ds.map(tf.autograph.experimental.do_not_convert(record))
 
   def train_epoch(self, split, seed, epoch, process_index, process_count, n_take, skip, shuffle_buffer):
     sub = self._process_split(split, process_index, process_count, drop_remainder=True)
@@ -160,7 +179,8 @@ class TfdsSource:
     subs = [self._process_split(split, p, process_count, drop_remainder=False) for p in range(process_count)]
     sizes = [self.num_examples(s) for s in subs]
     read_config = self._tfds.ReadConfig(try_autocache=False, options=self.options)
-    ds = self._records(self.open(subs[process_index], shuffle_files=False, read_config=read_config))
+    ds = self._records(self.open(subs[process_index], shuffle_files=False, read_config=read_config),
+                       with_real=self.has_real_labels)
     return ds, sizes[process_index], max(sizes)
 
 
