@@ -3,9 +3,9 @@ r"""Quickstart: a small FocalNet on scikit-learn's handwritten digits, on a lapt
   python train.py --config configs/quickstart.py --workdir runs/quickstart
 
 About 2 minutes on 2 idle CPU cores (5 on busy ones); reaches 99.2% test top-1 (seed 0).
-The 1,797 8x8 digit images are
-written once as an image folder under `<data_dir>/digits` (by default `<workdir>/data`;
-80/20 train/test split fixed by `digits_split_seed`) and read through the same input pipeline as ImageNet.
+The 1,797 8x8 digit images are written once as an image folder under
+`<data_dir>/digits` (by default `<workdir>/data`; 80/20 train/test split fixed by
+`digits_split_seed`) and read through the same input pipeline as ImageNet.
 Same trainer, same recipe machinery as the ImageNet configs; only the sizes shrink:
 a 3-stage FocalNet with 32 channels on 16x16 inputs (patch 2: an 8x8 token grid,
 one token per original pixel), no mixup, light augmentation.
