@@ -1,0 +1,68 @@
+r"""Runs an ablation sweep (configs/ablations/*.py): one training run per point, then a results table.
+
+  python sweep.py --config configs/ablations/focal_levels.py:quickstart --workdir runs/sweep_fl
+  python sweep.py --config configs/ablations/focal_levels.py:quickstart --workdir runs/sweep_fl --only fl0,fl3
+  python sweep.py --config configs/ablations/focal_levels.py --workdir runs/sweep_fl --print_commands
+  python sweep.py --config configs/ablations/focal_levels.py:quickstart --workdir runs/sweep_fl --aggregate_only
+
+Points run one after another in this process, each in <workdir>/<point>; finished points
+(<workdir>/<point>/result.json) are skipped and an interrupted one resumes from its checkpoints,
+so rerunning the same command continues a sweep. --config.x=y overrides apply to every point.
+At the end, <workdir>/results.{csv,md,png} hold every point's metrics, params, GFLOPs and img/s.
+--print_commands instead prints (and writes to <workdir>/commands.sh) one train.py command per
+point, for a cluster; --aggregate_only then collects their results.
+"""
+from __future__ import annotations
+
+import logging as std_logging
+import os
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Sweep config file[:quickstart].", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "The sweep's directory: one subdirectory per point.")
+_ONLY = flags.DEFINE_list("only", None, "Comma-separated point names to run (default: all).")
+_PRINT = flags.DEFINE_bool("print_commands", False, "Print one train.py command per point instead of training.")
+_AGGREGATE = flags.DEFINE_bool("aggregate_only", False, "Only collect the results already in --workdir.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+class _QuietLibraries(std_logging.Filter):
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno > std_logging.INFO or "orbax" not in record.pathname
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  from focalnet_jax import sweep
+
+  spec = config_flags.get_config_filename(flags.FLAGS["config"])
+  _, points = sweep.load_sweep(spec)
+  runs = sweep.expand(_CONFIG.value, points, _ONLY.value)  # the base carries the --config.x=y overrides
+  workdir = _WORKDIR.value
+  os.makedirs(workdir, exist_ok=True)
+  if _PRINT.value:
+    base_overrides = config_flags.get_override_values(flags.FLAGS["config"])
+    extra = [f"--config.{k}={sweep.format_value(v)}" for k, v in base_overrides.items()]
+    commands = sweep.launch_commands(spec, runs, workdir, extra)
+    sweep.write_commands(os.path.join(workdir, sweep.COMMANDS_SH), commands)
+    print("\n".join(commands))
+    return
+  report = None
+  if not _AGGREGATE.value:
+    report = sweep.run_sweep(runs, workdir)
+  all_runs = sweep.expand(_CONFIG.value, points)  # the table covers every point with results
+  rows = sweep.aggregate(all_runs, workdir, spec)
+  with open(os.path.join(workdir, sweep.RESULTS_MD)) as f:
+    print(f.read())
+  logging.info("%d point(s) with results; wrote %s/results.{csv,md,png}.", len(rows), workdir)
+  if report and (report["failed"] or report["stopped"]):
+    raise SystemExit(f"Unfinished points: failed {report['failed']}, stopped {report['stopped']}; "
+                     "rerun the same command to retry or resume them.")
+
+
+if __name__ == "__main__":
+  app.run(main)
