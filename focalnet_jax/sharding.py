@@ -72,3 +72,10 @@ def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
 
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
+
+
+def to_global(batch: dict[str, np.ndarray], sharding: NamedSharding,
+              keys: Sequence[str] | None = None) -> dict[str, jax.Array]:
+  """This process's share of a batch (all of `keys`, default every key) -> global arrays."""
+  keys = batch.keys() if keys is None else keys
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(batch[k])) for k in keys}

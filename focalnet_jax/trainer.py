@@ -30,6 +30,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from focalnet_jax import checkpoint
 from focalnet_jax import data as data_lib
 from focalnet_jax import metrics as metrics_lib
+from focalnet_jax import evaluate as evaluate_lib
 from focalnet_jax import mixup, optim, sharding, variants
 
 State = dict[str, Any]
@@ -79,11 +80,6 @@ def eval_batches(config, info) -> Iterator[dict[str, np.ndarray]]:
   if config.dataset == "synthetic":
     return data_lib.synthetic_iterator(config, info.num_classes, eval=True, **kw)
   return data_lib.eval_iterator(config, **kw)
-
-
-def to_global(batch: dict[str, np.ndarray], sharding_: NamedSharding, keys: tuple[str, ...]) -> dict[str, jax.Array]:
-  """This process's share of the batch -> global arrays sharded over the mesh."""
-  return {k: jax.make_array_from_process_local_data(sharding_, np.asarray(batch[k])) for k in keys}
 
 
 # --- the steps ------------------------------------------------------------------------------
@@ -155,35 +151,12 @@ def make_train_step(
   return step_fn
 
 
-def make_eval_step(model, num_classes: int):
-  """(params, batch) -> {'loss', 'top1', 'top5'} as (sum, count) pairs over unmasked examples."""
-  k = min(5, num_classes)
-
-  def eval_fn(params, batch):
-    logits = model.apply({"params": params}, batch["image"], train=False).astype(jnp.float32)
-    labels, mask = batch["label"], batch["mask"]
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    top1 = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
-    topk = jnp.any(jax.lax.top_k(logits, k)[1] == labels[:, None], axis=-1).astype(jnp.float32)
-    count = jnp.sum(mask)
-    return {"loss": (jnp.sum(loss * mask), count), "top1": (jnp.sum(top1 * mask), count),
-            "top5": (jnp.sum(topk * mask), count)}
-
-  return eval_fn
-
-
-def evaluate(eval_step, params, config, info, batch_sharding: NamedSharding) -> dict[str, float]:
+def evaluate_split(eval_step, params, config, info, batch_sharding: NamedSharding) -> dict[str, float]:
   """One exact pass over the eval split: every real example counted once (padding masked)."""
-  totals = None
-  for batch in eval_batches(config, info):
-    out = eval_step(params, to_global(batch, batch_sharding, ("image", "label", "mask")))
-    totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
-  if totals is None:
-    raise ValueError(f"The eval split {config.eval_split!r} of {config.dataset!r} yielded no batches.")
-  totals = jax.device_get(totals)
-  result = metrics_lib.average(totals)
-  result["num_examples"] = float(totals["top1"][1])
-  return result
+  try:
+    return evaluate_lib.evaluate(eval_step, params, eval_batches(config, info), batch_sharding)
+  except ValueError as e:
+    raise ValueError(f"Evaluating on {config.dataset!r} split {config.eval_split!r}: {e}") from e
 
 
 # --- state creation, fine-tuning, checkpoints ---------------------------------------------
@@ -336,11 +309,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                      mem.temp_size_in_bytes / 2**20)
     except Exception:  # noqa: BLE001 - not every backend implements it
       pass
-    eval_step = jax.jit(make_eval_step(model, info.num_classes), out_shardings=repl)
+    eval_step = jax.jit(evaluate_lib.make_eval_step(evaluate_lib.model_logits_fn(model), info.num_classes),
+                        out_shardings=repl)
 
     meta = {"model": config.model.name, "model_overrides": overrides,
             "config": json.loads(config.to_json_best_effort()),
-            "image_size": size, "num_classes": info.num_classes, "schedule": dataclasses.asdict(sched)}
+            "image_size": size, "num_classes": info.num_classes, "class_names": list(info.class_names),
+            "schedule": dataclasses.asdict(sched)}
     writer = metrics_lib.Writer(workdir, enabled=is_main)
     eval_every = sched.steps_per_epoch if config.eval_every_steps < 0 else config.eval_every_steps
     total = sched.total_steps
@@ -390,9 +365,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     def run_eval(step: int) -> None:
       nonlocal last_eval, t_last
       t = time.time()
-      last_eval = evaluate(eval_step, state["params"], config, info, batch_sh)
+      last_eval = evaluate_split(eval_step, state["params"], config, info, batch_sh)
       if use_ema:
-        ema = evaluate(eval_step, state["ema_params"], config, info, batch_sh)
+        ema = evaluate_split(eval_step, state["ema_params"], config, info, batch_sh)
         last_eval.update({f"ema_{k}": v for k, v in ema.items() if k != "num_examples"})
       writer.write(step, last_eval, "eval")
       t_last += time.time() - t  # img/s and ETA measure training only
@@ -407,7 +382,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     try:
       step = start_step
       while step < total:
-        batch = to_global(next(batches), batch_sh, ("image", "label"))
+        batch = sharding.to_global(next(batches), batch_sh, ("image", "label"))
         state, step_metrics = compiled(state, batch, train_rng)
         step += 1
         pending.append((step, step_metrics))

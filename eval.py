@@ -1,0 +1,87 @@
+r"""Evaluates a FocalNet checkpoint on a dataset split, or predicts the classes of single images.
+
+  # a training run's latest checkpoint, on the data settings it was trained with
+  python eval.py --checkpoint runs/quickstart
+  # converted published weights on ImageNet-1K validation (TFDS), and on ImageNet-V2 / -ReaL / -A / -R
+  python eval.py --config configs/focalnet_t.py --checkpoint weights/focalnet_tiny_srf --data_dir $TFDS_DATA_DIR
+  python eval.py --checkpoint weights/focalnet_tiny_srf --dataset imagenet_v2 --split test
+  python eval.py --checkpoint weights/focalnet_tiny_srf --dataset imagenet2012_real --split validation
+  # single images: top-5 classes with probabilities
+  python eval.py --checkpoint weights/focalnet_tiny_srf --image cat.jpg --image dog.png
+
+`--checkpoint` is a training workdir, its checkpoints/ directory, or a directory written by
+`python -m focalnet_jax.convert`. The data settings come from `--config` if given, else from the
+training run that wrote the checkpoint (its saved config), else configs/default.py at the
+variant's resolution; the flags below override them. The report (top-1, top-5, mean loss, number
+of examples, images/s) is printed and written as JSON beside the checkpoint (or to --output).
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file for the data settings (optional).",
+                                          lock_config=True)
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Training workdir or checkpoint directory.")
+_IMAGES = flags.DEFINE_multi_string("image", [], "Image file(s) to classify instead of evaluating a split.")
+_DATASET = flags.DEFINE_string("dataset", None, "TFDS name, 'folder:/path' or 'digits' (overrides the config).")
+_SPLIT = flags.DEFINE_string("split", None, "Split to evaluate (overrides config.eval_split).")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir (overrides config.data_dir).")
+_IMAGE_SIZE = flags.DEFINE_integer("image_size", None, "Eval crop size (overrides config.image_size).")
+_CROP_RATIO = flags.DEFINE_float("crop_ratio", None, "Resize shorter side to image_size / crop_ratio, then crop.")
+_INTERPOLATION = flags.DEFINE_enum("interpolation", None, ["bicubic", "bilinear"], "Resize interpolation.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Global eval batch size (overrides config.eval_batch_size).")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+_EMA = flags.DEFINE_bool("ema", False, "Evaluate the EMA weights instead of the raw ones.")
+_DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype (default: the checkpoint's).")
+_OUTPUT = flags.DEFINE_string("output", None, "Where to write the JSON report.")
+_TOP_K = flags.DEFINE_integer("top_k", 5, "Classes to print per image with --image.")
+flags.mark_flags_as_required(["checkpoint"])
+
+
+def resolve_config(meta: dict):
+  from configs import default  # noqa: PLC0415
+  from focalnet_jax import evaluate
+
+  config = _CONFIG.value
+  if config is None:
+    config = evaluate.settings_from_checkpoint(default.get_config(), meta)
+  else:
+    config = config.copy_and_resolve_references()
+  for flag, key in ((_DATASET, "dataset"), (_SPLIT, "eval_split"), (_DATA_DIR, "data_dir"),
+                    (_IMAGE_SIZE, "image_size"), (_CROP_RATIO, "crop_ratio"),
+                    (_INTERPOLATION, "interpolation"), (_BATCH_SIZE, "eval_batch_size")):
+    if flag.value is not None:
+      config[key] = flag.value
+  return config
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  from focalnet_jax import checkpoint, evaluate
+
+  meta = checkpoint.read_meta(evaluate.checkpoint_dir(_CHECKPOINT.value), _STEP.value)
+  config = resolve_config(meta)
+  if _IMAGES.value:
+    preds = evaluate.predict_files(_CHECKPOINT.value, _IMAGES.value, config, ema=_EMA.value, k=_TOP_K.value)
+    for path, top in zip(_IMAGES.value, preds):
+      print(os.path.basename(path))
+      for name, prob in top:
+        print(f"  {prob:7.2%}  {name}")
+    return
+  report = evaluate.evaluate_checkpoint(_CHECKPOINT.value, config, step=_STEP.value, ema=_EMA.value,
+                                        dtype=_DTYPE.value, output=_OUTPUT.value)
+  print(f"{report['model']} step {report['step']}{' (EMA)' if report['ema'] else ''} on "
+        f"{report['dataset']}:{report['split']} at {report['image_size']}px: top-1 {report['top1']:.2%}  "
+        f"top-5 {report['top5']:.2%}  loss {report['loss']:.4f}  "
+        + (f"ReaL top-1 {report['real_top1']:.2%}  " if "real_top1" in report else "")
+        + f"({int(report['num_examples'])} images, {report['images_per_s']:.0f} img/s)")
+  print(json.dumps(report))
+
+
+if __name__ == "__main__":
+  app.run(main)
