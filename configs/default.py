@@ -3,9 +3,8 @@ r"""Every default of training and evaluation, in one place.
   python train.py --config configs/default.py --workdir runs/focalnet_t \
       --config.data_dir=$TFDS_DATA_DIR
 
-trains FocalNet-T (SRF) on ImageNet-1K for 300 epochs with the official recipe (about 2.5
-days on 8 A100s; every variant config in this folder derives from this file and overrides
-only what differs). Any field can be overridden on the command line
+trains FocalNet-T (SRF) on ImageNet-1K for 300 epochs with the official recipe (every
+variant config in this folder derives from this file and overrides only what differs). Any field can be overridden on the command line
 (`--config.batch_size=256`); a misspelt field is an error.
 
 Values derived from others are computed by the trainer from the FINAL config, after

@@ -1,17 +1,20 @@
 r"""Fine-tune a 22K-pretrained FocalNet (large/xlarge/huge) on ImageNet-1K.
 
-  python -m focalnet_jax.convert ... --out weights/focalnet_large_fl3_22k   # see README
+  python -m focalnet_jax.convert --model focalnet_large_fl3 --checkpoint model.safetensors \
+      --output weights/focalnet_large_fl3_22k --head-to-1k --override num_classes=1000
   python train.py --config configs/finetune.py:focalnet_large_fl3 --workdir runs/l3_ft \
       --config.init_from=weights/focalnet_large_fl3_22k --config.data_dir=$TFDS_DATA_DIR
 
-About 1.5 days for large at 384 px on 8 A100 40GB (30 epochs). The per-variant files
+30 epochs at the pretraining resolution (no wall time measured yet). The per-variant files
 (`focalnet_l_fl3_ft.py`, ...) are this config with `arg` fixed.
 
 The official repository releases no fine-tuning recipe for these models, so the values are
 ours, following the usual 22K -> 1K practice of Swin/FocalNet-style models: 30 epochs, peak lr
 2e-5 x batch/512 with 5 warmup epochs, weight decay 1e-8, drop path 0.2, the 1K recipe's
-mixup/cutmix/label smoothing, and EMA of the weights. The 21842-class head of the
-checkpoint does not fit the 1000 classes and is re-initialised (the trainer says so).
+mixup/cutmix/label smoothing, and EMA of the weights. Converting with `--head-to-1k` keeps
+the 22K head's rows of the 1000 ImageNet-1K classes (the official 22K label map lists them
+first); a checkpoint converted with its 21842-class head instead gets a freshly initialised
+1000-class head (the trainer says so).
 Parameters are sharded over all devices (FSDP) and blocks rematerialised to fit memory.
 """
 from configs import default

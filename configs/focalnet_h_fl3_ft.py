@@ -3,7 +3,7 @@ r"""Fine-tune the 22K-pretrained FocalNet-Huge (FL3) on ImageNet-1K at 224 px.
   python train.py --config configs/focalnet_h_fl3_ft.py --workdir runs/h_fl3_ft \
       --config.init_from=weights/focalnet_huge_fl3 --config.data_dir=$TFDS_DATA_DIR
 
-About 3 days on 8 A100 40GB (30 epochs). `init_from` is a checkpoint written by
+30 epochs (no wall time measured yet). `init_from` is a checkpoint written by
 `python -m focalnet_jax.convert` from the 22K weights; the recipe is in finetune.py.
 """
 from configs import finetune
