@@ -1,0 +1,256 @@
+"""Ablation sweeps: expansion, skip/resume, launch commands, aggregation, and every ablation config."""
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+import shlex
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+import train_utils
+from configs import focalnet_t, quickstart
+from focalnet_jax import summary, sweep, trainer
+
+ROOT = train_utils.ROOT
+ABLATIONS = sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "ablations", "*.py"))
+                   if os.path.basename(p) not in ("__init__.py", "common.py"))
+FL = os.path.join(ROOT, "configs", "ablations", "focal_levels.py")
+
+
+def without(d: dict, *keys: str) -> dict:
+  """A nested to_dict() copy without the dotted `keys`."""
+  d = json.loads(json.dumps(d, default=str))
+  for key in keys:
+    *path, last = key.split(".")
+    target = d
+    for p in path:
+      target = target[p]
+    target.pop(last)
+  return d
+
+
+def runs_of(spec: str, only=None):
+  base, points = sweep.load_sweep(spec)
+  return sweep.expand(base, points, only)
+
+
+# --- expansion ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arg,reference", [("", focalnet_t), (":quickstart", quickstart)])
+def test_focal_levels_expand_to_one_run_per_level(arg, reference):
+  runs = runs_of(FL + arg)
+  assert [r.name for r in runs] == ["fl0", "fl1", "fl2", "fl3", "fl4"]
+  ref = reference.get_config().to_dict()
+  for level, run in enumerate(runs):
+    assert run.overrides == {"model.focal_levels": level}
+    assert run.config.model.focal_levels == level
+    # Everything else is the reference config's: the quickstart switch keeps its data, size, recipe.
+    assert without(run.config.to_dict(), "model.focal_levels") == without(ref, "model.focal_levels")
+  if arg:
+    assert runs[0].config.dataset == "digits" and runs[0].config.image_size == quickstart.get_config().image_size
+  else:
+    assert runs[0].config.dataset == "imagenet2012" and runs[0].config.image_size == 224
+
+
+def test_quickstart_specific_values_and_only():
+  big = {r.name: r for r in runs_of(os.path.join(ROOT, "configs/ablations/depths.py"))}
+  small = {r.name: r for r in runs_of(os.path.join(ROOT, "configs/ablations/depths.py:quickstart"))}
+  assert big["deeper_thinner"].config.model.depths == (3, 3, 16, 3) and big["deeper_thinner"].config.model.embed_dim == 64
+  assert small["deeper_thinner"].config.model.depths == (2, 3, 2) and small["deeper_thinner"].config.model.embed_dim == 24
+  assert small["baseline"].config.model.depths == quickstart.get_config().model.depths
+  assert [r.name for r in runs_of(FL + ":quickstart", only=["fl3", "fl0"])] == ["fl0", "fl3"]  # sweep order
+  with pytest.raises(ValueError, match="fl9"):
+    runs_of(FL, only=["fl9"])
+  with pytest.raises(ValueError, match="Unknown ablation config arg"):
+    sweep.load_sweep(FL + ":quickstrat")
+
+
+def test_unknown_override_field_is_an_error():
+  base, _ = sweep.load_sweep(FL)
+  with pytest.raises(KeyError, match="focal_levels"):
+    sweep.expand(base, [{"name": "x", "overrides": {"model.focal_level": 1}}])
+  with pytest.raises(ValueError, match="unique"):
+    sweep.expand(base, [{"name": "x", "overrides": {}}] * 2)
+
+
+# --- running ----------------------------------------------------------------------------------
+
+
+class FakeTrain:
+  """Records calls; returns metrics that depend on the focal level; can fail or be preempted."""
+
+  def __init__(self, fail=(), preempt=()):
+    self.calls, self.fail, self.preempt = [], set(fail), set(preempt)
+
+  def __call__(self, config, workdir):
+    name = os.path.basename(workdir)
+    self.calls.append((name, config.model.focal_levels, os.path.isdir(os.path.join(workdir, "checkpoints"))))
+    if name in self.fail:
+      raise RuntimeError("boom")
+    return {"top1": 0.5 + 0.1 * config.model.focal_levels, "top5": 0.9, "loss": 1.0, "step": 10.0,
+            "preempted": float(name in self.preempt)}
+
+
+def test_run_sweep_skips_finished_and_resumes_interrupted(tmp_path):
+  runs = runs_of(FL + ":quickstart", only=["fl0", "fl1", "fl2", "fl3"])
+  workdir = str(tmp_path)
+  os.makedirs(tmp_path / "fl0")
+  (tmp_path / "fl0" / "result.json").write_text(json.dumps({"metrics": {"top1": 0.1}}))
+  os.makedirs(tmp_path / "fl1" / "checkpoints")  # interrupted: checkpoints, no result.json
+  fake = FakeTrain(fail={"fl2"})
+  report = sweep.run_sweep(runs, workdir, fake)
+  assert [c[:2] for c in fake.calls] == [("fl1", 1), ("fl2", 2), ("fl3", 3)]
+  assert fake.calls[0][2]  # fl1 ran in its own workdir, where its checkpoints are
+  assert report == {"ran": ["fl1", "fl3"], "skipped": ["fl0"], "failed": ["fl2"], "stopped": []}
+  assert json.loads((tmp_path / "fl0" / "result.json").read_text()) == {"metrics": {"top1": 0.1}}  # untouched
+  done = json.loads((tmp_path / "fl3" / "result.json").read_text())
+  assert done["overrides"] == {"model.focal_levels": 3} and done["metrics"]["top1"] == pytest.approx(0.8)
+  assert not (tmp_path / "fl2" / "result.json").exists()
+
+  # A rerun only retries the failed point; a preempted point stops the sweep without a marker.
+  fake = FakeTrain(preempt={"fl2"})
+  report = sweep.run_sweep(runs, workdir, fake)
+  assert [c[0] for c in fake.calls] == ["fl2"] and report["stopped"] == ["fl2"]
+  assert not (tmp_path / "fl2" / "result.json").exists()
+
+
+# --- launch commands --------------------------------------------------------------------------
+
+
+def parse_train_command(command: str):
+  """The config train.py would build from `command` (same flags, lock_config=True)."""
+  argv = shlex.split(command)
+  assert argv[:2] == ["python", "train.py"]
+  argv = ["train.py", *argv[2:]]
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, flag_values=fv, lock_config=True, sys_argv=argv)
+  flags.DEFINE_string("workdir", None, "", flag_values=fv)
+  fv(argv)
+  return fv.config, fv.workdir
+
+
+@pytest.mark.parametrize("name", ["depths.py:quickstart", "components.py", "focal_levels.py:quickstart"])
+def test_launch_commands_rebuild_each_point_config(name, monkeypatch):
+  monkeypatch.chdir(ROOT)  # commands run from the repository root
+  spec = f"configs/ablations/{name}"
+  base, points = sweep.load_sweep(spec)
+  base.seed = 7  # a base override, passed on to every command
+  runs = sweep.expand(base, points)
+  commands = sweep.launch_commands(spec, runs, "runs/sw", ["--config.seed=7"])
+  assert len(commands) == len(runs)
+  for run, command in zip(runs, commands):
+    config, workdir = parse_train_command(command)
+    assert workdir == os.path.join("runs/sw", run.name)
+    assert config.to_dict() == run.config.to_dict()
+
+
+def test_cli_print_commands_writes_commands_sh(tmp_path):
+  out = subprocess.run(
+      [sys.executable, "sweep.py", "--config=configs/ablations/depths.py:quickstart", f"--workdir={tmp_path}",
+       "--print_commands", "--only=baseline,deeper_thinner"],
+      cwd=ROOT, capture_output=True, text=True, timeout=120, check=True)
+  lines = out.stdout.strip().splitlines()
+  assert len(lines) == 2 and "--config.model.embed_dim=24" in lines[1] and "'--config.model.depths=(2,3,2)'" in lines[1]
+  assert (tmp_path / "commands.sh").read_text().strip().splitlines()[-2:] == lines
+  assert not (tmp_path / "baseline").exists()  # nothing trained
+
+
+# --- aggregation ------------------------------------------------------------------------------
+
+
+def write_point(workdir, name, top1, rates, finished=True, ema=None):
+  d = os.path.join(workdir, name)
+  os.makedirs(d, exist_ok=True)
+  with open(os.path.join(d, "metrics.jsonl"), "w") as f:
+    for i, r in enumerate(rates):
+      f.write(json.dumps({"step": 10 * (i + 1), "split": "train", "loss": 1.0, "img_per_s": r}) + "\n")
+    f.write(json.dumps({"step": 40, "split": "eval", "top1": top1 - 0.05, "top5": 0.9, "loss": 0.7}) + "\n")
+  if finished:
+    metrics = {"top1": top1, "top5": 0.99, "loss": 0.25, "step": 40.0, "preempted": 0.0}
+    if ema is not None:
+      metrics["ema_top1"] = ema
+    with open(os.path.join(d, "result.json"), "w") as f:
+      json.dump({"name": name, "metrics": metrics, "num_classes": 10, "wall_s": 120.0}, f)
+
+
+def test_aggregate_rows_table_and_plot(tmp_path):
+  runs = runs_of(FL + ":quickstart")
+  workdir = str(tmp_path)
+  write_point(workdir, "fl3", 0.97, [100, 300, 200], ema=0.975)
+  write_point(workdir, "fl0", 0.91, [400, 500])
+  write_point(workdir, "fl1", 0.93, [50], finished=False)  # running: only metrics.jsonl so far
+  rows = sweep.aggregate(runs, workdir, "configs/ablations/focal_levels.py:quickstart")
+  assert [r["name"] for r in rows] == ["fl0", "fl1", "fl3"]  # sweep order; fl2 and fl4 have nothing
+
+  by = {r["name"]: r for r in rows}
+  assert by["fl3"]["top1"] == pytest.approx(0.97) and by["fl3"]["img_per_s"] == pytest.approx(200)
+  assert by["fl0"]["img_per_s"] == pytest.approx(450) and by["fl0"]["status"] == "done"
+  assert by["fl1"]["top1"] == pytest.approx(0.88) and by["fl1"]["status"].startswith("step 40/")
+  model, _ = trainer.build_model(runs[3].config, 10)
+  assert by["fl3"]["params"] == summary.count_params(model)
+  assert by["fl3"]["gflops"] == pytest.approx(summary.count_flops(model, 16) / 1e9)
+  assert by["fl3"]["params"] > by["fl0"]["params"]
+
+  with open(tmp_path / "results.csv") as f:
+    table = list(csv.DictReader(f))
+  assert [r["name"] for r in table] == ["fl0", "fl1", "fl3"]
+  assert [r["model.focal_levels"] for r in table] == ["0", "1", "3"]
+  assert float(table[2]["top1"]) == pytest.approx(0.97) and float(table[2]["ema_top1"]) == pytest.approx(0.975)
+  assert table[0]["ema_top1"] == ""
+
+  md = (tmp_path / "results.md").read_text().splitlines()
+  header = [c.strip() for c in md[2].strip("|").split("|")]
+  assert header[:6] == ["point", "overrides", "top-1 (%)", "top-5 (%)", "eval loss", "EMA top-1 (%)"]
+  assert "status" in header and md[3].startswith("|---|---|---:")
+  body = [[c.strip() for c in line.strip("|").split("|")] for line in md[4:]]
+  assert [r[0] for r in body] == ["`fl0`", "`fl1`", "`fl3`"]
+  assert body[2][1] == "focal_levels=3" and body[2][2] == "97.00" and body[2][5] == "97.50"
+  assert body[0][header.index("train img/s")] == "450" and body[0][header.index("minutes")] == "2.0"
+
+  from PIL import Image
+
+  png = tmp_path / "results.png"
+  assert 5_000 < png.stat().st_size < 200_000
+  pixels = np.asarray(Image.open(png).convert("L"), np.float32)
+  assert pixels.std() > 5 and (pixels < 128).mean() > 0.002  # drawn on, not a blank canvas
+
+
+def test_aggregate_categorical_sweep(tmp_path):
+  runs = runs_of(os.path.join(ROOT, "configs/ablations/components.py:quickstart"))
+  for name, acc in (("baseline", 0.95), ("no_gating", 0.9), ("additive", 0.85)):
+    write_point(str(tmp_path), name, acc, [100])
+  rows = sweep.aggregate(runs, str(tmp_path), "components")
+  assert [r["overrides"] for r in rows] == ["", "use_gating=False", "interaction=add"]
+  assert "| `baseline` | (base) |" in (tmp_path / "results.md").read_text()
+  assert (tmp_path / "results.png").stat().st_size > 5_000
+
+
+# --- every ablation config ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ABLATIONS, ids=lambda p: os.path.basename(p)[:-3])
+def test_ablation_config_points_build_their_models(path):
+  with open(path) as f:
+    assert "python sweep.py --config configs/ablations/" in f.read()  # the docstring says how to run it
+  for arg, num_classes in (("", 1000), (":quickstart", 10)):
+    runs = runs_of(path + arg)
+    assert len(runs) >= 2
+    for run in runs:
+      model, _ = trainer.build_model(run.config, num_classes)
+      model.check_image_size(run.config.image_size, run.config.image_size)
+      for key, value in run.overrides.items():  # each swept value reaches the model
+        assert getattr(model, key.removeprefix("model.")) == value, (run.name, key)
+      size = model.stride  # parameter shapes depend on neither the resolution nor the conv impl
+      model = model.clone(depthwise_impl="xla")  # traces one op per level, not k*k shifts
+      shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)))
+      assert shapes["params"]["head"]["kernel"].shape == (model.num_features, num_classes)
