@@ -61,10 +61,13 @@ def split_spec(spec: str) -> tuple[str, str | None]:
 
 
 def load_module(path: str):
-  """Imports a config file by path (its own imports, `from configs import ...`, need the repo root)."""
-  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(path))))
-  if os.path.isdir(os.path.join(root, "configs")) and root not in sys.path:
-    sys.path.insert(0, root)
+  """Imports a config file by path, with the folder holding its `configs` package on sys.path
+  (config files import `from configs import ...`)."""
+  folder = os.path.dirname(os.path.abspath(path))
+  while os.path.dirname(folder) != folder and not os.path.exists(os.path.join(folder, "configs", "__init__.py")):
+    folder = os.path.dirname(folder)
+  if os.path.exists(os.path.join(folder, "configs", "__init__.py")) and folder not in sys.path:
+    sys.path.insert(0, folder)
   name = "_sweep_config_" + os.path.splitext(os.path.basename(path))[0]
   spec = importlib.util.spec_from_file_location(name, path)
   if spec is None or spec.loader is None:
