@@ -1,0 +1,339 @@
+"""Seeing inside a FocalNet: modulator maps, gate maps and training curves as pictures.
+
+Focal modulation (paper Sec. 3.2) computes, at every location, a modulator h(ctx_all) from
+gated contexts at growing ranges. Its per-location L2 norm shows where the network gathers
+context (the paper's Fig. 1/5), and the raw gates show how each location weighs each focal
+level and the global context. `FocalModulation` sows both into the 'intermediates'
+collection; `modulation_intermediates` collects them without changing the logits.
+
+Figures are drawn with matplotlib's Agg backend at a fixed size and dpi (no tight bounding
+box), so a figure's pixel size depends only on its layout, never on its text.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display is needed or wanted
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+
+from focalnet_jax import model as model_lib  # noqa: E402
+
+Intermediates = dict[int, list[dict[str, np.ndarray | None]]]
+
+DPI = 100
+PANEL_INCHES = 2.2  # side of one image panel; figure sizes are multiples of it
+
+
+# --- extracting the intermediates ----------------------------------------------------------
+
+
+def modulation_intermediates(model: model_lib.FocalNet, params: Any,
+                             images: jax.Array) -> tuple[jax.Array, Intermediates]:
+  """(logits, {stage: [per block {'modulator': (B,h,w,C), 'gates': (B,h,w,G) or None}]}).
+
+  G = focal_level + 1 with the global context (else focal_level); gates are None when the
+  model has `use_gating=False`. The logits are those of `model.apply(..., train=False)`.
+  """
+  logits, tree = _apply_with_intermediates(model, params, images)
+  out: Intermediates = {}
+  for i, depth in enumerate(model.depths):
+    stage = tree[f"layers_{i}"]
+    blocks = []
+    for j in range(depth):
+      sown = stage[f"blocks_{j}"]["modulation"]
+      # `sow` appends to a tuple; one forward pass leaves exactly one entry.
+      gates = sown.get("gates")
+      blocks.append({"modulator": np.asarray(sown["modulator"][0]),
+                     "gates": None if gates is None else np.asarray(gates[0])})
+    out[i] = blocks
+  return logits, out
+
+
+@functools.partial(jax.jit, static_argnums=0)  # modules are hashable: one compile per architecture
+def _apply_with_intermediates(model: model_lib.FocalNet, params: Any, images: jax.Array):
+  logits, state = model.apply({"params": params}, images, train=False, mutable=["intermediates"])
+  return logits, state["intermediates"]
+
+
+def modulator_norm(blocks: Sequence[dict[str, Any]], reduce: str = "last") -> np.ndarray:
+  """Per-location L2 norm over channels of h(ctx_all): (B, h, w), of the stage's last block
+  (`reduce='last'`) or averaged over its blocks (`reduce='mean'`)."""
+  norms = [np.linalg.norm(np.asarray(b["modulator"], np.float32), axis=-1) for b in blocks]
+  if reduce == "last":
+    return norms[-1]
+  if reduce == "mean":
+    return np.mean(norms, axis=0)
+  raise ValueError(f"reduce={reduce!r} must be 'last' or 'mean'.")
+
+
+def upsample(maps: np.ndarray, height: int, width: int, method: str = "bilinear") -> np.ndarray:
+  """(B, h, w) -> (B, height, width), smoothly (jax.image.resize)."""
+  maps = jnp.asarray(maps, jnp.float32)
+  return np.asarray(jax.image.resize(maps, (maps.shape[0], height, width), method))
+
+
+def level_names(model: model_lib.FocalNet, stage: int) -> list[str]:
+  """Names of a stage's gate channels: 'level l (k×k)' per focal level, then 'global'."""
+  n = model.num_stages
+  level = model_lib.per_stage(model.focal_levels, n, "focal_levels")[stage]
+  window = model_lib.per_stage(model.focal_windows, n, "focal_windows")[stage]
+  names = [f"level {l} ({k}×{k})" for l, k in
+           enumerate(window + model.focal_factor * l for l in range(level))]
+  if model.use_global_context:
+    names.append("global")
+  return names
+
+
+# --- the modulation figure ----------------------------------------------------------------
+
+
+def _display_image(image: np.ndarray, mean: Sequence[float] | None, std: Sequence[float] | None) -> np.ndarray:
+  """A normalised (H, W, 3) model input back to [0, 1] RGB for display."""
+  img = np.asarray(image, np.float32)
+  if mean is not None and std is not None:
+    img = img * np.asarray(std, np.float32) + np.asarray(mean, np.float32)
+  else:  # unknown normalisation: stretch to the full range
+    img = (img - img.min()) / max(float(img.max() - img.min()), 1e-12)
+  return np.clip(img, 0.0, 1.0)
+
+
+def modulation_figure(model: model_lib.FocalNet, image: np.ndarray, inter: Intermediates,
+                      predictions: Sequence[tuple[str, float]], *, mean: Sequence[float] | None = None,
+                      std: Sequence[float] | None = None, reduce: str = "last",
+                      title: str | None = None, index: int = 0) -> plt.Figure:
+  """One figure: the input, its top-k predictions, a modulator-norm overlay per stage, and
+  per stage a row of gate maps (last block; one panel per level, shared colour scale).
+
+  `image` is one normalised model input (H, W, 3); `inter` comes from
+  `modulation_intermediates` and `index` picks the batch element.
+  """
+  stages = sorted(inter)
+  has_gates = inter[stages[0]][-1]["gates"] is not None
+  n_gate_cols = max(len(level_names(model, s)) for s in stages) if has_gates else 0
+  # Top row: image, predictions (two panels wide for long class names), one overlay per stage.
+  n_cols = max(3 + len(stages), n_gate_cols + 1)
+  n_rows = 1 + (len(stages) if has_gates else 0)
+  fig = plt.figure(figsize=(PANEL_INCHES * n_cols, PANEL_INCHES * 1.12 * n_rows + 0.5), dpi=DPI,
+                   layout="constrained")
+  fig.suptitle(title or "Focal modulation", fontsize=13)
+  rows = fig.subfigures(n_rows, 1, hspace=0.02)
+  rows = np.atleast_1d(rows)
+
+  height, width = image.shape[:2]
+  shown = _display_image(image, mean, std)
+  # One mosaic row: the predictions span two slots so long class names fit.
+  layout = ["input", "pred", "pred"] + [f"stage{s}" for s in stages]
+  layout += [f"empty{i}" for i in range(n_cols - len(layout))]
+  top = rows[0].subplot_mosaic([layout])
+  for key in layout:
+    if key.startswith("empty"):
+      top[key].remove()
+  ax = top["input"]
+  ax.imshow(shown, interpolation="nearest")
+  ax.set_title(f"input ({height}×{width})", fontsize=10)
+  ax.set_axis_off()
+
+  ax = top["pred"]
+  names = [n for n, _ in predictions][::-1]
+  probs = [p for _, p in predictions][::-1]
+  ax.barh(range(len(probs)), probs, color="tab:blue")
+  ax.set_yticks(range(len(names)), [_shorten(n) for n in names], fontsize=9)
+  ax.set_xlim(0, 1)
+  for y, p in enumerate(probs):
+    ax.text(min(p, 0.97) + 0.02 if p < 0.75 else p - 0.02, y, f"{p:.1%}", va="center",
+            ha="left" if p < 0.75 else "right", fontsize=8, color="black" if p < 0.75 else "white")
+  ax.set_xlabel("probability", fontsize=9)
+  ax.set_title(f"top-{len(probs)} predictions", fontsize=10)
+  ax.tick_params(axis="x", labelsize=8)
+
+  which = "last block" if reduce == "last" else "mean over blocks"
+  for s in stages:
+    ax = top[f"stage{s}"]
+    norm = modulator_norm(inter[s], reduce)[index : index + 1]
+    heat = upsample(norm, height, width)[0]
+    ax.imshow(shown.mean(-1), cmap="gray", interpolation="nearest")
+    im = ax.imshow(heat, cmap="jet", alpha=0.5, interpolation="bilinear")
+    h, w = norm.shape[1:]
+    ax.set_title(f"stage {s + 1} ({h}×{w} tokens)\n‖h(ctx_all)‖₂, {which}", fontsize=9)
+    ax.set_axis_off()
+    cb = rows[0].colorbar(im, ax=ax, shrink=0.8, pad=0.02)
+    cb.ax.tick_params(labelsize=7)
+
+  if not has_gates:
+    return fig
+  for s, row in zip(stages, rows[1:]):
+    gates = np.asarray(inter[s][-1]["gates"][index], np.float32)  # (h, w, G)
+    labels = level_names(model, s)
+    vmax = max(float(np.abs(gates).max()), 1e-6)
+    axes = row.subplots(1, n_cols)
+    row.suptitle(f"stage {s + 1}: raw gate values, last block (block {len(inter[s])}); "
+                 "shared colour scale", fontsize=10)
+    im = None
+    for g, name in enumerate(labels):
+      ax = axes[g]
+      im = ax.imshow(gates[..., g], cmap="RdBu_r", vmin=-vmax, vmax=vmax, interpolation="nearest")
+      ax.set_title(f"{name}\nmean {gates[..., g].mean():+.2f}", fontsize=9)
+      ax.set_axis_off()
+    for ax in axes[len(labels):]:
+      ax.remove()
+    cb = row.colorbar(im, ax=list(axes[: len(labels)]), shrink=0.85, pad=0.02)
+    cb.set_label("gate", fontsize=8)
+    cb.ax.tick_params(labelsize=7)
+  return fig
+
+
+def _shorten(name: str, limit: int = 22) -> str:
+  name = name.split(",")[0]  # ImageNet names list synonyms after commas
+  return name if len(name) <= limit else name[: limit - 1] + "…"
+
+
+def save_figure(fig: plt.Figure, path: str) -> str:
+  """Writes `fig` as PNG at its own size (no tight bbox, so the size is deterministic)."""
+  path = os.path.abspath(os.path.expanduser(path))
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  fig.savefig(path, dpi=fig.dpi, format="png")
+  plt.close(fig)
+  return path
+
+
+def visualize_image(checkpoint_path: str, image_path: str, output: str, *,
+                    config: ml_collections.ConfigDict | None = None, step: int | None = None,
+                    ema: bool = False, reduce: str = "last", k: int = 5, title: str | None = None) -> str:
+  """Checkpoint + image file -> the modulation figure as a PNG at `output`; returns its path.
+
+  The image goes through the eval transform of `config`, or (None) of the run that wrote
+  the checkpoint (`evaluate.settings_from_checkpoint` over configs/default.py).
+  """
+  from focalnet_jax import evaluate  # noqa: PLC0415 - pulls in the training stack
+
+  if not os.path.exists(checkpoint_path):
+    raise FileNotFoundError(
+        f"No checkpoint at {checkpoint_path!r}: pass a train.py --workdir (holding checkpoints/) or "
+        "a directory written by `python -m focalnet_jax.convert`.")
+  if not os.path.isfile(image_path):
+    raise FileNotFoundError(f"No image file at {image_path!r}.")
+  model, params, meta, step = evaluate.load_model(checkpoint_path, step=step, ema=ema)
+  if config is None:
+    from configs import default  # noqa: PLC0415 - the repo's configs/ holds every default
+
+    config = evaluate.settings_from_checkpoint(default.get_config(), meta)
+  model.check_image_size(config.image_size, config.image_size)
+  images = evaluate.preprocess_files([image_path], config)
+  logits, inter = modulation_intermediates(model, params, jnp.asarray(images))
+  names = evaluate.class_names_for(meta, evaluate.num_classes_of(params))
+  preds = evaluate.top_k(np.asarray(logits), names, min(k, len(names)))[0]
+  title = title or f"{meta['model']} (step {step}{', EMA' if ema else ''}) on {os.path.basename(image_path)}"
+  fig = modulation_figure(model, images[0], inter, preds, mean=config.aug.mean, std=config.aug.std,
+                          reduce=reduce, title=title)
+  return save_figure(fig, output)
+
+
+def visualize_curves(workdir: str, output: str, title: str | None = None) -> str:
+  """A run's metrics.jsonl -> the curves figure as a PNG at `output`; returns its path."""
+  fig = curves_figure(read_metrics(workdir), title=title or f"Training curves: {workdir}")
+  return save_figure(fig, output)
+
+
+# --- training curves ----------------------------------------------------------------------
+
+
+def read_metrics(path: str) -> dict[str, list[dict[str, float]]]:
+  """metrics.jsonl -> {'train': [...], 'eval': [...]} sorted by step, keeping the LAST record
+  per (split, step): a resumed run re-logs the steps after its last checkpoint."""
+  if os.path.isdir(path):
+    path = os.path.join(path, "metrics.jsonl")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(
+        f"No metrics file at {path!r}. train.py writes <workdir>/metrics.jsonl (one JSON record per "
+        "log and eval step); pass the --workdir of a training run.")
+  latest: dict[tuple[str, int], dict[str, float]] = {}
+  with open(path) as f:
+    for n, line in enumerate(f, 1):
+      line = line.strip()
+      if not line:
+        continue
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:
+        # The last line of a run killed mid-write can be partial; anything else is corruption.
+        continue
+      if "step" not in record or "split" not in record:
+        raise ValueError(f"{path}:{n}: record without 'step'/'split': {line[:120]}")
+      latest[(record["split"], int(record["step"]))] = record
+  runs: dict[str, list[dict[str, float]]] = {"train": [], "eval": []}
+  for (split, _), record in sorted(latest.items(), key=lambda kv: kv[0][1]):
+    runs.setdefault(split, []).append(record)
+  if not runs["train"] and not runs["eval"]:
+    raise ValueError(f"{path} has no train or eval records yet; wait for the first log step.")
+  return runs
+
+
+def _series(records: Sequence[dict[str, float]], key: str) -> tuple[np.ndarray, np.ndarray] | None:
+  pts = [(r["step"], r[key]) for r in records if key in r and r[key] is not None]
+  if not pts:
+    return None
+  steps, values = zip(*pts)
+  return np.asarray(steps), np.asarray(values, np.float64)
+
+
+def _note(ax: plt.Axes, text: str) -> None:
+  ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=10,
+          color="0.4", wrap=True)
+
+
+def curves_figure(runs: dict[str, list[dict[str, float]]], title: str | None = None) -> plt.Figure:
+  """Four panels against step: train/eval loss, eval top-1 (and EMA), learning rate, img/s."""
+  fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), dpi=DPI, layout="constrained")
+  fig.suptitle(title or "Training curves", fontsize=13)
+  train, ev = runs.get("train", []), runs.get("eval", [])
+  no_eval = "no eval records yet"
+
+  ax = axes[0, 0]
+  for records, key, label, style in ((train, "loss", "train loss", "-"), (ev, "loss", "eval loss", "o-"),
+                                     (ev, "ema_loss", "eval loss (EMA)", "s--")):
+    series = _series(records, key)
+    if series is not None:
+      ax.plot(*series, style, label=label, markersize=3, linewidth=1.3)
+  if not ev:
+    _note(ax, no_eval)
+  ax.set_title("loss")
+  ax.set_ylabel("cross-entropy")
+  ax.legend(fontsize=9) if ax.lines else _note(ax, "no loss records")
+
+  ax = axes[0, 1]
+  best = []
+  for key, label, style in (("top1", "eval top-1", "o-"), ("ema_top1", "eval top-1 (EMA)", "s--")):
+    series = _series(ev, key)
+    if series is not None:
+      ax.plot(series[0], 100 * series[1], style, label=label, markersize=3, linewidth=1.3)
+      best.append(f"{label.replace('eval ', '')}: last {100 * series[1][-1]:.2f}%, best {100 * series[1].max():.2f}%")
+  if ax.lines:
+    ax.legend(fontsize=9, loc="lower right", title="\n".join(best), title_fontsize=8)
+  else:
+    _note(ax, no_eval)
+  ax.set_title("eval top-1")
+  ax.set_ylabel("accuracy (%)")
+
+  for ax, key, label, ylabel in ((axes[1, 0], "lr", "learning rate", "lr"),
+                                 (axes[1, 1], "img_per_s", "training throughput", "images / s")):
+    series = _series(train, key)
+    if series is not None:
+      ax.plot(*series, "-", color="tab:green" if key == "lr" else "tab:purple", linewidth=1.3)
+    else:
+      _note(ax, f"no train records with {key!r} yet")
+    ax.set_title(label)
+    ax.set_ylabel(ylabel)
+  axes[1, 0].ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+  for ax in axes.flat:
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+  return fig
