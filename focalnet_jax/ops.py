@@ -73,7 +73,7 @@ def depthwise_conv_shift(x: jax.Array, kernel: jax.Array) -> jax.Array:
   The custom gradient keeps only `x` for the backward pass (autodiff would keep k*k
   shifted copies): the input gradient is the same convolution of the cotangent with the
   kernel flipped in both spatial axes, and each kernel tap's gradient is one fused
-  multiply-reduce.
+  multiply-reduce, computed in a loop over taps.
   """
   return _shifted_sum(x, kernel)
 
@@ -85,21 +85,21 @@ def _shift_fwd(x, kernel):
 def _shift_bwd(residuals, g):
   x, kernel = residuals
   k, _, _, c = kernel.shape
-  h, w = x.shape[1], x.shape[2]
+  b, h, w = x.shape[:3]
   p = k // 2
   dx = _shifted_sum(g, kernel[::-1, ::-1])
   xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
   acc = jnp.promote_types(g.dtype, jnp.float32)  # accumulate low-precision sums in float32
-  taps = [
-      jnp.sum(
-          lax.slice(xp, (0, i, j, 0), (xp.shape[0], i + h, j + w, c)).astype(acc) * g.astype(acc),
-          axis=(0, 1, 2),
-      )
-      for i in range(k)
-      for j in range(k)
-  ]
-  dkernel = jnp.stack(taps).reshape(kernel.shape).astype(kernel.dtype)
-  return dx, dkernel
+  g_acc = g.astype(acc)
+
+  def tap(_, t):
+    # One kernel tap per iteration: unrolled, XLA:CPU materialises all k*k shifted copies of
+    # the input (k*k times the activation memory); in a loop only one is live.
+    window = lax.dynamic_slice(xp, (0, t // k, t % k, 0), (b, h, w, c))
+    return None, jnp.sum(window.astype(acc) * g_acc, axis=(0, 1, 2))
+
+  _, taps = lax.scan(tap, None, jnp.arange(k * k))
+  return dx, taps.reshape(kernel.shape).astype(kernel.dtype)
 
 
 depthwise_conv_shift.defvjp(_shift_fwd, _shift_bwd)
