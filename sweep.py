@@ -14,11 +14,12 @@ point, for a cluster; --aggregate_only then collects their results.
 """
 from __future__ import annotations
 
-import logging as std_logging
 import os
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from focalnet_jax import metrics
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Sweep config file[:quickstart].", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "The sweep's directory: one subdirectory per point.")
@@ -28,15 +29,10 @@ _AGGREGATE = flags.DEFINE_bool("aggregate_only", False, "Only collect the result
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-class _QuietLibraries(std_logging.Filter):
-  def filter(self, record: std_logging.LogRecord) -> bool:
-    return record.levelno > std_logging.INFO or "orbax" not in record.pathname
-
-
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  metrics.quiet_library_logs()
   from focalnet_jax import sweep
 
   spec = config_flags.get_config_filename(flags.FLAGS["config"])

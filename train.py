@@ -10,10 +10,11 @@ or with --distributed on a cluster that JAX detects (SLURM, Cloud TPU, ...).
 from __future__ import annotations
 
 import json
-import logging as std_logging
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from focalnet_jax import metrics
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and config.json go.")
@@ -26,17 +27,10 @@ _DISTRIBUTED = flags.DEFINE_bool(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-class _QuietLibraries(std_logging.Filter):
-  """Drops the INFO chatter of orbax (several lines per save) so the run's own lines stand out."""
-
-  def filter(self, record: std_logging.LogRecord) -> bool:
-    return record.levelno > std_logging.INFO or "orbax" not in record.pathname
-
-
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  metrics.quiet_library_logs()
   import jax  # after flag parsing, so --jax_* flags and env settings apply
 
   if _COORDINATOR.value or _DISTRIBUTED.value:

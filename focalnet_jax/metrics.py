@@ -7,12 +7,25 @@ with tensorboardX, which needs no TensorFlow.
 from __future__ import annotations
 
 import json
+import logging as std_logging
 import os
 import time
 from typing import Any, Mapping
 
 import numpy as np
 from absl import logging
+
+
+class _QuietLibraries(std_logging.Filter):
+  """Drops orbax's INFO chatter (several lines per save) so a run's own lines stand out."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno > std_logging.INFO or "orbax" not in record.pathname
+
+
+def quiet_library_logs() -> None:
+  """Installs the filter on absl's handler (call once, from an entry point's main)."""
+  logging.get_absl_handler().addFilter(_QuietLibraries())
 
 
 def average(sums: Mapping[str, Any]) -> dict[str, float]:
