@@ -103,6 +103,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.grad_clip_norm = 5.0  # global norm; 0 disables
   c.grad_accum_steps = 1  # micro-batches per step; the global batch stays batch_size
   c.ema_decay = 0.0  # 0: no EMA of the weights; e.g. 0.9998 evaluates EMA params too
+  # A non-finite loss or gradient: 'stop' (with the step, metric and last good checkpoint) or
+  # 'skip' that update (state kept, step counted in the `skipped_steps` metric).
+  c.nonfinite = "stop"
 
   # --- parallelism: a ('data', 'fsdp') device mesh; -1 = the remaining devices ---------------
   c.mesh = ml_collections.ConfigDict()

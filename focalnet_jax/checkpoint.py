@@ -7,8 +7,10 @@ A checkpoint directory holds numbered steps; each step has two items:
   - 'meta': JSON with at least `{'model': NAME, 'model_overrides': {...}}`, enough to rebuild
     the module (`focalnet_jax.create_model(meta['model'], **meta['model_overrides'])`).
 
-Writing is atomic per step (orbax writes into a temporary directory and renames it when
-complete), so a crash during a save leaves earlier steps intact.
+Writing is atomic per step (orbax writes into `<step>.orbax-checkpoint-tmp` and renames it
+when complete), so a crash during a save leaves earlier steps intact; the step lists ignore
+such a leftover and the next save of that step replaces it. A step that cannot be read is
+reported with its path and the earlier steps to fall back to; nothing here deletes one.
 """
 from __future__ import annotations
 
@@ -66,6 +68,13 @@ def _checked_step(mngr: ocp.CheckpointManager, directory: str, step: int | None)
   return step
 
 
+def error_summary(e: BaseException, limit: int = 300) -> str:
+  """`Type: first line` of an orbax/tensorstore error, without the (long) tensorstore spec."""
+  text = str(e).split(" [tensorstore_spec=")[0].strip().splitlines()
+  text = text[0] if text else ""
+  return f"{type(e).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
+
+
 def read_meta(directory: str | os.PathLike, step: int | None = None) -> dict[str, Any]:
   """The JSON metadata of a checkpoint step (the latest by default)."""
   directory = os.path.abspath(os.fspath(directory))
@@ -75,7 +84,7 @@ def read_meta(directory: str | os.PathLike, step: int | None = None) -> dict[str
       restored = mngr.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))
     except Exception as e:  # noqa: BLE001 - orbax raises many types for unreadable files
       raise ValueError(
-          f"Checkpoint {directory!r} step {step} has no readable metadata ({type(e).__name__}: {e}). "
+          f"Checkpoint {directory!r} step {step} has no readable metadata ({error_summary(e)}). "
           "It may be truncated or not a focalnet_jax checkpoint."
       ) from e
   return dict(restored[META])
@@ -99,10 +108,14 @@ def restore_state(
           ),
       )
     except Exception as e:  # noqa: BLE001
+      earlier = sorted(s for s in mngr.all_steps() if s < step)
       raise ValueError(
-          f"Could not restore checkpoint {directory!r} step {step}: {type(e).__name__}: {e}. "
-          "The checkpoint may be truncated or corrupt, or written for a different model "
-          "(compare its meta with your config)."
+          f"Could not restore checkpoint {os.path.join(directory, str(step))!r} "
+          f"({error_summary(e)}). It may be truncated or corrupt, or written for a different model "
+          "(compare its meta with your config). "
+          + (f"Load an earlier step instead (step={earlier[-1]}; it has {earlier}), or convert "
+             "or train it again." if earlier else "Convert or train it again.")
+          + " Nothing was changed on disk."
       ) from e
   return restored[STATE], dict(restored[META]), step
 

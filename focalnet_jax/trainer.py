@@ -96,6 +96,7 @@ def make_train_step(
 ) -> Callable[[State, dict, jax.Array], tuple[State, dict]]:
   """The pure update: (state, batch, base_rng) -> (state, metrics as (sum, count) pairs)."""
   accum = config.grad_accum_steps
+  skip_nonfinite = config.nonfinite == "skip"
 
   def loss_fn(params, images, targets, rng):
     logits = model.apply({"params": params}, images, train=True, rngs={"dropout": rng})
@@ -141,11 +142,18 @@ def make_train_step(
           lambda e, p: d * e + (1.0 - d) * p, state["ema_params"], new_state["params"]
       )
     n = jnp.asarray(batch["label"].shape[0], jnp.float32)
-    step_metrics = {
-        "loss": (loss * n, n),
-        "grad_norm": (grad_norm, jnp.ones((), jnp.float32)),
-        "lr": (schedule(step), jnp.ones((), jnp.float32)),
-    }
+    one = jnp.ones((), jnp.float32)
+    step_metrics = {"loss": (loss * n, n), "grad_norm": (grad_norm, one), "lr": (schedule(step), one)}
+    if skip_nonfinite:
+      # Decided on device (no host sync): a bad step keeps params, moments and EMA as they were,
+      # and stays out of the loss and grad_norm averages so the host check passes.
+      ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+      new_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_state, state)
+      new_state["step"] = step + 1
+      okf = ok.astype(jnp.float32)
+      step_metrics["loss"] = (jnp.where(ok, loss * n, 0.0), n * okf)
+      step_metrics["grad_norm"] = (jnp.where(ok, grad_norm, 0.0), okf)
+      step_metrics["skipped_steps"] = (1.0 - okf, one)
     return new_state, step_metrics
 
   return step_fn
@@ -219,7 +227,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """Trains per `config`, resuming from `workdir` if it holds checkpoints; returns final metrics.
 
   The returned dict holds the last eval metrics (`top1`, `top5`, `loss`, and `ema_*` with EMA),
-  the last train averages as `train_*`, `step`, and `preempted` (1.0 if SIGTERM stopped it).
+  the last train averages as `train_*`, `step`, `preempted` (1.0 if SIGTERM stopped it) and,
+  with nonfinite='skip', `skipped_steps` (updates skipped since this process started).
   """
   workdir = os.path.abspath(workdir)
   is_main = jax.process_index() == 0
@@ -228,15 +237,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     config.data_dir = os.path.join(workdir, "data")  # the quickstart's data lives with its run
   info = dataset_info(config)
   sched = optim.resolve_schedule(config, info.num_train)
+  if config.nonfinite not in ("stop", "skip"):
+    raise ValueError(f"nonfinite={config.nonfinite!r} must be 'stop' or 'skip'.")
   model, overrides = build_model(config, info.num_classes)
   model.check_image_size(config.image_size, config.image_size)
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
   n_dev = mesh.devices.size
   for name, b in (("batch_size", config.batch_size), ("eval_batch_size", config.eval_batch_size)):
-    if b % (n_dev * (config.grad_accum_steps if name == "batch_size" else 1)):
+    unit = n_dev * (config.grad_accum_steps if name == "batch_size" else 1)
+    if b % unit:
+      nearest = sorted({max(unit, b // unit * unit), -(-b // unit) * unit})
       raise ValueError(
           f"{name}={b} must be divisible by the {n_dev} mesh devices"
-          + (f" x grad_accum_steps={config.grad_accum_steps}" if name == "batch_size" else "") + "."
+          + (f" x grad_accum_steps={config.grad_accum_steps}" if name == "batch_size" else "")
+          + f"; nearest valid values: {', '.join(map(str, nearest))} (--config.{name}=...)."
       )
   if is_main:
     os.makedirs(workdir, exist_ok=True)
@@ -275,8 +289,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                               enable_async_checkpointing=config.async_checkpoints)
     latest = mngr.latest_step()
     if latest is not None:
-      restored = mngr.restore(latest, args=ocp.args.Composite(
-          **{checkpoint.STATE: ocp.args.StandardRestore(abstract_sh)}))
+      try:
+        restored = mngr.restore(latest, args=ocp.args.Composite(
+            **{checkpoint.STATE: ocp.args.StandardRestore(abstract_sh)}))
+      except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types
+        earlier = sorted(s for s in mngr.all_steps() if s < latest)
+        mngr.close()
+        raise ValueError(
+            f"Cannot resume from {os.path.join(ckpt_dir, str(latest))} ({checkpoint.error_summary(e)}). "
+            "It is truncated or corrupt, or was written "
+            "by a run with another model or optimizer config (compare config.json in the workdir). "
+            + (f"To resume from step {earlier[-1]} instead, move {os.path.join(ckpt_dir, str(latest))} "
+               "out of the way" if earlier else "To start afresh, use a new --workdir")
+            + "; nothing was deleted."
+        ) from e
       state = restored[checkpoint.STATE]
       logging.info("Resumed from %s at step %d.", ckpt_dir, latest)
     else:
@@ -291,7 +317,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     micro_sh = NamedSharding(mesh, P(None, sharding.AXES))
     step_fn = make_train_step(model, tx, config, info.num_classes, lr_fn, micro_sh)
-    metric_sh = {k: (repl, repl) for k in ("loss", "grad_norm", "lr")}
+    metric_names = ("loss", "grad_norm", "lr") + (("skipped_steps",) if config.nonfinite == "skip" else ())
+    metric_sh = {k: (repl, repl) for k in metric_names}
     train_step = jax.jit(step_fn, in_shardings=(state_sh, {"image": batch_sh, "label": batch_sh}, repl),
                          out_shardings=(state_sh, metric_sh), donate_argnums=(0,))
     batch_abstract = {
@@ -309,6 +336,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                      mem.temp_size_in_bytes / 2**20)
     except Exception:  # noqa: BLE001 - not every backend implements it
       pass
+    params_finite = jax.jit(lambda p: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(p)])),
+                            out_shardings=repl)
     eval_step = jax.jit(evaluate_lib.make_eval_step(evaluate_lib.model_logits_fn(model), info.num_classes),
                         out_shardings=repl)
 
@@ -325,12 +354,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     last_saved = latest
     last_train: dict[str, float] = {}
     last_eval: dict[str, float] = {}
+    skipped_total = 0  # updates skipped (nonfinite='skip') since this process started
     preempted = False
     t_last, s_last = time.time(), start_step
 
     def flush(step: int) -> None:
       """Pulls the pending metrics in one transfer, checks them, logs the averages."""
-      nonlocal pending, last_train, t_last, s_last
+      nonlocal pending, last_train, t_last, s_last, skipped_total
       if not pending:
         return
       steps, host = zip(*jax.device_get(pending))
@@ -343,10 +373,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 f"Non-finite {key} ({total_}) at step {s}. Last good checkpoint: "
                 + (f"step {last_saved} in {ckpt_dir}" if last_saved is not None else "none")
                 + ". Lower base_lr, raise warmup_epochs, or check the data; the run resumes from that "
-                "checkpoint when restarted."
+                "checkpoint when restarted (or set nonfinite='skip' to skip such updates)."
             )
       sums = {k: (sum(m[k][0] for m in host), sum(m[k][1] for m in host)) for k in host[0]}
       last_train = metrics_lib.average(sums)
+      if "skipped_steps" in sums:
+        skipped = int(round(float(sums["skipped_steps"][0])))
+        last_train["skipped_steps"] = float(skipped)  # a count per log interval, not a mean
+        skipped_total += skipped
+        if skipped:
+          logging.warning("Skipped %d update(s) with a non-finite loss or gradient in steps %d-%d.",
+                          skipped, s_last + 1, step)
       now = time.time()
       rate = (step - s_last) * config.batch_size / max(now - t_last, 1e-9)
       eta = (total - step) * (now - t_last) / max(step - s_last, 1)
@@ -357,6 +394,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     def save(step: int) -> None:
       nonlocal last_saved
+      # The loss and gradients were checked; an update can still overflow the params. One
+      # reduction per checkpoint keeps non-finite params off disk.
+      if not bool(jax.device_get(params_finite(state["params"]))):
+        mngr.wait_until_finished()
+        raise FloatingPointError(
+            f"Non-finite params at step {step}; not saved. Last good checkpoint: "
+            + (f"step {last_saved} in {ckpt_dir}" if last_saved is not None else "none")
+            + ". Lower base_lr or raise warmup_epochs; the run resumes from that checkpoint when restarted."
+        )
       mngr.save(step, args=ocp.args.Composite(
           **{checkpoint.STATE: ocp.args.StandardSave(state), checkpoint.META: ocp.args.JsonSave(meta)}),
           force=True)
@@ -416,4 +462,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   result = {**last_eval, **{f"train_{k}": v for k, v in last_train.items()}}
   result["step"] = float(jax.device_get(state["step"]))
   result["preempted"] = float(preempted)
+  if config.nonfinite == "skip":
+    result["skipped_steps"] = float(skipped_total)
   return result
