@@ -24,7 +24,8 @@ _OUTPUT = flags.DEFINE_string(
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config whose data settings preprocess the image (default: the run's).")
 _BLOCKS = flags.DEFINE_enum(
-    "blocks", "last", ["last", "mean"], "Modulator map of each stage's last block, or the mean over its blocks.")
+    "blocks", "last", ["last", "mean"],
+    "Modulator map of each stage's last block, or the mean over its blocks.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
 _EMA = flags.DEFINE_bool("ema", False, "Use the EMA parameters of the checkpoint.")
 _TITLE = flags.DEFINE_string("title", None, "Figure title (default: names the checkpoint or workdir).")
@@ -43,8 +44,8 @@ def main(argv: list[str]) -> None:
 
   try:
     if _CURVES.value:
-      out = visualize.visualize_curves(_WORKDIR.value, _OUTPUT.value or os.path.join(_WORKDIR.value, "curves.png"),
-                                       title=_TITLE.value)
+      output = _OUTPUT.value or os.path.join(_WORKDIR.value, "curves.png")
+      out = visualize.visualize_curves(_WORKDIR.value, output, title=_TITLE.value)
     else:
       stem = os.path.splitext(os.path.basename(_IMAGE.value))[0]
       out = visualize.visualize_image(

@@ -96,7 +96,8 @@ def level_names(model: model_lib.FocalNet, stage: int) -> list[str]:
 # --- the modulation figure ----------------------------------------------------------------
 
 
-def _display_image(image: np.ndarray, mean: Sequence[float] | None, std: Sequence[float] | None) -> np.ndarray:
+def _display_image(image: np.ndarray, mean: Sequence[float] | None,
+                   std: Sequence[float] | None) -> np.ndarray:
   """A normalised (H, W, 3) model input back to [0, 1] RGB for display."""
   img = np.asarray(image, np.float32)
   if mean is not None and std is not None:
@@ -110,83 +111,75 @@ def modulation_figure(model: model_lib.FocalNet, image: np.ndarray, inter: Inter
                       predictions: Sequence[tuple[str, float]], *, mean: Sequence[float] | None = None,
                       std: Sequence[float] | None = None, reduce: str = "last",
                       title: str | None = None, index: int = 0) -> plt.Figure:
-  """One figure: the input, its top-k predictions, a modulator-norm overlay per stage, and
-  per stage a row of gate maps (last block; one panel per level, shared colour scale).
+  """One figure: the input and its top-k predictions, then one row per stage with the
+  modulator-norm overlay and the gate maps of the stage's last block (one panel per focal
+  level and the global level, one colour scale per stage).
 
   `image` is one normalised model input (H, W, 3); `inter` comes from
   `modulation_intermediates` and `index` picks the batch element.
   """
   stages = sorted(inter)
   has_gates = inter[stages[0]][-1]["gates"] is not None
-  n_gate_cols = max(len(level_names(model, s)) for s in stages) if has_gates else 0
-  # Top row: image, predictions (two panels wide for long class names), one overlay per stage.
-  n_cols = max(3 + len(stages), n_gate_cols + 1)
-  n_rows = 1 + (len(stages) if has_gates else 0)
-  fig = plt.figure(figsize=(PANEL_INCHES * n_cols, PANEL_INCHES * 1.12 * n_rows + 0.5), dpi=DPI,
+  n_gates = max(len(level_names(model, s)) for s in stages) if has_gates else 0
+  n_cols = max(4, 1 + n_gates)
+  n_rows = 1 + len(stages)
+  fig = plt.figure(figsize=(PANEL_INCHES * n_cols + 1.0, PANEL_INCHES * 1.15 * n_rows + 0.4), dpi=DPI,
                    layout="constrained")
   fig.suptitle(title or "Focal modulation", fontsize=13)
-  rows = fig.subfigures(n_rows, 1, hspace=0.02)
-  rows = np.atleast_1d(rows)
+  rows = np.atleast_1d(fig.subfigures(n_rows, 1, hspace=0.03))
 
   height, width = image.shape[:2]
   shown = _display_image(image, mean, std)
-  # One mosaic row: the predictions span two slots so long class names fit.
-  layout = ["input", "pred", "pred"] + [f"stage{s}" for s in stages]
-  layout += [f"empty{i}" for i in range(n_cols - len(layout))]
-  top = rows[0].subplot_mosaic([layout])
-  for key in layout:
-    if key.startswith("empty"):
-      top[key].remove()
+  top = rows[0].subplot_mosaic([["input", "gap"] + ["pred"] * (n_cols - 2)],
+                               width_ratios=[1, 0.25] + [1] * (n_cols - 2))
+  top["gap"].remove()  # room for the class names left of the bars
   ax = top["input"]
   ax.imshow(shown, interpolation="nearest")
-  ax.set_title(f"input ({height}×{width})", fontsize=10)
+  ax.set_title(f"input ({height}×{width}, as the model sees it)", fontsize=9)
   ax.set_axis_off()
-
   ax = top["pred"]
-  names = [n for n, _ in predictions][::-1]
+  names = [_shorten(n) for n, _ in predictions][::-1]
   probs = [p for _, p in predictions][::-1]
-  ax.barh(range(len(probs)), probs, color="tab:blue")
-  ax.set_yticks(range(len(names)), [_shorten(n) for n in names], fontsize=9)
+  ax.barh(range(len(probs)), probs, color="tab:blue", height=0.7)
+  ax.set_yticks(range(len(names)), names, fontsize=9)
   ax.set_xlim(0, 1)
   for y, p in enumerate(probs):
-    ax.text(min(p, 0.97) + 0.02 if p < 0.75 else p - 0.02, y, f"{p:.1%}", va="center",
-            ha="left" if p < 0.75 else "right", fontsize=8, color="black" if p < 0.75 else "white")
+    inside = p > 0.8
+    ax.text(p - 0.01 if inside else p + 0.01, y, f"{p:.1%}", va="center", ha="right" if inside else "left",
+            fontsize=9, color="white" if inside else "black")
   ax.set_xlabel("probability", fontsize=9)
   ax.set_title(f"top-{len(probs)} predictions", fontsize=10)
   ax.tick_params(axis="x", labelsize=8)
 
   which = "last block" if reduce == "last" else "mean over blocks"
-  for s in stages:
-    ax = top[f"stage{s}"]
-    norm = modulator_norm(inter[s], reduce)[index : index + 1]
-    heat = upsample(norm, height, width)[0]
-    ax.imshow(shown.mean(-1), cmap="gray", interpolation="nearest")
-    im = ax.imshow(heat, cmap="jet", alpha=0.5, interpolation="bilinear")
-    h, w = norm.shape[1:]
-    ax.set_title(f"stage {s + 1} ({h}×{w} tokens)\n‖h(ctx_all)‖₂, {which}", fontsize=9)
-    ax.set_axis_off()
-    cb = rows[0].colorbar(im, ax=ax, shrink=0.8, pad=0.02)
-    cb.ax.tick_params(labelsize=7)
-
-  if not has_gates:
-    return fig
   for s, row in zip(stages, rows[1:]):
-    gates = np.asarray(inter[s][-1]["gates"][index], np.float32)  # (h, w, G)
-    labels = level_names(model, s)
-    vmax = max(float(np.abs(gates).max()), 1e-6)
+    depth = len(inter[s])
+    norm = modulator_norm(inter[s], reduce)[index : index + 1]
+    h, w = norm.shape[1:]
+    labels = level_names(model, s) if has_gates else []
     axes = row.subplots(1, n_cols)
-    row.suptitle(f"stage {s + 1}: raw gate values, last block (block {len(inter[s])}); "
-                 "shared colour scale", fontsize=10)
-    im = None
-    for g, name in enumerate(labels):
-      ax = axes[g]
-      im = ax.imshow(gates[..., g], cmap="RdBu_r", vmin=-vmax, vmax=vmax, interpolation="nearest")
-      ax.set_title(f"{name}\nmean {gates[..., g].mean():+.2f}", fontsize=9)
-      ax.set_axis_off()
-    for ax in axes[len(labels):]:
+    row.suptitle(f"stage {s + 1}: {h}×{w} tokens, {depth} block{'s' if depth > 1 else ''}", fontsize=11,
+                 x=0.01, ha="left", fontweight="bold")
+    ax = axes[0]
+    ax.imshow(shown.mean(-1), cmap="gray", interpolation="nearest")
+    im = ax.imshow(upsample(norm, height, width)[0], cmap="jet", alpha=0.55, interpolation="bilinear")
+    ax.set_title(f"modulator ‖h(ctx_all)‖₂\n{which}, upsampled", fontsize=9)
+    ax.set_axis_off()
+    cb = row.colorbar(im, ax=ax, shrink=0.8, pad=0.02)
+    cb.ax.tick_params(labelsize=7)
+    for ax in axes[1 + len(labels):]:
       ax.remove()
-    cb = row.colorbar(im, ax=list(axes[: len(labels)]), shrink=0.85, pad=0.02)
-    cb.set_label("gate", fontsize=8)
+    if not labels:
+      continue
+    gates = np.asarray(inter[s][-1]["gates"][index], np.float32)  # (h, w, G)
+    vmax = max(float(np.abs(gates).max()), 1e-6)
+    for g, name in enumerate(labels):
+      ax = axes[1 + g]
+      im = ax.imshow(gates[..., g], cmap="RdBu_r", vmin=-vmax, vmax=vmax, interpolation="nearest")
+      ax.set_title(f"gate: {name}\nmean {gates[..., g].mean():+.2f}", fontsize=9)
+      ax.set_axis_off()
+    cb = row.colorbar(im, ax=list(axes[1 : 1 + len(labels)]), shrink=0.8, pad=0.02)
+    cb.set_label(f"raw gate, block {depth}", fontsize=8)
     cb.ax.tick_params(labelsize=7)
   return fig
 
@@ -303,11 +296,12 @@ def curves_figure(runs: dict[str, list[dict[str, float]]], title: str | None = N
     series = _series(records, key)
     if series is not None:
       ax.plot(*series, style, label=label, markersize=3, linewidth=1.3)
-  if not ev:
-    _note(ax, no_eval)
   ax.set_title("loss")
   ax.set_ylabel("cross-entropy")
-  ax.legend(fontsize=9) if ax.lines else _note(ax, "no loss records")
+  if ax.lines:  # the legend carries the note, so it never sits on a curve
+    ax.legend(fontsize=9, title=None if ev else no_eval, title_fontsize=8)
+  else:
+    _note(ax, "no loss records")
 
   ax = axes[0, 1]
   best = []
@@ -315,7 +309,8 @@ def curves_figure(runs: dict[str, list[dict[str, float]]], title: str | None = N
     series = _series(ev, key)
     if series is not None:
       ax.plot(series[0], 100 * series[1], style, label=label, markersize=3, linewidth=1.3)
-      best.append(f"{label.replace('eval ', '')}: last {100 * series[1][-1]:.2f}%, best {100 * series[1].max():.2f}%")
+      last, top = 100 * series[1][-1], 100 * series[1].max()
+      best.append(f"{label.replace('eval ', '')}: last {last:.2f}%, best {top:.2f}%")
   if ax.lines:
     ax.legend(fontsize=9, loc="lower right", title="\n".join(best), title_fontsize=8)
   else:
@@ -332,6 +327,7 @@ def curves_figure(runs: dict[str, list[dict[str, float]]], title: str | None = N
       _note(ax, f"no train records with {key!r} yet")
     ax.set_title(label)
     ax.set_ylabel(ylabel)
+    ax.set_ylim(bottom=0)
   axes[1, 0].ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
   for ax in axes.flat:
     ax.set_xlabel("step")

@@ -102,8 +102,8 @@ def test_sown_modulator_and_gates_equal_hand_computation():
   pe = params["patch_embed"]
   b, s = x.shape[0], SIZE // 4
   patches = x.reshape(b, s, 4, s, 4, 3).transpose(0, 1, 3, 2, 4, 5).reshape(b, s, s, 48)
-  tokens = layer_norm(patches @ np.asarray(pe["proj"]["kernel"]).reshape(48, -1) + np.asarray(pe["proj"]["bias"]),
-                      pe["norm"])
+  embedded = patches @ np.asarray(pe["proj"]["kernel"]).reshape(48, -1) + np.asarray(pe["proj"]["bias"])
+  tokens = layer_norm(embedded, pe["norm"])
   block = params["layers_0"]["blocks_0"]
   modulator, gates = hand_modulation(layer_norm(tokens, block["norm1"]), block["modulation"], levels=2)
   np.testing.assert_allclose(inter[0][0]["modulator"], modulator, rtol=1e-4, atol=1e-4)
@@ -144,15 +144,12 @@ def assert_picture(path, size):
   assert len(np.unique(img.reshape(-1, 3), axis=0)) > 50, "too few distinct colours"
 
 
-def expected_size(fig_size):
-  return tuple(int(round(v * viz.DPI)) for v in fig_size)
-
-
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("viz")
   model, params, kw = tiny()
-  checkpoint.save(tmp / "ckpt", {"params": params}, {"model": "focalnet_tiny_srf", "model_overrides": kw}, step=0)
+  meta = {"model": "focalnet_tiny_srf", "model_overrides": kw}
+  checkpoint.save(tmp / "ckpt", {"params": params}, meta, step=0)  # the converter's format
   rng = np.random.default_rng(0)
   img = np.zeros((40, 36, 3), np.uint8)
   img[8:30, 10:26] = rng.integers(100, 255, (22, 16, 3))
@@ -167,9 +164,8 @@ def test_modulation_picture_from_checkpoint(tiny_checkpoint):
   config.image_size = SIZE
   out = viz.visualize_image(str(tiny_checkpoint / "ckpt"), str(tiny_checkpoint / "image.png"),
                             str(tiny_checkpoint / "out" / "mod.png"), config=config)
-  # Two stages with gates: 1 + 2 rows; 5 columns (input, 2 prediction slots, 2 stages).
-  n_cols, n_rows = 5, 3
-  assert_picture(out, expected_size((viz.PANEL_INCHES * n_cols, viz.PANEL_INCHES * 1.12 * n_rows + 0.5)))
+  # Fixed size: 5 columns (modulator + 4 gate levels of stage 2) x 3 rows (top + 2 stages), 100 dpi.
+  assert_picture(out, (1200, 799))
 
 
 def test_modulation_picture_without_gates():
@@ -178,8 +174,9 @@ def test_modulation_picture_without_gates():
   logits, inter = viz.modulation_intermediates(model, params, x)
   preds = [(f"class_{i}", 0.1) for i in range(5)]
   fig = viz.modulation_figure(model, x[0], inter, preds)
-  assert len(fig.subfigs) == 1  # no gate rows
-  assert not any("gate" in ax.get_title() for ax in fig.get_axes())
+  titles = [ax.get_title() for ax in fig.get_axes()]
+  assert sum("modulator" in t for t in titles) == 2  # one per stage
+  assert not any("gate" in t for t in titles)
 
 
 def test_clear_errors(tiny_checkpoint, tmp_path):
@@ -225,11 +222,12 @@ def test_read_metrics_keeps_last_record_per_step(tmp_path):
 def test_curves_picture(tmp_path, with_eval):
   write_metrics(tmp_path / "metrics.jsonl", with_eval)
   out = viz.visualize_curves(str(tmp_path), str(tmp_path / "curves.png"))
-  assert_picture(out, expected_size((11, 7.5)))
+  assert_picture(out, (1100, 750))
   if not with_eval:
     fig = viz.curves_figure(viz.read_metrics(str(tmp_path)))
-    texts = [t.get_text() for ax in fig.get_axes() for t in ax.texts]
-    assert "no eval records yet" in texts
+    notes = [t.get_text() for ax in fig.get_axes() for t in ax.texts]
+    notes += [ax.get_legend().get_title().get_text() for ax in fig.get_axes() if ax.get_legend()]
+    assert notes.count("no eval records yet") == 2  # loss legend and top-1 panel
 
 
 def test_cli_curves_and_error_exit(tmp_path):
@@ -239,7 +237,7 @@ def test_cli_curves_and_error_exit(tmp_path):
                                      capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
   ok = run("--workdir", str(tmp_path), "--curves")
   assert ok.returncode == 0, ok.stderr
-  assert_picture(tmp_path / "curves.png", expected_size((11, 7.5)))
+  assert_picture(tmp_path / "curves.png", (1100, 750))
   missing = run("--workdir", str(tmp_path / "none"), "--curves")
   assert missing.returncode == 1
   assert "metrics.jsonl" in missing.stderr and "train.py" in missing.stderr
