@@ -240,9 +240,9 @@ def visualize_curves(workdir: str, output: str, title: str | None = None) -> str
 
 
 def read_metrics(path: str) -> dict[str, list[dict[str, float]]]:
-  """metrics.jsonl -> {'train': [...], 'eval': [...]} sorted by step, keeping the LAST record
+  """A workdir or its metrics.jsonl -> {'train': [...], 'eval': [...]} sorted by step, keeping the LAST record
   per (split, step): a resumed run re-logs the steps after its last checkpoint."""
-  if os.path.isdir(path):
+  if not path.endswith(".jsonl"):  # a workdir
     path = os.path.join(path, "metrics.jsonl")
   if not os.path.isfile(path):
     raise FileNotFoundError(
