@@ -16,6 +16,8 @@ import time
 import numpy as np
 import pytest
 
+import train_utils
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 CHILD_DEVICES = 2
 TOTAL, EVERY = 8, 3  # the killed runs save at steps 3, 6 and 8
@@ -177,20 +179,8 @@ def test_sigkill_during_a_save_keeps_the_previous_checkpoint(straight, tmp_path)
 @pytest.fixture(scope="module", autouse=True)
 def compilation_cache(tmp_path_factory):
   """In-process runs of the same tiny model compile its step once."""
-  import jax
-  from jax.experimental.compilation_cache import compilation_cache as cc
-
-  names = ("jax_persistent_cache_min_compile_time_secs", "jax_persistent_cache_min_entry_size_bytes")
-  saved = {n: getattr(jax.config, n) for n in names}
-  for n in names:
-    jax.config.update(n, 0)
-  cc.set_cache_dir(str(tmp_path_factory.mktemp("jax_cache_inproc")))
-  cc.reset_cache()
-  yield
-  jax.config.update("jax_compilation_cache_dir", None)
-  cc.reset_cache()
-  for n, v in saved.items():
-    jax.config.update(n, v)
+  with train_utils.compilation_cache(str(tmp_path_factory.mktemp("jax_cache_inproc"))):
+    yield
 
 
 @pytest.fixture

@@ -17,19 +17,8 @@ from focalnet_jax import checkpoint, trainer
 @pytest.fixture(scope="module", autouse=True)
 def compilation_cache(tmp_path_factory):
   """Runs that compile the same step (uninterrupted, killed, resumed) compile it once."""
-  from jax.experimental.compilation_cache import compilation_cache as cc
-
-  names = ("jax_persistent_cache_min_compile_time_secs", "jax_persistent_cache_min_entry_size_bytes")
-  saved = {n: getattr(jax.config, n) for n in names}
-  for n in names:
-    jax.config.update(n, 0)
-  cc.set_cache_dir(str(tmp_path_factory.mktemp("jax_cache")))
-  cc.reset_cache()
-  yield
-  jax.config.update("jax_compilation_cache_dir", None)
-  cc.reset_cache()
-  for n, v in saved.items():
-    jax.config.update(n, v)
+  with train_utils.compilation_cache(str(tmp_path_factory.mktemp("jax_cache"))):
+    yield
 
 
 @pytest.fixture

@@ -5,9 +5,12 @@ on (seed, t), so runs with any number of processes see the same global batches.
 """
 from __future__ import annotations
 
+import contextlib
+
 import os
 import sys
 
+import jax
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -86,3 +89,24 @@ def use_in_memory_data(trainer, process_index=0, process_count=1, on_step=None):
   trainer.train_batches = lambda c, i, s: train_batches(c, i, s, process_index, process_count, on_step)
   trainer.eval_batches = lambda c, i: eval_batches(c, i, process_index, process_count)
   return saved
+
+
+@contextlib.contextmanager
+def compilation_cache(cache_dir: str):
+  """JAX's persistent compilation cache in `cache_dir` for the block: runs that compile the same
+  step (uninterrupted, killed, resumed) compile it once. Restores the settings afterwards."""
+  from jax.experimental.compilation_cache import compilation_cache as cc
+
+  names = ("jax_persistent_cache_min_compile_time_secs", "jax_persistent_cache_min_entry_size_bytes")
+  saved = {n: getattr(jax.config, n) for n in names}
+  for n in names:
+    jax.config.update(n, 0)
+  cc.set_cache_dir(cache_dir)
+  cc.reset_cache()
+  try:
+    yield
+  finally:
+    jax.config.update("jax_compilation_cache_dir", None)
+    cc.reset_cache()
+    for n, v in saved.items():
+      jax.config.update(n, v)
