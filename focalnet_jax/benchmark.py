@@ -254,20 +254,36 @@ class TimmRunner(Runner):
     return self.torch.cuda.max_memory_allocated() if self.cuda else None
 
 
-def make_runners(args, image_size: int) -> list[Runner]:
+def runner_specs(args) -> list[str]:
   """The frameworks to compare, in table order (ours first)."""
-  runners: list[Runner] = [
-      JaxRunner(args.model, args.batch_size, image_size, args.mode, args.dtype, args.depthwise_impl, args.remat)
-  ]
+  specs = ["jax"]
   if args.compare == "timm":
-    runners.append(TimmRunner(args.model, args.batch_size, image_size, args.mode, args.dtype, use_compile=False))
+    specs.append("timm")
     if not args.no_torch_compile:
-      try:
-        runners.append(TimmRunner(args.model, args.batch_size, image_size, args.mode, args.dtype, use_compile=True))
-        runners[-1].compile()
-      except Exception as e:  # noqa: BLE001 - torch.compile is optional; report and go on
-        print(f"torch.compile unavailable here ({type(e).__name__}: {e}); eager only.", file=sys.stderr)
-        runners.pop()
+      specs.append("timm-compile")
+  return specs
+
+
+def make_runner(args, spec: str, image_size: int) -> Runner:
+  if spec == "jax":
+    return JaxRunner(args.model, args.batch_size, image_size, args.mode, args.dtype, args.depthwise_impl, args.remat)
+  return TimmRunner(args.model, args.batch_size, image_size, args.mode, args.dtype,
+                    use_compile=spec == "timm-compile")
+
+
+def make_runners(args, image_size: int) -> list[Runner]:
+  runners = []
+  for spec in runner_specs(args):
+    try:
+      runner = make_runner(args, spec, image_size)
+      if spec == "timm-compile":
+        runner.compile()
+    except Exception as e:  # noqa: BLE001 - torch.compile is optional; report and go on
+      if spec != "timm-compile":
+        raise
+      print(f"torch.compile unavailable here ({type(e).__name__}: {e}); eager only.", file=sys.stderr)
+      continue
+    runners.append(runner)
   return runners
 
 
@@ -283,7 +299,8 @@ def child_peak_rss(argv: list[str], index: int) -> int | None:
 
 
 def _memory_child(args) -> None:
-  runner = make_runners(args, args.image_size)[args.memory_child]
+  # Builds only its own framework: the peak RSS is that framework's alone.
+  runner = make_runner(args, runner_specs(args)[args.memory_child], args.image_size)
   runner.compile()
   for _ in range(2):
     runner.step()
