@@ -74,7 +74,8 @@ class DropPath(nn.Module):
       return x
     keep = 1.0 - self.rate
     mask = jax.random.bernoulli(self.make_rng("dropout"), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
-    return jnp.where(mask, x / keep, jnp.zeros_like(x))
+    # A per-sample scale (0 or 1/keep) fuses into the residual add as one multiply.
+    return x * (mask.astype(x.dtype) / jnp.asarray(keep, x.dtype))
 
 
 class Mlp(nn.Module):
