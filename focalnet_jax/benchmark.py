@@ -19,7 +19,6 @@ import dataclasses
 import gc
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -305,7 +304,10 @@ def _memory_child(args) -> None:
   for _ in range(2):
     runner.step()
   runner.sync()
-  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+  # VmHWM: the peak RSS of this process's own address space. (ru_maxrss is no good here: Linux
+  # carries it over fork and exec, so a child would report at least its parent's size.)
+  with open("/proc/self/status") as f:
+    peak = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
   print(json.dumps({"peak_rss_bytes": peak}))
 
 
