@@ -6,48 +6,25 @@ import os
 import subprocess
 import sys
 
-import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
 
+from configs import default
 from focalnet_jax import data
 from focalnet_jax.data import digits, folder
 
 tf = pytest.importorskip("tensorflow")
 from focalnet_jax.data import augment  # noqa: E402  (imports TF)
 
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
+MEAN, STD = default.IMAGENET_MEAN, default.IMAGENET_STD
 
 
 def make_config(dataset, data_dir=None, **overrides):
-  """The fields of the data contract (notes/interfaces.md), small sizes for tests."""
-  c = ml_collections.ConfigDict()
-  c.dataset = dataset
-  c.data_dir = data_dir
-  c.train_split = "train"
-  c.eval_split = "val"
-  c.image_size = 24
-  c.crop_ratio = 0.875
-  c.interpolation = "bicubic"
-  c.batch_size = 4
-  c.eval_batch_size = 6
-  c.seed = 0
-  c.shuffle_buffer = 16
-  c.data_threads = 2
-  c.corrupt_images = "skip"
-  c.digits_split_seed = 0
-  c.aug = ml_collections.ConfigDict()
-  c.aug.rrc_scale = (0.08, 1.0)
-  c.aug.rrc_ratio = (3 / 4, 4 / 3)
-  c.aug.hflip = True
-  c.aug.randaug_num_ops = 2
-  c.aug.randaug_magnitude = 9
-  c.aug.randaug_magnitude_std = 0.5
-  c.aug.random_erase_prob = 0.25
-  c.aug.mean = MEAN
-  c.aug.std = STD
+  """configs/default.py (the data contract's defaults) at test sizes."""
+  c = default.get_config()
+  c.update(dict(dataset=dataset, data_dir=data_dir, train_split="train", eval_split="val", image_size=24,
+                batch_size=4, eval_batch_size=6, shuffle_buffer=16, data_threads=2))
   c.update(overrides)
   return c
 
