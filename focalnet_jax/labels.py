@@ -59,8 +59,3 @@ def subset_indices(dataset: str) -> np.ndarray | None:
     wnids = f.read().split()
   position = {w: i for i, w in enumerate(imagenet1k_wnids())}
   return np.array(sorted(position[w] for w in wnids), dtype=np.int32)
-
-
-def is_real_labels(dataset: str) -> bool:
-  """Whether the dataset is ImageNet-ReaL (multi-label evaluation)."""
-  return dataset.split(":")[0].split("/")[0] == "imagenet2012_real"
