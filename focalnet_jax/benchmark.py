@@ -97,7 +97,8 @@ class Runner:
 class JaxRunner(Runner):
 
   def __init__(self, model_name: str, batch_size: int, image_size: int, mode: str, dtype: str,
-               depthwise_impl: str = "auto", remat: bool = False):
+               depthwise_impl: str = "auto", remat: bool = False, micro_batch_size: int = 0,
+               chunk_elements: int | str = "auto"):
     super().__init__()
     import jax
     import jax.numpy as jnp
@@ -105,13 +106,26 @@ class JaxRunner(Runner):
 
     from focalnet_jax import create_model
     from focalnet_jax import ops
+    from focalnet_jax import sharding
 
     impl = ops.default_impl() if depthwise_impl == "auto" else depthwise_impl
-    self.name = f"jax ({impl}{', remat' if remat else ''})"
+    num_micro = 1
+    if mode == "train" and micro_batch_size and micro_batch_size < batch_size:
+      if batch_size % micro_batch_size:
+        raise SystemExit(f"--micro-batch-size {micro_batch_size} does not divide --batch-size {batch_size}.")
+      num_micro = batch_size // micro_batch_size
+    model = create_model(model_name, dtype=jnp.dtype(dtype), depthwise_impl=depthwise_impl, remat=remat,
+                         chunk_elements=chunk_elements)
+    micro = batch_size // num_micro
+    sizes = model.stage_chunk_sizes(micro, image_size, image_size, train=mode == "train")
+    chunks = ",".join(str(c or micro) for c in sizes) if any(c and c < micro for c in sizes) else ""
+    details = [impl] + (["remat"] if remat else []) + (
+        [f"micro-batch {micro}"] if num_micro > 1 else []) + (
+        [f"stage chunks {chunks}"] if chunks else [])
+    self.name = f"jax ({', '.join(details)})"
     self.batch_size = batch_size
     self.mode = mode
     self.jax = jax
-    model = create_model(model_name, dtype=jnp.dtype(dtype), depthwise_impl=depthwise_impl, remat=remat)
     self.model = model
     rng = np.random.default_rng(0)
     self.images = jnp.asarray(rng.standard_normal((batch_size, image_size, image_size, 3), np.float32))
@@ -130,11 +144,11 @@ class JaxRunner(Runner):
       def train_step(state, x, y, key):
         p, opt_state = state
 
-        def loss_fn(p):
+        def loss_fn(p, x, y, key):
           logits = model.apply({"params": p}, x, train=True, rngs={"dropout": key})
           return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-        loss, grads = jax.value_and_grad(loss_fn)(p)
+        loss, grads = sharding.accumulate_gradients(jax.value_and_grad(loss_fn), p, (x, y), key, num_micro)
         updates, opt_state = tx.update(grads, opt_state, p)
         return (optax.apply_updates(p, updates), opt_state), loss
 
@@ -254,8 +268,8 @@ class TimmRunner(Runner):
 
 
 def runner_specs(args) -> list[str]:
-  """The frameworks to compare, in table order (ours first)."""
-  specs = ["jax"]
+  """The frameworks to compare, in table order (ours first): one JAX row per micro-batch size."""
+  specs = [f"jax:{m}" for m in micro_batch_sizes(args)]
   if args.compare == "timm":
     specs.append("timm")
     if not args.no_torch_compile:
@@ -263,9 +277,19 @@ def runner_specs(args) -> list[str]:
   return specs
 
 
+def micro_batch_sizes(args) -> list[int]:
+  sizes = [int(m) for m in str(args.micro_batch_size).split(",")]
+  return sizes if args.mode == "train" else sizes[:1]
+
+
+def chunk_elements(value: str) -> int | str:
+  return value if value == "auto" else int(value)
+
+
 def make_runner(args, spec: str, image_size: int) -> Runner:
-  if spec == "jax":
-    return JaxRunner(args.model, args.batch_size, image_size, args.mode, args.dtype, args.depthwise_impl, args.remat)
+  if spec.startswith("jax:"):
+    return JaxRunner(args.model, args.batch_size, image_size, args.mode, args.dtype, args.depthwise_impl,
+                     args.remat, int(spec.split(":")[1]), chunk_elements(args.chunk_elements))
   return TimmRunner(args.model, args.batch_size, image_size, args.mode, args.dtype,
                     use_compile=spec == "timm-compile")
 
@@ -395,6 +419,12 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
   p.add_argument("--depthwise-impl", default="auto", help="depthwise conv implementation (see focalnet_jax.ops)")
   p.add_argument("--remat", action="store_true", help="rematerialise each block in the backward pass")
+  p.add_argument("--micro-batch-size", default="0",
+                 help="train: run the step's forward/backward over micro-batches of this size and "
+                      "accumulate (the update is the whole batch's); 0 = whole batch. A comma list "
+                      "gives one JAX row each, e.g. 0,2")
+  p.add_argument("--chunk-elements", default="auto",
+                 help="FocalNet.chunk_elements: activation elements per stage chunk; 0 = whole batch")
   p.add_argument("--compare", choices=("none", "timm"), default="none")
   p.add_argument("--no-torch-compile", action="store_true", help="with --compare timm: eager only")
   p.add_argument("--rounds", type=int, default=5)

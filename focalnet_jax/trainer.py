@@ -114,25 +114,8 @@ def make_train_step(
         switch_prob=config.mixup_switch_prob, label_smoothing=config.label_smoothing,
     )
     params = state["params"]
-    if accum == 1:
-      loss, grads = grad_fn(params, images, targets, drop_rng)
-    else:
-      # Micro-batch m takes examples m, m + accum, ...: each device keeps its own rows.
-      def split(x):
-        x = x.reshape((x.shape[0] // accum, accum) + x.shape[1:]).swapaxes(0, 1)
-        return jax.lax.with_sharding_constraint(x, micro_sharding)
-
-      def micro(carry, xs):
-        loss_sum, grad_sum = carry
-        i, im, tg = xs
-        loss, grads = grad_fn(params, im, tg, jax.random.fold_in(drop_rng, i))
-        return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
-
-      zeros = jax.tree.map(jnp.zeros_like, params)
-      (loss, grads), _ = jax.lax.scan(
-          micro, (jnp.zeros((), jnp.float32), zeros), (jnp.arange(accum), split(images), split(targets))
-      )
-      loss, grads = loss / accum, jax.tree.map(lambda g: g / accum, grads)
+    loss, grads = sharding.accumulate_gradients(
+        grad_fn, params, (images, targets), drop_rng, accum, micro_sharding)
     grad_norm = optax.global_norm(grads)
     updates, opt_state = tx.update(grads, state["opt_state"], params)
     new_state = dict(state, step=step + 1, params=optax.apply_updates(params, updates), opt_state=opt_state)

@@ -1,0 +1,147 @@
+"""The speed paths give the reference's results: patch matmuls, erf GELU, chunked stages, micro-batches.
+
+Each fast path is checked against the plain formulation on random inputs, in values and in
+gradients, since training goes through both.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
+from focalnet_jax import ops, sharding
+from focalnet_jax.model import CACHE_CHUNK_ELEMENTS, auto_chunk_size, gelu
+
+from test_model import images, random_variables, tiny_model, tree_allclose
+
+
+def _conv_reference(x, kernel, stride, padding):
+  return lax.conv_general_dilated(
+      x, kernel, (stride, stride), ((padding, padding), (padding, padding)),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=lax.Precision.HIGHEST,
+  )
+
+
+@pytest.mark.parametrize("k,stride,padding,size", [(4, 4, 0, 16), (2, 2, 0, 12), (3, 2, 1, 12), (7, 4, 2, 16)])
+def test_patch_conv_equals_the_convolution_in_values_and_gradients(k, stride, padding, size):
+  rng = np.random.default_rng(k)
+  x = jnp.asarray(rng.normal(size=(2, size, size, 5)), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(k, k, 5, 7)) / k, jnp.float32)
+  np.testing.assert_allclose(ops.patch_conv(x, kernel, stride, padding),
+                             _conv_reference(x, kernel, stride, padding), rtol=1e-5, atol=1e-5)
+  cot = jnp.asarray(rng.normal(size=_conv_reference(x, kernel, stride, padding).shape), jnp.float32)
+  grad = lambda f: jax.grad(lambda x, w: jnp.sum(f(x, w, stride, padding) * cot), argnums=(0, 1))(x, kernel)
+  tree_allclose(grad(ops.patch_conv), grad(_conv_reference), rtol=1e-4, atol=1e-4)
+
+
+def test_gelu_is_pytorchs_exact_gelu_and_has_its_gradient():
+  torch = pytest.importorskip("torch")
+  x = np.concatenate([np.linspace(-12, 12, 2001), np.random.default_rng(0).normal(size=4000) * 3]).astype(np.float32)
+  ours = np.asarray(jax.jit(gelu)(jnp.asarray(x)))
+  theirs = torch.nn.functional.gelu(torch.from_numpy(x)).numpy()
+  np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=2e-6)
+  # Its derivative is Phi(x) + x phi(x), the exact GELU's (erfc-based in jax.nn).
+  exact = jax.vmap(jax.grad(lambda v: jax.nn.gelu(v, approximate=False)))(jnp.asarray(x))
+  np.testing.assert_allclose(jax.vmap(jax.grad(gelu))(jnp.asarray(x)), exact, rtol=1e-5, atol=1e-6)
+
+
+def test_auto_chunk_size_picks_the_largest_divisor_within_budget():
+  assert auto_chunk_size(8, 56 * 56 * 96, CACHE_CHUNK_ELEMENTS) == 1  # FocalNet-T stage 1
+  assert auto_chunk_size(8, 28 * 28 * 192, CACHE_CHUNK_ELEMENTS) == 2
+  assert auto_chunk_size(8, 7 * 7 * 768, CACHE_CHUNK_ELEMENTS) == 8
+  assert auto_chunk_size(12, 10, 55) == 4  # 5 does not divide 12
+  assert auto_chunk_size(7, 10, 55) == 1  # prime batch
+  assert auto_chunk_size(8, 10**9, 10) == 1  # over budget: one example at a time
+  # Over 4 devices, chunks stay multiples of 4 so a sharded batch splits evenly.
+  assert auto_chunk_size(16, 10, 55, num_devices=4) == 4
+  assert auto_chunk_size(16, 10**9, 10, num_devices=4) == 4
+  assert auto_chunk_size(6, 10, 20, num_devices=4) == 6  # no even split: the whole batch
+
+
+def test_auto_chunking_is_for_inference_on_cpu_only():
+  model = tiny_model()
+  assert jax.default_backend() == "cpu"
+  # 56 x 56 x 16 elements per example at stage 1: 8 of them fit in CACHE_CHUNK_ELEMENTS.
+  assert model.stage_chunk_sizes(32, 224, 224)[0] == 8
+  assert model.stage_chunk_sizes(8, 224, 224, train=True) == (None,) * 4
+  assert model.clone(chunk_elements=0).stage_chunk_sizes(8, 224, 224) == (None,) * 4
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "fast", True])
+def test_chunk_elements_must_be_auto_zero_or_positive(bad):
+  with pytest.raises(ValueError, match="chunk_elements"):
+    tiny_model(chunk_elements=bad)
+
+
+def _chunked_pair(budget: int):
+  model = tiny_model(chunk_elements=0)
+  return model, model.clone(chunk_elements=budget)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 2, 3])
+def test_a_stage_over_chunks_equals_the_stage_on_the_whole_batch(chunk_size):
+  model = tiny_model(chunk_elements=0)
+  x = jax.random.normal(jax.random.key(3), (6, 8, 8, 16))
+  params = random_variables(model)["params"]
+  stage = model.bind({"params": params}).layers[0].clone(parent=None)
+  variables = {"params": params["layers_0"]}
+  whole = stage.apply(variables, x)
+  chunked = stage.apply(variables, x, chunk_size=chunk_size)
+  tree_allclose(chunked, whole, rtol=1e-5, atol=1e-5)
+
+
+def test_chunked_stages_give_the_whole_batch_values_and_gradients():
+  whole, chunked = _chunked_pair(budget=16 * 16 * 16 * 8)
+  x = images(0, size=64, batch=16)
+  # Stage 1 runs in 2 chunks of 8 (a multiple of the 8 test devices), stage 2 whole.
+  assert chunked.stage_chunk_sizes(16, 64, 64)[:2] == (8, 16)
+  variables = random_variables(whole)
+  np.testing.assert_allclose(chunked.apply(variables, x), whole.apply(variables, x), rtol=1e-5, atol=1e-5)
+  feats = chunked.apply(variables, x, method=chunked.features)
+  for a, b in zip(feats, whole.apply(variables, x, method=whole.features)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+  def loss(model):
+    return lambda p: jnp.sum(model.apply({"params": p}, x, train=True) ** 2)
+
+  tree_allclose(jax.grad(loss(chunked))(variables["params"]), jax.grad(loss(whole))(variables["params"]),
+                rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("axis_type", ["Auto", "Explicit"])
+def test_chunked_stages_keep_a_sharded_batch_in_place(axis_type):
+  whole, chunked = _chunked_pair(budget=16 * 16 * 16 * 8)
+  mesh = jax.make_mesh((8,), ("data",), axis_types=(getattr(AxisType, axis_type),))
+  x = jax.device_put(images(1, size=64, batch=16), NamedSharding(mesh, P("data")))
+  variables = random_variables(whole)
+  out = jax.jit(chunked.apply)(variables, x)
+  np.testing.assert_allclose(out, whole.apply(variables, np.asarray(x)), rtol=1e-5, atol=1e-5)
+
+
+def test_intermediates_keep_the_batch_layout_when_chunking():
+  whole, chunked = _chunked_pair(budget=1)
+  x = images(2, size=32, batch=3)
+  variables = random_variables(whole)
+  _, a = chunked.apply(variables, x, mutable=["intermediates"])
+  _, b = whole.apply(variables, x, mutable=["intermediates"])
+  tree_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_accumulated_gradients_equal_the_whole_batch():
+  rng = np.random.default_rng(0)
+  params = {"w": jnp.asarray(rng.normal(size=(5, 3)), jnp.float32)}
+  x = jnp.asarray(rng.normal(size=(12, 5)), jnp.float32)
+  y = jnp.asarray(rng.normal(size=(12, 3)), jnp.float32)
+
+  def loss(p, x, y, key):
+    noise = jax.random.normal(key, ())  # the rng reaches each micro-batch
+    return jnp.mean((x @ p["w"] - y) ** 2) + 0.0 * noise
+
+  value_and_grad = jax.value_and_grad(loss)
+  ref = value_and_grad(params, x, y, jax.random.key(0))
+  for num_micro in (1, 3, 4):
+    got = sharding.accumulate_gradients(value_and_grad, params, (x, y), jax.random.key(0), num_micro)
+    tree_allclose(got, ref, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="micro-batches"):
+    sharding.accumulate_gradients(value_and_grad, params, (x, y), jax.random.key(0), 5)
