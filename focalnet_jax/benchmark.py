@@ -36,6 +36,7 @@ class Result:
   peak_mem_bytes: int | None
   batch_size: int
   gflops_per_image: float | None  # multiply-adds x 2 of one image's forward (x3 for training)
+  series: str = ""  # the name without per-size details: one line per framework in a sweep plot
 
   @property
   def median_step_s(self) -> float:
@@ -91,7 +92,8 @@ class Runner:
     self.peak_mem = self.device_peak_mem()
 
   def result(self) -> Result:
-    return Result(self.name, self.times, self.compile_s, self.peak_mem, self.batch_size, self.gflops_per_image)
+    return Result(self.name, self.times, self.compile_s, self.peak_mem, self.batch_size, self.gflops_per_image,
+                  getattr(self, "series", self.name))
 
 
 class JaxRunner(Runner):
@@ -123,6 +125,7 @@ class JaxRunner(Runner):
         [f"micro-batch {micro}"] if num_micro > 1 else []) + (
         [f"stage chunks {chunks}"] if chunks else [])
     self.name = f"jax ({', '.join(details)})"
+    self.series = f"jax ({', '.join(details[:-1] + ['stage chunks'] if chunks else details)})"
     self.batch_size = batch_size
     self.mode = mode
     self.jax = jax
@@ -191,15 +194,26 @@ class JaxRunner(Runner):
     return stats.get("peak_bytes_in_use")
 
 
-def import_timm():
-  """timm, after registering the two torchvision operators its CPU wheel needs to import."""
+_TORCHVISION_STUBS = []  # the Library must stay alive for its operators to stay registered
+
+
+def register_torchvision_stubs() -> None:
+  """Defines the two torchvision operators its CPU wheel needs before it can be imported.
+
+  timm imports torchvision, and so does transformers when it is installed. Idempotent.
+  """
   import torch
 
-  if not getattr(import_timm, "_lib", None):
+  if not _TORCHVISION_STUBS:
     lib = torch.library.Library("torchvision", "FRAGMENT")
     lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
     lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    import_timm._lib = lib
+    _TORCHVISION_STUBS.append(lib)
+
+
+def import_timm():
+  """timm, after registering the two torchvision operators its CPU wheel needs to import."""
+  register_torchvision_stubs()
   import timm
 
   return timm
@@ -386,7 +400,7 @@ def run_sweep(args, sizes: list[int]) -> str:
     runners = make_runners(args, s)
     for r in measure(runners, args.rounds, args.steps):
       ms = r.median_step_s / r.batch_size * 1e3
-      points.setdefault(r.name, []).append((s * s, ms))
+      points.setdefault(r.series or r.name, []).append((s * s, ms))
       lines.append(f"| {s} | {s * s} | {r.name} | {ms:.1f} | {r.img_per_s:.1f} |")
     del runners
     gc.collect()

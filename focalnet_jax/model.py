@@ -297,9 +297,10 @@ class FocalNetStage(nn.Module):
   `chunk_size` (examples; None or >= the batch: all at once) runs the stage over chunks of
   the batch in a loop. Every op in a stage acts on each example alone, so the result is
   the same; what changes is the working set. On CPU, a chunk whose activations fit in
-  the cache runs about twice as fast as the whole batch (see `auto_chunk_size`), and in
-  training only one chunk's temporaries are live at a time. Chunk m holds examples
-  m, m + n, m + 2n, ... (n chunks), so a batch sharded over devices stays where it is.
+  the cache runs about twice as fast as the whole batch (FocalNet-T's first stage at
+  batch 8: 209 -> 90 ms; see `auto_chunk_size`). Training works too (gradients are tested
+  equal) but is slower, so `FocalNet.chunk_elements='auto'` chunks inference only. Chunk m
+  holds examples m, m + n, m + 2n, ... (n chunks), so a sharded batch stays where it is.
   """
 
   depth: int

@@ -1,27 +1,27 @@
 """The PyTorch reference implementations (timm, HF transformers), imported lazily.
 
-torchvision's CPU wheel only imports after two of its C++ operators are registered, and timm
-imports torchvision; `import_timm` does that registration once.
+torchvision's CPU wheel only imports after two of its C++ operators are registered, and both timm
+and transformers import torchvision; the benchmark module's idempotent registration is used for both.
 """
 import pytest
-
-_REGISTERED = []
 
 
 def import_torch():
   return pytest.importorskip("torch")
 
 
+def _register_torchvision_stubs():
+  import_torch()
+  from focalnet_jax.benchmark import register_torchvision_stubs
+
+  register_torchvision_stubs()
+
+
 def import_timm():
-  torch = import_torch()
-  if not _REGISTERED:
-    lib = torch.library.Library("torchvision", "FRAGMENT")
-    lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    _REGISTERED.append(lib)  # the library must stay alive for the ops to stay registered
+  _register_torchvision_stubs()
   return pytest.importorskip("timm")
 
 
 def import_transformers():
-  import_torch()
+  _register_torchvision_stubs()
   return pytest.importorskip("transformers")
