@@ -222,7 +222,7 @@ def import_timm():
 class TimmRunner(Runner):
 
   def __init__(self, model_name: str, batch_size: int, image_size: int, mode: str, dtype: str,
-               use_compile: bool):
+               use_compile: bool, drop_path_rate: float | None = None):
     super().__init__()
     import torch
 
@@ -235,7 +235,9 @@ class TimmRunner(Runner):
     self.name = f"timm {'torch.compile' if use_compile else 'eager'}" + (" (AMP, channels-last)" if dtype == "bfloat16" else "")
     if model_name not in timm.list_models("focalnet*"):
       raise SystemExit(f"timm has no {model_name!r} to compare with; it has {timm.list_models('focalnet*')}.")
-    model = timm.create_model(model_name, pretrained=False).to(device)
+    # Same stochastic depth as ours (timm's default, 0.1, differs from the recipe's per-variant rate).
+    kwargs = {} if drop_path_rate is None else {"drop_path_rate": drop_path_rate}
+    model = timm.create_model(model_name, pretrained=False, **kwargs).to(device)
     memory_format = torch.channels_last if self.cuda else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     self.images = torch.randn(batch_size, 3, image_size, image_size, device=device).to(memory_format=memory_format)
@@ -304,8 +306,11 @@ def make_runner(args, spec: str, image_size: int) -> Runner:
   if spec.startswith("jax:"):
     return JaxRunner(args.model, args.batch_size, image_size, args.mode, args.dtype, args.depthwise_impl,
                      args.remat, int(spec.split(":")[1]), chunk_elements(args.chunk_elements))
+  from focalnet_jax import create_model
+
   return TimmRunner(args.model, args.batch_size, image_size, args.mode, args.dtype,
-                    use_compile=spec == "timm-compile")
+                    use_compile=spec == "timm-compile",
+                    drop_path_rate=create_model(args.model).drop_path_rate)
 
 
 def make_runners(args, image_size: int) -> list[Runner]:
@@ -388,7 +393,10 @@ def machine_description() -> str:
 
   dev = jax.devices()[0]
   if dev.platform == "cpu":
-    return f"CPU, {os.cpu_count()} cores ({jax.device_count()} JAX devices)"
+    # Host-allocator tuning changes CPU timings (README, Benchmarks): say when it is on.
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    return f"CPU, {os.cpu_count()} cores ({jax.device_count()} JAX devices)" + (
+        f", GLIBC_TUNABLES={tunables}" if tunables else "")
   return f"{dev.device_kind} ({dev.platform})"
 
 
