@@ -1,4 +1,5 @@
 """The benchmark CLI runs end to end and reports what it measured, one row per configuration."""
+import argparse
 import re
 
 import pytest
@@ -35,8 +36,7 @@ def test_timm_is_built_with_our_stochastic_depth():
   # timm's FocalNets default to drop_path_rate 0.1; ours follow the recipe (0.2 for T). The
   # training comparison must regularise (and spend) the same in both.
   import_timm()
-  args = benchmark.argparse.Namespace(model="focalnet_tiny_srf", batch_size=1, mode="train",
-                                      dtype="float32")
+  args = argparse.Namespace(model="focalnet_tiny_srf", batch_size=1, mode="train", dtype="float32")
   runner = benchmark.make_runner(args, "timm", 32)
   last = runner.model.layers[-1].blocks[-1].drop_path1
   assert last.drop_prob == pytest.approx(0.2)
