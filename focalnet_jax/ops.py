@@ -65,7 +65,7 @@ def _shifted_sum(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
 
 @jax.custom_vjp
-def depthwise_conv_shift(x: jax.Array, kernel: jax.Array) -> jax.Array:
+def _depthwise_conv_shift(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """The same convolution as k*k shifted multiply-adds over a padded input.
 
   XLA:CPU lowers grouped convolutions to a slow generic loop; k*k elementwise
@@ -102,8 +102,32 @@ def _shift_bwd(residuals, g):
   return dx, taps.reshape(kernel.shape).astype(kernel.dtype)
 
 
-depthwise_conv_shift.defvjp(_shift_fwd, _shift_bwd)
-register("shift")(depthwise_conv_shift)
+_depthwise_conv_shift.defvjp(_shift_fwd, _shift_bwd)
+
+
+def _varying_axes(a: jax.Array) -> frozenset:
+  """The manual mesh axes `a` varies over inside `shard_map` (empty outside it)."""
+  aval = jax.typeof(a)
+  manual = getattr(aval, "manual_axis_type", None)  # jax >= 0.10
+  return frozenset(manual.varying if manual is not None else getattr(aval, "vma", ()))
+
+
+def _varying_like(a: jax.Array, b: jax.Array) -> jax.Array:
+  """`a`, marked as varying over every manual mesh axis that `b` varies over.
+
+  Inside `shard_map` a replicated kernel applied to a per-device batch must enter a
+  custom-VJP function with the batch's varying axes: its cotangent is per-device, and
+  autodiff then sums it over those axes (the transpose of the cast), as it does for
+  built-in ops. Outside `shard_map` both sets are empty and this is the identity.
+  """
+  missing = tuple(sorted(_varying_axes(b) - _varying_axes(a)))
+  return lax.pcast(a, missing, to="varying") if missing else a
+
+
+@register("shift")
+def depthwise_conv_shift(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """The depthwise convolution as k*k shifted multiply-adds, with a custom gradient."""
+  return _depthwise_conv_shift(_varying_like(x, kernel), _varying_like(kernel, x))
 
 
 def patch_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:

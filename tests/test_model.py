@@ -222,6 +222,30 @@ def test_depthwise_implementations_agree_in_values_and_gradients(k, shape):
   np.testing.assert_allclose(sw, gw, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("impl", ["xla", "shift"])
+def test_depthwise_gradients_under_shard_map_match_the_global_ones(impl):
+  # Data parallelism written with shard_map: a replicated kernel, a batch split over 4
+  # devices. The gradient of the replicated kernel is summed over devices by autodiff (the
+  # custom VJP must declare its cotangents with the batch's varying mesh axes for that),
+  # so it equals the single-device gradient of the whole batch.
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:4]), ("data",))
+  P = jax.sharding.PartitionSpec
+  kx, kk, kg = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(kx, (8, 6, 5, 3))
+  kernel = jax.random.normal(kk, (3, 3, 1, 3))
+  cot = jax.random.normal(kg, x.shape)
+
+  def local_loss(x, w, cot):
+    return jnp.sum(ops.depthwise_conv(x, w, impl) * cot)
+
+  gx, gw = jax.jit(jax.shard_map(
+      jax.grad(local_loss, argnums=(0, 1)), mesh=mesh, in_specs=(P("data"), P(), P("data")), out_specs=(P("data"), P())
+  ))(x, kernel, cot)
+  ex, ew = jax.grad(local_loss, argnums=(0, 1))(x, kernel, cot)
+  np.testing.assert_allclose(gx, ex, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(gw, ew, rtol=1e-5, atol=1e-4)
+
+
 # --- stochastic depth --------------------------------------------------------------------
 
 
