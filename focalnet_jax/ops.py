@@ -4,7 +4,8 @@ Every focal level is a k x k depthwise convolution (one filter per channel, stri
 'same' padding of k // 2, no bias). It is the one op whose speed differs most between
 backends, so it lives behind `depthwise_conv`, and each implementation is registered by
 name. 'xla' (a grouped `lax.conv_general_dilated`) is the reference every other
-implementation is tested against.
+implementation is tested against: 'shift' (pure JAX, k*k shifted multiply-adds with a custom
+gradient) and 'native' (compiled C++ custom calls for XLA:CPU, built on first use).
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from focalnet_jax import native
 
 # (x: (B, H, W, C), kernel: (k, k, 1, C)) -> (B, H, W, C)
 DepthwiseFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -152,9 +155,61 @@ def patch_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> ja
   return jnp.einsum("bhwijc,ijcf->bhwf", patches, kernel)
 
 
-def default_impl() -> str:
-  """The implementation 'auto' resolves to on the current default backend."""
+@jax.custom_vjp
+def _depthwise_conv_native(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  k = kernel.shape[0]
+  out = jax.ffi.ffi_call(
+      "focalnet_depthwise_conv_fwd", jax.ShapeDtypeStruct(x.shape, x.dtype), vmap_method="sequential"
+  )(x, kernel.reshape(k, k, -1))
+  return _varying_like(out, x)  # custom-call results carry no shard_map axes of their own
+
+
+def _native_fwd(x, kernel):
+  return _depthwise_conv_native(x, kernel), (x, kernel)
+
+
+def _native_bwd(residuals, g):
+  x, kernel = residuals
+  k = kernel.shape[0]
+  dx, dk = jax.ffi.ffi_call(
+      "focalnet_depthwise_conv_bwd",
+      (jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct((k, k, x.shape[-1]), x.dtype)),
+      vmap_method="sequential",
+  )(x, kernel.reshape(k, k, -1)[::-1, ::-1], g)
+  dx, dk = (_varying_like(_varying_like(a, x), g) for a in (dx, dk))
+  return dx, dk.reshape(kernel.shape)
+
+
+_depthwise_conv_native.defvjp(_native_fwd, _native_bwd)
+
+
+@register("native")
+def depthwise_conv_native(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """Compiled C++ kernels for XLA:CPU (`focalnet_jax/csrc`), float32, with their own backward.
+
+  The forward keeps each position's k*k taps in registers; the backward computes the input and
+  kernel gradients in one sweep over rows, split over XLA's intra-op threads. Other dtypes,
+  other backends, or a machine where the kernels cannot be built (see `focalnet_jax.native`)
+  get the pure-JAX implementation 'auto' would otherwise pick.
+  """
+  if x.dtype != jnp.float32 or jax.default_backend() != "cpu" or not native.available():
+    return _IMPLEMENTATIONS[_pure_jax_default()](x, kernel)
+  return _depthwise_conv_native(_varying_like(x, kernel), _varying_like(kernel, x))
+
+
+def _pure_jax_default() -> str:
   return "shift" if jax.default_backend() == "cpu" else "xla"
+
+
+def default_impl() -> str:
+  """The implementation 'auto' resolves to on the current default backend.
+
+  CPU: 'native' when its kernels build on this machine (float32; other dtypes run 'shift'),
+  else 'shift'. Other backends: 'xla'.
+  """
+  if jax.default_backend() == "cpu" and native.available():
+    return "native"
+  return _pure_jax_default()
 
 
 def depthwise_conv(x: jax.Array, kernel: jax.Array, impl: str = "auto") -> jax.Array:

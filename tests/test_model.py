@@ -157,7 +157,7 @@ def test_modulation_matches_the_equations(impl, gating, global_ctx, interaction,
   np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-4, atol=1e-5 * scale)
 
 
-@pytest.mark.parametrize("impl", ["xla", "shift"])
+@pytest.mark.parametrize("impl", ["xla", "shift", "native"])
 @pytest.mark.parametrize("L,window", [(0, 3), (1, 1), (3, 5)])
 def test_modulation_levels_and_windows(impl, L, window):
   """focal_levels=0 keeps only the global context; wider windows and more levels work."""
@@ -203,7 +203,11 @@ def test_global_context_is_the_only_long_range_path(global_ctx):
 # --- depthwise implementations ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("k,shape", [(1, (2, 5, 7, 3)), (3, (1, 9, 4, 6)), (5, (2, 7, 7, 5)), (7, (1, 5, 11, 4)), (9, (1, 3, 6, 2))])
+@pytest.mark.parametrize("k,shape", [
+    (1, (2, 5, 7, 3)), (3, (1, 9, 4, 6)), (5, (2, 7, 7, 5)), (7, (1, 5, 11, 4)), (9, (1, 3, 6, 2)),
+    (3, (2, 6, 5, 97)),  # channel blocks of 64, 16 and a remainder of 1 in the native kernel
+    (5, (3, 4, 9, 32)),  # a window larger than the image height
+])
 def test_depthwise_implementations_agree_in_values_and_gradients(k, shape):
   kx, kk, kg = jax.random.split(jax.random.key(k), 3)
   x = jax.random.normal(kx, shape)
@@ -214,15 +218,16 @@ def test_depthwise_implementations_agree_in_values_and_gradients(k, shape):
   def loss(impl):
     return lambda x, w: jnp.sum(ops.depthwise_conv(x, w, impl) * cot)
 
-  for impl in ("xla", "shift"):
+  for impl in ("xla", "shift", "native"):
     np.testing.assert_allclose(ops.depthwise_conv(x, kernel, impl), expected, rtol=1e-5, atol=1e-5)
   gx, gw = jax.grad(loss("xla"), argnums=(0, 1))(x, kernel)
-  sx, sw = jax.grad(loss("shift"), argnums=(0, 1))(x, kernel)
-  np.testing.assert_allclose(sx, gx, rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(sw, gw, rtol=1e-5, atol=1e-4)
+  for impl in ("shift", "native"):
+    sx, sw = jax.jit(jax.grad(loss(impl), argnums=(0, 1)))(x, kernel)
+    np.testing.assert_allclose(sx, gx, rtol=1e-5, atol=1e-5, err_msg=impl)
+    np.testing.assert_allclose(sw, gw, rtol=1e-5, atol=1e-4, err_msg=impl)
 
 
-@pytest.mark.parametrize("impl", ["xla", "shift"])
+@pytest.mark.parametrize("impl", ["xla", "shift", "native"])
 def test_depthwise_gradients_under_shard_map_match_the_global_ones(impl):
   # Data parallelism written with shard_map: a replicated kernel, a batch split over 4
   # devices. The gradient of the replicated kernel is summed over devices by autodiff (the

@@ -1,0 +1,184 @@
+// FocalNet's depthwise convolution as XLA:CPU custom calls (jax.ffi): k x k, stride 1, zero
+// padding k / 2, no bias, NHWC float32, with its backward pass (input and kernel gradients in
+// one sweep). XLA:CPU has no fast depthwise convolution and computes the kernel gradient as k*k
+// separate reductions; these loops keep each row's taps in registers and split rows over XLA's
+// intra-op thread pool. Built on first use by focalnet_jax/native.py; the reference is
+// focalnet_jax.ops.depthwise_conv_xla.
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <functional>
+#include <thread>
+#include <vector>
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+// Runs body(chunk) for chunk in [0, n) on the caller and the XLA intra-op pool. Chunks are
+// claimed from a shared counter, so the caller never waits for a helper that has not started.
+template <typename F>
+void ParallelFor(ffi::ThreadPool& pool, int64_t n, const F& body) {
+  struct State {
+    std::atomic<int64_t> next{0};
+    std::atomic<int64_t> done{0};
+  };
+  auto state = std::make_shared<State>();
+  const F* fn = &body;
+  auto work = [state, fn, n]() {
+    for (int64_t c; (c = state->next.fetch_add(1)) < n;) {
+      (*fn)(c);
+      state->done.fetch_add(1, std::memory_order_release);
+    }
+  };
+  int64_t helpers = std::min<int64_t>(pool.num_threads(), n) - 1;
+  for (int64_t t = 0; t < helpers; ++t) pool.Schedule(std::function<void()>(work));
+  work();
+  while (state->done.load(std::memory_order_acquire) < n) std::this_thread::yield();
+}
+
+struct Dims { int64_t b, h, w, c, k, p; };
+
+// Channel blocks: wide blocks give several independent accumulator chains per position
+// (one AVX-512 vector is 16 floats); narrower ones handle the remainder.
+
+template <int64_t B>
+inline void ConvBlock(const float* __restrict x, const float* __restrict k, float* __restrict out,
+                      int64_t C, int64_t K, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
+                      int64_t row_stride) {
+  float acc[B] = {};
+  for (int64_t i = i0; i < i1; ++i) {
+    const float* xr = x + i * row_stride;
+    const float* kr = k + i * K * C;
+    for (int64_t j = j0; j < j1; ++j)
+      for (int64_t t = 0; t < B; ++t) acc[t] += xr[j * C + t] * kr[j * C + t];
+  }
+  for (int64_t t = 0; t < B; ++t) out[t] = acc[t];
+}
+
+// One output row (b, h): out[w, c] = sum_{i,j} x[h + i - p, w + j - p, c] * k[i, j, c].
+inline void ConvRow(const float* __restrict x, const float* __restrict k, float* __restrict out,
+                    const Dims& d, int64_t b, int64_t h) {
+  const int64_t W = d.w, C = d.c;
+  const int64_t i0 = std::max<int64_t>(0, d.p - h), i1 = std::min<int64_t>(d.k, d.h + d.p - h);
+  const float* xbase = x + ((b * d.h + h - d.p) * W - d.p) * C;  // x[h - p, -p, 0]
+  for (int64_t w = 0; w < W; ++w) {
+    const int64_t j0 = std::max<int64_t>(0, d.p - w), j1 = std::min<int64_t>(d.k, W + d.p - w);
+    const float* xw = xbase + w * C;
+    float* ov = out + w * C;
+    int64_t c = 0;
+    for (; c + 64 <= C; c += 64) ConvBlock<64>(xw + c, k + c, ov + c, C, d.k, i0, i1, j0, j1, W * C);
+    for (; c + 16 <= C; c += 16) ConvBlock<16>(xw + c, k + c, ov + c, C, d.k, i0, i1, j0, j1, W * C);
+    for (; c < C; ++c) ConvBlock<1>(xw + c, k + c, ov + c, C, d.k, i0, i1, j0, j1, W * C);
+  }
+}
+
+template <int64_t B>
+inline void TapGradBlock(const float* __restrict x, const float* __restrict g, float* __restrict dk,
+                         int64_t C, int64_t w0, int64_t w1) {
+  float acc[B];
+  for (int64_t t = 0; t < B; ++t) acc[t] = dk[t];
+  for (int64_t w = w0; w < w1; ++w)
+    for (int64_t t = 0; t < B; ++t) acc[t] += x[w * C + t] * g[w * C + t];
+  for (int64_t t = 0; t < B; ++t) dk[t] = acc[t];
+}
+
+// dk[i, j, c] += sum_w x[h + i - p, w + j - p, c] * g[h, w, c] for one cotangent row (b, h).
+inline void KernelGradRow(const float* __restrict x, const float* __restrict g, float* __restrict dk,
+                          const Dims& d, int64_t b, int64_t h) {
+  const int64_t W = d.w, C = d.c;
+  const float* grow = g + ((b * d.h + h) * W) * C;
+  const int64_t i0 = std::max<int64_t>(0, d.p - h), i1 = std::min<int64_t>(d.k, d.h + d.p - h);
+  for (int64_t i = i0; i < i1; ++i) {
+    const float* xrow = x + ((b * d.h + h + i - d.p) * W) * C;
+    for (int64_t j = 0; j < d.k; ++j) {
+      float* dkij = dk + (i * d.k + j) * C;
+      const int64_t w0 = std::max<int64_t>(0, d.p - j), w1 = std::min<int64_t>(W, W + d.p - j);
+      const float* xs = xrow + (j - d.p) * C;  // x[., w + j - p] at index w
+      int64_t c = 0;
+      for (; c + 64 <= C; c += 64) TapGradBlock<64>(xs + c, grow + c, dkij + c, C, w0, w1);
+      for (; c + 16 <= C; c += 16) TapGradBlock<16>(xs + c, grow + c, dkij + c, C, w0, w1);
+      for (; c < C; ++c) TapGradBlock<1>(xs + c, grow + c, dkij + c, C, w0, w1);
+    }
+  }
+}
+
+// x: (B, H, W, C); k: (K, K, C) with K odd.
+ffi::Error GetDims(const ffi::Buffer<ffi::F32>& x, const ffi::Buffer<ffi::F32>& k, Dims* d) {
+  auto xd = x.dimensions();
+  auto kd = k.dimensions();
+  if (xd.size() != 4 || kd.size() != 3 || kd[0] != kd[1] || kd[0] % 2 != 1 || kd[2] != xd[3])
+    return ffi::Error::InvalidArgument(
+        "focalnet depthwise conv: expected x (B, H, W, C) and kernel (K, K, C) with K odd");
+  *d = Dims{xd[0], xd[1], xd[2], xd[3], kd[0], kd[0] / 2};
+  return ffi::Error::Success();
+}
+
+int64_t RowsPerChunk(const Dims& d, int64_t threads) {
+  int64_t rows = d.b * d.h;
+  return std::max<int64_t>(1, rows / (4 * std::max<int64_t>(1, threads)));
+}
+
+ffi::Error FwdImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> k,
+                   ffi::ResultBuffer<ffi::F32> out) {
+  Dims d;
+  if (ffi::Error e = GetDims(x, k, &d); e.failure()) return e;
+  const float* xp = x.typed_data();
+  const float* kp = k.typed_data();
+  float* op = out->typed_data();
+  int64_t rows = d.b * d.h, per = RowsPerChunk(d, pool.num_threads());
+  int64_t n = (rows + per - 1) / per;
+  ParallelFor(pool, n, [&](int64_t c) {
+    for (int64_t r = c * per; r < std::min(rows, (c + 1) * per); ++r)
+      ConvRow(xp, kp, op + r * d.w * d.c, d, r / d.h, r % d.h);
+  });
+  return ffi::Error::Success();
+}
+
+// dx = conv(g, flipped k); dk = per-tap sums of x-window * g. `kf` is k flipped in both axes.
+ffi::Error BwdImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kf,
+                   ffi::Buffer<ffi::F32> g, ffi::ResultBuffer<ffi::F32> dx,
+                   ffi::ResultBuffer<ffi::F32> dk) {
+  Dims d;
+  if (ffi::Error e = GetDims(x, kf, &d); e.failure()) return e;
+  const float* xp = x.typed_data();
+  const float* kp = kf.typed_data();
+  const float* gp = g.typed_data();
+  float* dxp = dx->typed_data();
+  int64_t rows = d.b * d.h, per = RowsPerChunk(d, pool.num_threads());
+  int64_t n = (rows + per - 1) / per;
+  const int64_t kk = d.k * d.k * d.c;
+  std::vector<float> partial(n * kk, 0.0f);
+  ParallelFor(pool, n, [&](int64_t c) {
+    float* acc = partial.data() + c * kk;
+    for (int64_t r = c * per; r < std::min(rows, (c + 1) * per); ++r) {
+      ConvRow(gp, kp, dxp + r * d.w * d.c, d, r / d.h, r % d.h);
+      KernelGradRow(xp, gp, acc, d, r / d.h, r % d.h);
+    }
+  });
+  float* dkp = dk->typed_data();  // chunk partials summed in a fixed order: deterministic
+  std::fill(dkp, dkp + kk, 0.0f);
+  for (int64_t c = 0; c < n; ++c)
+    for (int64_t t = 0; t < kk; ++t) dkp[t] += partial[c * kk + t];
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FocalnetDepthwiseFwd, FwdImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FocalnetDepthwiseBwd, BwdImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
