@@ -147,7 +147,7 @@ def available() -> bool:
         try:
           _load_and_register()
           _state["ok"] = True
-        except (NativeBuildError, OSError, AttributeError) as e:
+        except (NativeBuildError, OSError, AttributeError, ImportError) as e:
           _state["ok"], _state["why"] = False, str(e)
           warnings.warn(
               f"focalnet_jax: the compiled CPU kernels are unavailable, using the pure-JAX "
