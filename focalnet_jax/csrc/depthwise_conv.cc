@@ -41,18 +41,20 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t n, const F& body) {
 
 struct Dims { int64_t b, h, w, c, k, p; };
 
-// Channel blocks: wide blocks give several independent accumulator chains per position
-// (one AVX-512 vector is 16 floats); narrower ones handle the remainder.
+// Channels go in blocks of 64, 16, then 1: a wide block gives several independent accumulator
+// chains per position (one AVX-512 vector is 16 floats). Every pointer below is formed at a
+// valid element: windows are clipped to the image first.
 
+// out[0:B] = sum over the clipped window of x * k; `x` and `k` point at the window's first
+// valid tap, rows `x_row` and `k_row` apart, `nj` taps per row, `C` apart.
 template <int64_t B>
 inline void ConvBlock(const float* __restrict x, const float* __restrict k, float* __restrict out,
-                      int64_t C, int64_t K, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
-                      int64_t row_stride) {
+                      int64_t C, int64_t ni, int64_t nj, int64_t x_row, int64_t k_row) {
   float acc[B] = {};
-  for (int64_t i = i0; i < i1; ++i) {
-    const float* xr = x + i * row_stride;
-    const float* kr = k + i * K * C;
-    for (int64_t j = j0; j < j1; ++j)
+  for (int64_t i = 0; i < ni; ++i) {
+    const float* xr = x + i * x_row;
+    const float* kr = k + i * k_row;
+    for (int64_t j = 0; j < nj; ++j)
       for (int64_t t = 0; t < B; ++t) acc[t] += xr[j * C + t] * kr[j * C + t];
   }
   for (int64_t t = 0; t < B; ++t) out[t] = acc[t];
@@ -63,24 +65,26 @@ inline void ConvRow(const float* __restrict x, const float* __restrict k, float*
                     const Dims& d, int64_t b, int64_t h) {
   const int64_t W = d.w, C = d.c;
   const int64_t i0 = std::max<int64_t>(0, d.p - h), i1 = std::min<int64_t>(d.k, d.h + d.p - h);
-  const float* xbase = x + ((b * d.h + h - d.p) * W - d.p) * C;  // x[h - p, -p, 0]
   for (int64_t w = 0; w < W; ++w) {
     const int64_t j0 = std::max<int64_t>(0, d.p - w), j1 = std::min<int64_t>(d.k, W + d.p - w);
-    const float* xw = xbase + w * C;
+    const float* xw = x + ((b * d.h + h + i0 - d.p) * W + w + j0 - d.p) * C;
+    const float* kw = k + (i0 * d.k + j0) * C;
+    const int64_t ni = i1 - i0, nj = j1 - j0;
     float* ov = out + w * C;
     int64_t c = 0;
-    for (; c + 64 <= C; c += 64) ConvBlock<64>(xw + c, k + c, ov + c, C, d.k, i0, i1, j0, j1, W * C);
-    for (; c + 16 <= C; c += 16) ConvBlock<16>(xw + c, k + c, ov + c, C, d.k, i0, i1, j0, j1, W * C);
-    for (; c < C; ++c) ConvBlock<1>(xw + c, k + c, ov + c, C, d.k, i0, i1, j0, j1, W * C);
+    for (; c + 64 <= C; c += 64) ConvBlock<64>(xw + c, kw + c, ov + c, C, ni, nj, W * C, d.k * C);
+    for (; c + 16 <= C; c += 16) ConvBlock<16>(xw + c, kw + c, ov + c, C, ni, nj, W * C, d.k * C);
+    for (; c < C; ++c) ConvBlock<1>(xw + c, kw + c, ov + c, C, ni, nj, W * C, d.k * C);
   }
 }
 
+// dk[0:B] += sum_{w < n} x[w] * g[w], positions C apart.
 template <int64_t B>
 inline void TapGradBlock(const float* __restrict x, const float* __restrict g, float* __restrict dk,
-                         int64_t C, int64_t w0, int64_t w1) {
+                         int64_t C, int64_t n) {
   float acc[B];
   for (int64_t t = 0; t < B; ++t) acc[t] = dk[t];
-  for (int64_t w = w0; w < w1; ++w)
+  for (int64_t w = 0; w < n; ++w)
     for (int64_t t = 0; t < B; ++t) acc[t] += x[w * C + t] * g[w * C + t];
   for (int64_t t = 0; t < B; ++t) dk[t] = acc[t];
 }
@@ -96,11 +100,13 @@ inline void KernelGradRow(const float* __restrict x, const float* __restrict g, 
     for (int64_t j = 0; j < d.k; ++j) {
       float* dkij = dk + (i * d.k + j) * C;
       const int64_t w0 = std::max<int64_t>(0, d.p - j), w1 = std::min<int64_t>(W, W + d.p - j);
-      const float* xs = xrow + (j - d.p) * C;  // x[., w + j - p] at index w
+      if (w1 <= w0) continue;
+      const float* xs = xrow + (w0 + j - d.p) * C;
+      const float* gs = grow + w0 * C;
       int64_t c = 0;
-      for (; c + 64 <= C; c += 64) TapGradBlock<64>(xs + c, grow + c, dkij + c, C, w0, w1);
-      for (; c + 16 <= C; c += 16) TapGradBlock<16>(xs + c, grow + c, dkij + c, C, w0, w1);
-      for (; c < C; ++c) TapGradBlock<1>(xs + c, grow + c, dkij + c, C, w0, w1);
+      for (; c + 64 <= C; c += 64) TapGradBlock<64>(xs + c, gs + c, dkij + c, C, w1 - w0);
+      for (; c + 16 <= C; c += 16) TapGradBlock<16>(xs + c, gs + c, dkij + c, C, w1 - w0);
+      for (; c < C; ++c) TapGradBlock<1>(xs + c, gs + c, dkij + c, C, w1 - w0);
     }
   }
 }
