@@ -115,15 +115,15 @@ def _varying_axes(a: jax.Array) -> frozenset:
   return frozenset(manual.varying if manual is not None else getattr(aval, "vma", ()))
 
 
-def _varying_like(a: jax.Array, b: jax.Array) -> jax.Array:
-  """`a`, marked as varying over every manual mesh axis that `b` varies over.
+def _varying_like(a: jax.Array, *refs: jax.Array) -> jax.Array:
+  """`a`, marked as varying over every manual mesh axis that any of `refs` varies over.
 
   Inside `shard_map` a replicated kernel applied to a per-device batch must enter a
   custom-VJP function with the batch's varying axes: its cotangent is per-device, and
   autodiff then sums it over those axes (the transpose of the cast), as it does for
   built-in ops. Outside `shard_map` both sets are empty and this is the identity.
   """
-  missing = tuple(sorted(_varying_axes(b) - _varying_axes(a)))
+  missing = tuple(sorted(frozenset().union(*map(_varying_axes, refs)) - _varying_axes(a)))
   return lax.pcast(a, missing, to="varying") if missing else a
 
 
@@ -176,7 +176,7 @@ def _native_bwd(residuals, g):
       (jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct((k, k, x.shape[-1]), x.dtype)),
       vmap_method="sequential",
   )(x, kernel.reshape(k, k, -1)[::-1, ::-1], g)
-  dx, dk = (_varying_like(_varying_like(a, x), g) for a in (dx, dk))
+  dx, dk = (_varying_like(a, x, g) for a in (dx, dk))
   return dx, dk.reshape(kernel.shape)
 
 
