@@ -108,6 +108,8 @@ def library_path() -> Path:
   if cxx is None:
     raise NativeBuildError("no C++ compiler found (install g++ or clang++, or set CXX).")
   path = cache_dir() / f"focalnet_native_{_build_key(cxx)}.so"
+  if path.exists():  # built before (possibly in a cache this process may only read)
+    return path
   path.parent.mkdir(parents=True, exist_ok=True)
   import fcntl
 
