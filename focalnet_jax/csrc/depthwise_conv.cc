@@ -10,6 +10,7 @@
 #include <memory>
 #include <functional>
 #include <thread>
+#include <type_traits>
 #include <vector>
 #include "xla/ffi/api/ffi.h"
 
@@ -47,6 +48,15 @@ struct Dims { int64_t b, h, w, c, k, p; };
 
 // out[0:B] = sum over the clipped window of x * k; `x` and `k` point at the window's first
 // valid tap, rows `x_row` and `k_row` apart, `nj` taps per row, `C` apart.
+// Calls f(std::integral_constant<int64_t, B>{}, c) for channel blocks [c, c + B) covering [0, C).
+template <typename F>
+inline void ForEachChannelBlock(int64_t C, const F& f) {
+  int64_t c = 0;
+  for (; c + 64 <= C; c += 64) f(std::integral_constant<int64_t, 64>{}, c);
+  for (; c + 16 <= C; c += 16) f(std::integral_constant<int64_t, 16>{}, c);
+  for (; c < C; ++c) f(std::integral_constant<int64_t, 1>{}, c);
+}
+
 template <int64_t B>
 inline void ConvBlock(const float* __restrict x, const float* __restrict k, float* __restrict out,
                       int64_t C, int64_t ni, int64_t nj, int64_t x_row, int64_t k_row) {
@@ -71,10 +81,9 @@ inline void ConvRow(const float* __restrict x, const float* __restrict k, float*
     const float* kw = k + (i0 * d.k + j0) * C;
     const int64_t ni = i1 - i0, nj = j1 - j0;
     float* ov = out + w * C;
-    int64_t c = 0;
-    for (; c + 64 <= C; c += 64) ConvBlock<64>(xw + c, kw + c, ov + c, C, ni, nj, W * C, d.k * C);
-    for (; c + 16 <= C; c += 16) ConvBlock<16>(xw + c, kw + c, ov + c, C, ni, nj, W * C, d.k * C);
-    for (; c < C; ++c) ConvBlock<1>(xw + c, kw + c, ov + c, C, ni, nj, W * C, d.k * C);
+    ForEachChannelBlock(C, [&](auto block, int64_t c) {
+      ConvBlock<decltype(block)::value>(xw + c, kw + c, ov + c, C, ni, nj, W * C, d.k * C);
+    });
   }
 }
 
@@ -103,10 +112,9 @@ inline void KernelGradRow(const float* __restrict x, const float* __restrict g, 
       if (w1 <= w0) continue;
       const float* xs = xrow + (w0 + j - d.p) * C;
       const float* gs = grow + w0 * C;
-      int64_t c = 0;
-      for (; c + 64 <= C; c += 64) TapGradBlock<64>(xs + c, gs + c, dkij + c, C, w1 - w0);
-      for (; c + 16 <= C; c += 16) TapGradBlock<16>(xs + c, gs + c, dkij + c, C, w1 - w0);
-      for (; c < C; ++c) TapGradBlock<1>(xs + c, gs + c, dkij + c, C, w1 - w0);
+      ForEachChannelBlock(C, [&](auto block, int64_t c) {
+        TapGradBlock<decltype(block)::value>(xs + c, gs + c, dkij + c, C, w1 - w0);
+      });
     }
   }
 }
