@@ -44,11 +44,11 @@ flags.mark_flags_as_required(["checkpoint"])
 
 def resolve_config(meta: dict):
   from configs import default  # noqa: PLC0415
-  from focalnet_jax import evaluate
+  from focalnet_jax import evaluation
 
   config = _CONFIG.value
   if config is None:
-    config = evaluate.settings_from_checkpoint(default.get_config(), meta)
+    config = evaluation.settings_from_checkpoint(default.get_config(), meta)
   else:
     config = config.copy_and_resolve_references()
   for flag, key in ((_DATASET, "dataset"), (_SPLIT, "eval_split"), (_DATA_DIR, "data_dir"),
@@ -62,18 +62,18 @@ def resolve_config(meta: dict):
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  from focalnet_jax import checkpoint, evaluate
+  from focalnet_jax import checkpoint, evaluation
 
-  meta = checkpoint.read_meta(evaluate.checkpoint_dir(_CHECKPOINT.value), _STEP.value)
+  meta = checkpoint.read_meta(evaluation.checkpoint_dir(_CHECKPOINT.value), _STEP.value)
   config = resolve_config(meta)
   if _IMAGES.value:
-    preds = evaluate.predict_files(_CHECKPOINT.value, _IMAGES.value, config, ema=_EMA.value, k=_TOP_K.value)
+    preds = evaluation.predict_files(_CHECKPOINT.value, _IMAGES.value, config, ema=_EMA.value, k=_TOP_K.value)
     for path, top in zip(_IMAGES.value, preds):
       print(os.path.basename(path))
       for name, prob in top:
         print(f"  {prob:7.2%}  {name}")
     return
-  report = evaluate.evaluate_checkpoint(_CHECKPOINT.value, config, step=_STEP.value, ema=_EMA.value,
+  report = evaluation.evaluate_checkpoint(_CHECKPOINT.value, config, step=_STEP.value, ema=_EMA.value,
                                         dtype=_DTYPE.value, output=_OUTPUT.value)
   print(f"{report['model']} step {report['step']}{' (EMA)' if report['ema'] else ''} on "
         f"{report['dataset']}:{report['split']} at {report['image_size']}px: top-1 {report['top1']:.2%}  "

@@ -19,7 +19,7 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from focalnet_jax import metrics
+from focalnet_jax.train import runlog
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Sweep config file[:quickstart].", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "The sweep's directory: one subdirectory per point.")
@@ -32,8 +32,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  metrics.quiet_library_logs()
-  from focalnet_jax import sweep
+  runlog.quiet_library_logs()
+  from focalnet_jax.tools import sweep
 
   spec = config_flags.get_config_filename(flags.FLAGS["config"])
   _, points = sweep.load_sweep(spec)

@@ -14,7 +14,7 @@ import json
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from focalnet_jax import metrics
+from focalnet_jax.train import runlog
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and config.json go.")
@@ -30,7 +30,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  metrics.quiet_library_logs()
+  runlog.quiet_library_logs()
   import jax  # after flag parsing, so --jax_* flags and env settings apply
 
   if _COORDINATOR.value or _DISTRIBUTED.value:
@@ -41,7 +41,7 @@ def main(argv: list[str]) -> None:
     )
   logging.info("Process %d/%d, %d local / %d global devices.", jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count())
-  from focalnet_jax import trainer
+  from focalnet_jax.train import loop as trainer
 
   result = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   if jax.process_index() == 0:

@@ -40,7 +40,7 @@ def main(argv: list[str]) -> None:
       raise app.UsageError("--curves needs --workdir (the train.py run directory).")
   elif not (_CHECKPOINT.value and _IMAGE.value):
     raise app.UsageError("Give --checkpoint DIR --image PATH, or --workdir DIR --curves.")
-  from focalnet_jax import visualize  # after flag parsing, so --jax_* flags apply
+  from focalnet_jax.tools import visualize  # after flag parsing, so --jax_* flags apply
 
   try:
     if _CURVES.value:

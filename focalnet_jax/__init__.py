@@ -1,6 +1,8 @@
 """FocalNet (Focal Modulation Networks) in JAX/Flax."""
-from focalnet_jax.model import FocalModulation, FocalNet, FocalNetBlock, FocalNetStage
-from focalnet_jax.variants import create_model, default_image_size, list_models, model_kwargs
+from focalnet_jax.model import (
+    FocalModulation, FocalNet, FocalNetBlock, FocalNetStage, create_model, default_image_size, list_models,
+    model_kwargs,
+)
 
 __all__ = [
     "FocalModulation",

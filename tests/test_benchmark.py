@@ -4,7 +4,8 @@ import re
 
 import pytest
 
-from focalnet_jax import benchmark, ops
+from focalnet_jax.kernels import depthwise
+from focalnet_jax.tools import benchmark
 from torch_refs import import_timm
 
 
@@ -18,7 +19,7 @@ def test_train_benchmark_prints_one_row_per_micro_batch_size_and_timm(capsys):
   out = capsys.readouterr().out
   rows = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith("| framework")]
   names = [row.split("|")[1].strip() for row in rows]
-  impl = ops.default_impl()  # the row names the depthwise conv 'auto' resolved to
+  impl = depthwise.default_impl()  # the row names the depthwise conv 'auto' resolved to
   assert names == [f"jax ({impl})", f"jax ({impl}, micro-batch 1)", "timm eager"]
   for row in rows:
     img_s, ms = (float(v) for v in row.split("|")[2:4])

@@ -11,7 +11,8 @@ from absl import flags
 from ml_collections import config_flags
 
 import train_utils
-from focalnet_jax import optim, trainer, variants
+from focalnet_jax.model import variants
+from focalnet_jax.train import loop as trainer, optim
 
 CONFIGS = sorted(p for p in glob.glob(os.path.join(train_utils.ROOT, "configs", "*.py"))
                  if not p.endswith("__init__.py"))

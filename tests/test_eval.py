@@ -12,7 +12,9 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from configs import default
-from focalnet_jax import checkpoint, create_model, evaluate, labels, sharding
+from focalnet_jax import checkpoint, create_model, evaluation
+from focalnet_jax.data import labels
+from focalnet_jax.train import sharding
 from focalnet_jax import data as data_lib
 
 COLOURS = {"blue": (0, 0, 255), "green": (0, 255, 0), "red": (255, 0, 0)}  # sorted: labels 0, 1, 2
@@ -28,9 +30,9 @@ def eval_config(**kw) -> ml_collections.ConfigDict:
 
 def run(logits_fn, num_classes, config, subset=None):
   mesh = sharding.make_mesh(-1, 1)
-  step = jax.jit(evaluate.make_eval_step(logits_fn, num_classes, subset))
+  step = jax.jit(evaluation.make_eval_step(logits_fn, num_classes, subset))
   with jax.set_mesh(mesh):
-    return evaluate.evaluate(step, {}, data_lib.eval_iterator(config), sharding.batch_sharding(mesh))
+    return evaluation.evaluate(step, {}, data_lib.eval_iterator(config), sharding.batch_sharding(mesh))
 
 
 def mean_rgb_logits(params, images):
@@ -104,10 +106,10 @@ def test_real_labels_and_class_subsets_on_known_examples():
       "real": jnp.array([[0, 1, 1, 0], [0, 0, 0, 0], [1, 0, 0, 1], [1, 1, 1, 1]], jnp.float32),
   }
   lookup = lambda params, images: logits[images.astype(jnp.int32)]
-  out = jax.device_get(evaluate.make_eval_step(lookup, 4)({}, batch))
+  out = jax.device_get(evaluation.make_eval_step(lookup, 4)({}, batch))
   assert out["top1"] == (1.0, 3.0)
   assert out["real_top1"] == (1.0, 2.0)  # image 0 right (1 in {1, 2}), image 2 wrong (2 not in {0, 3})
-  sub = jax.device_get(evaluate.make_eval_step(lookup, 4, class_subset=[1, 2, 3])({}, batch))
+  sub = jax.device_get(evaluation.make_eval_step(lookup, 4, class_subset=[1, 2, 3])({}, batch))
   assert sub["top1"] == (2.0, 3.0)  # image 1 becomes right once class 0 is excluded
   assert float(sub["loss"][0]) < float(out["loss"][0])
 
@@ -151,29 +153,29 @@ def test_single_image_prediction_names_the_right_class(tmp_path):
     noisy = np.clip(np.array(rgb) + rng.normal(0, 20, (50, 60, 3)), 0, 255).astype(np.uint8)
     paths.append(str(tmp_path / f"{name}.jpg"))
     Image.fromarray(noisy).save(paths[-1])
-  preds = evaluate.predict_files(str(ckpt), paths, config, k=3)
+  preds = evaluation.predict_files(str(ckpt), paths, config, k=3)
   assert [p[0][0] for p in preds] == list(COLOURS)
   for p in preds:
     assert sum(prob for _, prob in p) == pytest.approx(1.0, abs=1e-5)
     assert [prob for _, prob in p] == sorted((prob for _, prob in p), reverse=True)
   with pytest.raises(FileNotFoundError, match="missing.png"):
-    evaluate.predict_files(str(ckpt), [str(tmp_path / "missing.png")], config)
+    evaluation.predict_files(str(ckpt), [str(tmp_path / "missing.png")], config)
   (tmp_path / "broken.png").write_bytes(b"not an image")
   with pytest.raises(ValueError, match="broken.png"):
-    evaluate.predict_files(str(ckpt), [str(tmp_path / "broken.png")], config)
+    evaluation.predict_files(str(ckpt), [str(tmp_path / "broken.png")], config)
 
 
 def test_evaluate_checkpoint_writes_a_report_and_checks_the_label_space(tmp_path, colour_folder):
   ckpt, config = colour_recogniser(tmp_path)
   config.update(dataset=f"folder:{colour_folder}", train_split="val", eval_split="val")
-  report = evaluate.evaluate_checkpoint(str(ckpt), config)
+  report = evaluation.evaluate_checkpoint(str(ckpt), config)
   assert report["num_examples"] == 7 and report["top1"] == pytest.approx(6 / 7)
   with open(report["output"]) as f:
     assert json.load(f)["top1"] == report["top1"]
   with tfds.testing.mock_data(num_examples=4):
     config.update(dataset="imagenet2012", eval_split="validation", train_split="validation")
     with pytest.raises(ValueError, match="head has 3 classes but 'imagenet2012' has 1000"):
-      evaluate.evaluate_checkpoint(str(ckpt), config)
+      evaluation.evaluate_checkpoint(str(ckpt), config)
 
 
 def test_converted_pytorch_model_predicts_like_pytorch(tmp_path):
@@ -204,11 +206,11 @@ def test_converted_pytorch_model_predicts_like_pytorch(tmp_path):
     Image.fromarray(rng.integers(0, 255, (90, 70, 3), dtype=np.uint8)).save(paths[-1])
   config = eval_config(image_size=64, crop_ratio=0.875, interpolation="bicubic")
   config.aug.mean, config.aug.std = default.IMAGENET_MEAN, default.IMAGENET_STD
-  x = evaluate.preprocess_files(paths, config)
+  x = evaluation.preprocess_files(paths, config)
   with torch.no_grad():
     want = ref(torch.from_numpy(x).permute(0, 3, 1, 2)).numpy()
-  model, params, _, _ = evaluate.load_model(str(out))
+  model, params, _, _ = evaluation.load_model(str(out))
   got = np.asarray(model.apply({"params": params}, jnp.asarray(x)))
   np.testing.assert_allclose(got, want, atol=1e-4 * np.abs(want).max())
-  preds = evaluate.predict_files(str(out), paths, config, k=1)
+  preds = evaluation.predict_files(str(out), paths, config, k=1)
   assert [p[0][0] for p in preds] == [f"class_{i}" for i in want.argmax(1)]

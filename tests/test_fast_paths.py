@@ -10,8 +10,9 @@ import pytest
 from jax import lax
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from focalnet_jax import ops, sharding
-from focalnet_jax.model import CACHE_CHUNK_ELEMENTS, auto_chunk_size, gelu
+from focalnet_jax.kernels import depthwise
+from focalnet_jax.train import sharding
+from focalnet_jax.model.network import CACHE_CHUNK_ELEMENTS, auto_chunk_size, gelu
 
 from test_model import images, random_variables, tiny_model, tree_allclose
 
@@ -28,11 +29,11 @@ def test_patch_conv_equals_the_convolution_in_values_and_gradients(k, stride, pa
   rng = np.random.default_rng(k)
   x = jnp.asarray(rng.normal(size=(2, size, size, 5)), jnp.float32)
   kernel = jnp.asarray(rng.normal(size=(k, k, 5, 7)) / k, jnp.float32)
-  np.testing.assert_allclose(ops.patch_conv(x, kernel, stride, padding),
+  np.testing.assert_allclose(depthwise.patch_conv(x, kernel, stride, padding),
                              _conv_reference(x, kernel, stride, padding), rtol=1e-5, atol=1e-5)
   cot = jnp.asarray(rng.normal(size=_conv_reference(x, kernel, stride, padding).shape), jnp.float32)
   grad = lambda f: jax.grad(lambda x, w: jnp.sum(f(x, w, stride, padding) * cot), argnums=(0, 1))(x, kernel)
-  tree_allclose(grad(ops.patch_conv), grad(_conv_reference), rtol=1e-4, atol=1e-4)
+  tree_allclose(grad(depthwise.patch_conv), grad(_conv_reference), rtol=1e-4, atol=1e-4)
 
 
 def test_gelu_is_pytorchs_exact_gelu_and_has_its_gradient():

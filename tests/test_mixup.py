@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from focalnet_jax import mixup
+from focalnet_jax.train import mixup
 
 K = 10
 

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from scipy.special import erf
 
-from focalnet_jax import ops
+from focalnet_jax.kernels import depthwise
 from focalnet_jax.model import DropPath, FocalModulation, FocalNet, FocalNetBlock
-from focalnet_jax.variants import create_model
+from focalnet_jax.model.variants import create_model
 
 TINY = dict(embed_dim=16, depths=(1, 1, 2, 1), num_classes=10, drop_path_rate=0.0)
 
@@ -216,10 +216,10 @@ def test_depthwise_implementations_agree_in_values_and_gradients(k, shape):
   expected = np_depthwise(np.asarray(x, np.float64), np.asarray(kernel, np.float64))
 
   def loss(impl):
-    return lambda x, w: jnp.sum(ops.depthwise_conv(x, w, impl) * cot)
+    return lambda x, w: jnp.sum(depthwise.depthwise_conv(x, w, impl) * cot)
 
   for impl in ("xla", "shift", "native"):
-    np.testing.assert_allclose(ops.depthwise_conv(x, kernel, impl), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(depthwise.depthwise_conv(x, kernel, impl), expected, rtol=1e-5, atol=1e-5)
   gx, gw = jax.grad(loss("xla"), argnums=(0, 1))(x, kernel)
   for impl in ("shift", "native"):
     sx, sw = jax.jit(jax.grad(loss(impl), argnums=(0, 1)))(x, kernel)
@@ -241,7 +241,7 @@ def test_depthwise_gradients_under_shard_map_match_the_global_ones(impl):
   cot = jax.random.normal(kg, x.shape)
 
   def local_loss(x, w, cot):
-    return jnp.sum(ops.depthwise_conv(x, w, impl) * cot)
+    return jnp.sum(depthwise.depthwise_conv(x, w, impl) * cot)
 
   gx, gw = jax.jit(jax.shard_map(
       jax.grad(local_loss, argnums=(0, 1)), mesh=mesh, in_specs=(P("data"), P(), P("data")), out_specs=(P("data"), P())

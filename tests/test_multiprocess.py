@@ -20,7 +20,7 @@ jax.config.update("jax_num_cpu_devices", {devices})
 from absl import app
 sys.argv = ["train.py"] + {args!r}  # config overrides are read from sys.argv when train.py is imported
 import train, train_utils
-from focalnet_jax import trainer
+from focalnet_jax.train import loop as trainer
 trainer.dataset_info = train_utils.info
 trainer.train_batches = lambda c, i, s: train_utils.train_batches(c, i, s, jax.process_index(), jax.process_count())
 trainer.eval_batches = lambda c, i: train_utils.eval_batches(c, i, jax.process_index(), jax.process_count())

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from focalnet_jax import native, ops
+from focalnet_jax.kernels import depthwise, native
 
 
 def _random(shape, k, seed=0):
@@ -26,7 +26,7 @@ def fresh_state(monkeypatch, tmp_path):
 @pytest.mark.skipif(native.compiler() is None, reason="no C++ compiler on this machine")
 def test_kernels_build_here_and_auto_uses_them():
   assert native.available(), native.why_unavailable()
-  assert ops.default_impl() == "native"
+  assert depthwise.default_impl() == "native"
 
 
 def test_no_compiler_falls_back_to_pure_jax_with_a_warning(fresh_state, monkeypatch):
@@ -35,8 +35,8 @@ def test_no_compiler_falls_back_to_pure_jax_with_a_warning(fresh_state, monkeypa
   with pytest.warns(RuntimeWarning, match="compiled CPU kernels are unavailable.*no-such-compiler"):
     assert not native.available()
   assert "no-such-compiler" in native.why_unavailable()
-  assert ops.default_impl() == "shift"
-  np.testing.assert_allclose(ops.depthwise_conv(x, w, "native"), ops.depthwise_conv(x, w, "xla"),
+  assert depthwise.default_impl() == "shift"
+  np.testing.assert_allclose(depthwise.depthwise_conv(x, w, "native"), depthwise.depthwise_conv(x, w, "xla"),
                              rtol=1e-5, atol=1e-5)
 
 
@@ -45,7 +45,7 @@ def test_disabled_by_environment_without_a_warning(fresh_state, monkeypatch):
   with warnings.catch_warnings():
     warnings.simplefilter("error")
     assert not native.available()
-  assert ops.default_impl() == "shift"
+  assert depthwise.default_impl() == "shift"
   assert not list(fresh_state.iterdir())  # nothing was built
 
 
@@ -56,17 +56,17 @@ def test_damaged_cached_library_is_rebuilt(fresh_state):
   assert native.available(), native.why_unavailable()
   assert path.stat().st_size > 1000
   x, w = _random((1, 7, 7, 16), 5)
-  np.testing.assert_allclose(jax.jit(ops.depthwise_conv_native)(x, w), ops.depthwise_conv(x, w, "xla"),
+  np.testing.assert_allclose(jax.jit(depthwise.depthwise_conv_native)(x, w), depthwise.depthwise_conv(x, w, "xla"),
                              rtol=1e-5, atol=1e-5)
 
 
 def test_native_under_vmap_and_in_bfloat16_matches_the_reference():
   x, w = _random((3, 2, 6, 5, 16), 3)
-  ref = jax.vmap(lambda a: ops.depthwise_conv(a, w, "xla"))(x)
-  np.testing.assert_allclose(jax.vmap(lambda a: ops.depthwise_conv(a, w, "native"))(x), ref,
+  ref = jax.vmap(lambda a: depthwise.depthwise_conv(a, w, "xla"))(x)
+  np.testing.assert_allclose(jax.vmap(lambda a: depthwise.depthwise_conv(a, w, "native"))(x), ref,
                              rtol=1e-5, atol=1e-5)
   # bfloat16 is not compiled: it runs the pure-JAX path and stays close to float32.
-  out = ops.depthwise_conv(x[0].astype(jnp.bfloat16), w, "native")
+  out = depthwise.depthwise_conv(x[0].astype(jnp.bfloat16), w, "native")
   assert out.dtype == jnp.bfloat16
   np.testing.assert_allclose(np.asarray(out, np.float32), ref[0], rtol=0.05, atol=0.1)
 

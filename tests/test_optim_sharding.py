@@ -8,7 +8,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 import train_utils
-from focalnet_jax import optim, sharding, trainer
+from focalnet_jax.train import loop as trainer, optim, sharding
 
 
 def test_schedule_warms_up_then_cosine_to_min():

@@ -44,7 +44,7 @@ def _child(workdir: str) -> None:
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
   import train_utils
-  from focalnet_jax import trainer
+  from focalnet_jax.train import loop as trainer
   from orbax.checkpoint._src.path import atomicity
 
   marker = os.path.join(workdir, "hung")
@@ -187,7 +187,7 @@ def compilation_cache(tmp_path_factory):
 def data(monkeypatch):
   """The in-memory dataset; `data(nan_at=k)` puts a NaN into the batch of step k+1."""
   import train_utils
-  from focalnet_jax import trainer
+  from focalnet_jax.train import loop as trainer
 
   def install(nan_at: int | None = None):
     def batches(c, i, start):
@@ -211,7 +211,7 @@ def _all_finite(tree) -> bool:
 
 def test_nan_stops_naming_step_metric_and_last_good_checkpoint_and_never_saves_it(data, tmp_path):
   import train_utils
-  from focalnet_jax import trainer
+  from focalnet_jax.train import loop as trainer
 
   data(nan_at=4)  # step 5 sees a NaN; saves are due at 2, 4, 6 and the loss is checked first
   config = train_utils.tiny_config(total_steps=8, checkpoint_every_steps=2, log_every_steps=100,
@@ -232,7 +232,7 @@ def test_params_that_overflow_with_a_finite_loss_are_never_saved(data, tmp_path,
   import jax
   import jax.numpy as jnp
   import train_utils
-  from focalnet_jax import trainer
+  from focalnet_jax.train import loop as trainer
 
   make = trainer.make_train_step
 
@@ -257,7 +257,7 @@ def test_params_that_overflow_with_a_finite_loss_are_never_saved(data, tmp_path,
 def test_nan_skip_keeps_the_state_and_counts_the_step(data, tmp_path):
   import jax
   import train_utils
-  from focalnet_jax import trainer
+  from focalnet_jax.train import loop as trainer
 
   data(nan_at=4)
   config = train_utils.tiny_config(total_steps=6, checkpoint_every_steps=1, log_every_steps=1,
@@ -282,7 +282,7 @@ def test_nan_skip_keeps_the_state_and_counts_the_step(data, tmp_path):
 
 def test_same_seed_same_losses_other_seed_differs(data, tmp_path):
   import train_utils
-  from focalnet_jax import trainer
+  from focalnet_jax.train import loop as trainer
 
   def losses(seed: int, name: str) -> list[float]:
     config = train_utils.tiny_config(total_steps=3, seed=seed)
@@ -296,7 +296,8 @@ def test_same_seed_same_losses_other_seed_differs(data, tmp_path):
 
 def test_corrupt_checkpoint_is_named_with_a_way_out_and_left_alone(data, tmp_path):
   import train_utils
-  from focalnet_jax import checkpoint, evaluate, trainer
+  from focalnet_jax import checkpoint, evaluation
+  from focalnet_jax.train import loop as trainer
 
   config = train_utils.tiny_config(total_steps=4, checkpoint_every_steps=2)
   workdir = str(tmp_path / "run")
@@ -321,7 +322,7 @@ def test_corrupt_checkpoint_is_named_with_a_way_out_and_left_alone(data, tmp_pat
                                        r".*step=2"):
     checkpoint.load_params(ckpts)
   with pytest.raises(ValueError, match=rf"(?s){path}.*step=2"):
-    evaluate.load_model(workdir)
+    evaluation.load_model(workdir)
   assert np.isfinite(np.asarray(checkpoint.load_params(ckpts, step=2)[0]["head"]["kernel"])).all()
   config.total_steps = 6
   with pytest.raises(ValueError, match=rf"(?s)Cannot resume from {path} .*truncated or corrupt.*resume from "
@@ -341,7 +342,7 @@ def test_corrupt_checkpoint_is_named_with_a_way_out_and_left_alone(data, tmp_pat
 ])
 def test_bad_config_values_fail_before_training_with_the_fix(data, tmp_path, overrides, message):
   import train_utils
-  from focalnet_jax import trainer
+  from focalnet_jax.train import loop as trainer
 
   with pytest.raises(ValueError, match=message):
     trainer.train_and_evaluate(train_utils.tiny_config(**overrides), str(tmp_path))

@@ -7,8 +7,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from focalnet_jax import summary
-from focalnet_jax.variants import create_model, list_models
+from focalnet_jax.tools import summary
+from focalnet_jax.model.variants import create_model, list_models
 
 # REFERENCE.md section 3: params with the published head; GFLOPs at 224 (multiply-adds).
 SPEC = {

@@ -18,7 +18,8 @@ from ml_collections import config_flags
 
 import train_utils
 from configs import focalnet_t, quickstart
-from focalnet_jax import summary, sweep, trainer
+from focalnet_jax.tools import summary, sweep
+from focalnet_jax.train import loop as trainer
 
 ROOT = train_utils.ROOT
 ABLATIONS = sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "ablations", "*.py"))

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import train_utils
-from focalnet_jax import checkpoint, trainer
+from focalnet_jax import checkpoint
+from focalnet_jax.train import loop as trainer
 
 
 @pytest.fixture(scope="module", autouse=True)

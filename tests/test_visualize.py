@@ -12,8 +12,9 @@ import pytest
 from PIL import Image
 from scipy.special import erf
 
-from focalnet_jax import checkpoint, variants
-from focalnet_jax import visualize as viz
+from focalnet_jax import checkpoint
+from focalnet_jax.model import variants
+from focalnet_jax.tools import visualize as viz
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(embed_dim=16, depths=(1, 2), num_classes=10, focal_levels=(2, 3), drop_path_rate=0.0)

@@ -12,7 +12,7 @@ def import_torch():
 
 def _register_torchvision_stubs():
   import_torch()
-  from focalnet_jax.benchmark import register_torchvision_stubs
+  from focalnet_jax.tools.benchmark import register_torchvision_stubs
 
   register_torchvision_stubs()
 

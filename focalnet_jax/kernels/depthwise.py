@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from focalnet_jax import native
+from focalnet_jax.kernels import native
 
 # (x: (B, H, W, C), kernel: (k, k, 1, C)) -> (B, H, W, C)
 DepthwiseFn = Callable[[jax.Array, jax.Array], jax.Array]

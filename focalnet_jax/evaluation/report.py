@@ -20,7 +20,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from focalnet_jax import checkpoint, labels, metrics as metrics_lib, sharding, variants
+from focalnet_jax import checkpoint
+from focalnet_jax.data import labels
+from focalnet_jax.model import variants
+from focalnet_jax.train import runlog, sharding
 
 LogitsFn = Callable[[Any, jax.Array], jax.Array]  # (params, images) -> logits
 
@@ -76,7 +79,7 @@ def evaluate(eval_step, params, batches: Iterable[dict[str, np.ndarray]],
   if totals is None:
     raise ValueError("The eval split yielded no batches.")
   totals = jax.device_get(totals)
-  result = metrics_lib.average(totals)
+  result = runlog.average(totals)
   result["num_examples"] = float(totals["top1"][1])
   return result
 

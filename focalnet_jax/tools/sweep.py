@@ -159,7 +159,7 @@ def _checkpoint_meta(point_dir: str) -> dict[str, Any] | None:
 
 
 def _default_train_fn(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  from focalnet_jax import trainer
+  from focalnet_jax.train import loop as trainer
 
   return trainer.train_and_evaluate(config, workdir)
 
@@ -265,7 +265,8 @@ def read_metrics_jsonl(point_dir: str) -> list[dict[str, Any]]:
 
 def _model_cost(config: ml_collections.ConfigDict, num_classes: int) -> tuple[int, float]:
   """(params, GFLOPs) of the run's model at its image size, computed abstractly."""
-  from focalnet_jax import summary, trainer
+  from focalnet_jax.tools import summary
+  from focalnet_jax.train import loop as trainer
 
   model, _ = trainer.build_model(config, num_classes)
   variables = summary.abstract_variables(model, config.image_size)

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from focalnet_jax import ops
+from focalnet_jax.kernels import depthwise
 
 Dtype = Any
 IntOrSeq = int | Sequence[int]
@@ -143,7 +143,7 @@ class FocalModulation(nn.Module):
     ctx_all = jnp.zeros_like(ctx)
     for level, k in enumerate(self.kernel_sizes()):
       kernel = self.param(f"focal_layers_{level}", conv_init, (k, k, 1, c), self.param_dtype)
-      ctx = gelu(ops.depthwise_conv(ctx, kernel.astype(self.dtype), self.depthwise_impl))
+      ctx = gelu(depthwise.depthwise_conv(ctx, kernel.astype(self.dtype), self.depthwise_impl))
       ctx_all = ctx_all + gated(ctx, level)
     if self.use_global_context:
       mean = jnp.mean(ctx.astype(jnp.float32), axis=(1, 2), keepdims=True)
@@ -252,7 +252,7 @@ class PatchConv(nn.Module):
   """A k x k stride-s convolution with bias, `nn.Conv`'s parameters and PyTorch's init.
 
   Non-overlapping windows (k == s, no padding) run as one matmul over patches
-  (`ops.patch_conv`).
+  (`depthwise.patch_conv`).
   """
 
   features: int
@@ -267,7 +267,7 @@ class PatchConv(nn.Module):
     k, cin = self.kernel_size, x.shape[-1]
     kernel = self.param("kernel", conv_init, (k, k, cin, self.features), self.param_dtype)
     bias = self.param("bias", conv_bias_init(cin * k * k), (self.features,), self.param_dtype)
-    y = ops.patch_conv(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, self.padding)
+    y = depthwise.patch_conv(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, self.padding)
     return y + bias.astype(self.dtype)
 
 
@@ -559,9 +559,9 @@ def validate(model: FocalNet) -> None:
         "use_global_context=False with focal_levels=0 leaves no context at all; use at least one "
         "focal level or keep the global context."
     )
-  if model.depthwise_impl not in ops.available():
+  if model.depthwise_impl not in depthwise.available():
     raise ValueError(
-        f"depthwise_impl={model.depthwise_impl!r} is not one of {ops.available()}."
+        f"depthwise_impl={model.depthwise_impl!r} is not one of {depthwise.available()}."
     )
   ce = model.chunk_elements
   if not (ce == "auto" or (isinstance(ce, (int, np.integer)) and not isinstance(ce, bool) and ce >= 0)):

@@ -204,9 +204,9 @@ def visualize_image(checkpoint_path: str, image_path: str, output: str, *,
   """Checkpoint + image file -> the modulation figure as a PNG at `output`; returns its path.
 
   The image goes through the eval transform of `config`, or (None) of the run that wrote
-  the checkpoint (`evaluate.settings_from_checkpoint` over configs/default.py).
+  the checkpoint (`evaluation.settings_from_checkpoint` over configs/default.py).
   """
-  from focalnet_jax import evaluate  # noqa: PLC0415 - pulls in the training stack
+  from focalnet_jax import evaluation
 
   if not os.path.exists(checkpoint_path):
     raise FileNotFoundError(
@@ -214,16 +214,16 @@ def visualize_image(checkpoint_path: str, image_path: str, output: str, *,
         "a directory written by `python -m focalnet_jax.convert`.")
   if not os.path.isfile(image_path):
     raise FileNotFoundError(f"No image file at {image_path!r}.")
-  model, params, meta, step = evaluate.load_model(checkpoint_path, step=step, ema=ema)
+  model, params, meta, step = evaluation.load_model(checkpoint_path, step=step, ema=ema)
   if config is None:
     from configs import default  # noqa: PLC0415 - the repo's configs/ holds every default
 
-    config = evaluate.settings_from_checkpoint(default.get_config(), meta)
+    config = evaluation.settings_from_checkpoint(default.get_config(), meta)
   model.check_image_size(config.image_size, config.image_size)
-  images = evaluate.preprocess_files([image_path], config)
+  images = evaluation.preprocess_files([image_path], config)
   logits, inter = modulation_intermediates(model, params, jnp.asarray(images))
-  names = evaluate.class_names_for(meta, evaluate.num_classes_of(params))
-  preds = evaluate.top_k(np.asarray(logits), names, min(k, len(names)))[0]
+  names = evaluation.class_names_for(meta, evaluation.num_classes_of(params))
+  preds = evaluation.top_k(np.asarray(logits), names, min(k, len(names)))[0]
   title = title or f"{meta['model']} (step {step}{', EMA' if ema else ''}) on {os.path.basename(image_path)}"
   fig = modulation_figure(model, images[0], inter, preds, mean=config.aug.mean, std=config.aug.std,
                           reduce=reduce, title=title)

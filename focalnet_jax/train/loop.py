@@ -29,9 +29,10 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from focalnet_jax import checkpoint
 from focalnet_jax import data as data_lib
-from focalnet_jax import metrics as metrics_lib
-from focalnet_jax import evaluate as evaluate_lib
-from focalnet_jax import mixup, optim, sharding, variants
+from focalnet_jax.train import runlog
+from focalnet_jax import evaluation
+from focalnet_jax.model import variants
+from focalnet_jax.train import mixup, optim, sharding
 
 State = dict[str, Any]
 HEAD_PREFIX = "head/"
@@ -145,7 +146,7 @@ def make_train_step(
 def evaluate_split(eval_step, params, config, info, batch_sharding: NamedSharding) -> dict[str, float]:
   """One exact pass over the eval split: every real example counted once (padding masked)."""
   try:
-    return evaluate_lib.evaluate(eval_step, params, eval_batches(config, info), batch_sharding)
+    return evaluation.evaluate(eval_step, params, eval_batches(config, info), batch_sharding)
   except ValueError as e:
     raise ValueError(f"Evaluating on {config.dataset!r} split {config.eval_split!r}: {e}") from e
 
@@ -321,14 +322,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       pass
     params_finite = jax.jit(lambda p: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(p)])),
                             out_shardings=repl)
-    eval_step = jax.jit(evaluate_lib.make_eval_step(evaluate_lib.model_logits_fn(model), info.num_classes),
+    eval_step = jax.jit(evaluation.make_eval_step(evaluation.model_logits_fn(model), info.num_classes),
                         out_shardings=repl)
 
     meta = {"model": config.model.name, "model_overrides": overrides,
             "config": json.loads(config.to_json_best_effort()),
             "image_size": size, "num_classes": info.num_classes, "class_names": list(info.class_names),
             "schedule": dataclasses.asdict(sched)}
-    writer = metrics_lib.Writer(workdir, enabled=is_main)
+    writer = runlog.Writer(workdir, enabled=is_main)
     eval_every = sched.steps_per_epoch if config.eval_every_steps < 0 else config.eval_every_steps
     total = sched.total_steps
     batches = train_batches(config, info, start_step)
@@ -359,7 +360,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 "checkpoint when restarted (or set nonfinite='skip' to skip such updates)."
             )
       sums = {k: (sum(m[k][0] for m in host), sum(m[k][1] for m in host)) for k in host[0]}
-      last_train = metrics_lib.average(sums)
+      last_train = runlog.average(sums)
       if "skipped_steps" in sums:
         skipped = int(round(float(sums["skipped_steps"][0])))
         last_train["skipped_steps"] = float(skipped)  # a count per log interval, not a mean
@@ -373,7 +374,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       t_last, s_last = now, step
       writer.write(step, {**last_train, "img_per_s": rate}, "train")
       if is_main:
-        logging.info(metrics_lib.console_line(step, total, sched.steps_per_epoch, last_train, rate, eta))
+        logging.info(runlog.console_line(step, total, sched.steps_per_epoch, last_train, rate, eta))
 
     def save(step: int) -> None:
       nonlocal last_saved

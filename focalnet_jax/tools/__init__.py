@@ -1,0 +1,1 @@
+"""Command-line tools over the library: convert, summary, benchmark, sweep, visualize."""
