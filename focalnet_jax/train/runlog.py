@@ -16,6 +16,9 @@ import numpy as np
 from absl import logging
 
 
+METRICS_FILE = "metrics.jsonl"  # one JSON record per log or eval step; `read_metrics` reads it back
+
+
 class _QuietLibraries(std_logging.Filter):
   """Drops orbax's INFO chatter (several lines per save) so a run's own lines stand out."""
 
@@ -56,7 +59,7 @@ class Writer:
     self._jsonl = None
     if enabled:
       os.makedirs(workdir, exist_ok=True)
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      self._jsonl = open(os.path.join(workdir, METRICS_FILE), "a")
       try:
         from tensorboardX import SummaryWriter
 
@@ -93,3 +96,37 @@ def console_line(
   parts.append(f"{img_per_s:.0f} img/s")
   parts.append(f"ETA {format_duration(eta_s)}")
   return " | ".join(parts)
+
+
+def read_metrics(path: str | os.PathLike[str]) -> dict[str, list[dict[str, float]]]:
+  """A workdir or its metrics.jsonl -> {'train': [...], 'eval': [...]}, each sorted by step.
+
+  The LAST record per (split, step) wins: a resumed run re-logs the steps after its last
+  checkpoint, and those later values are the ones the finished run stands on. A cut last
+  line (a run killed mid-write) is skipped; a record without 'step' or 'split' is an error.
+  Either list can be empty (no log step yet); a missing file is FileNotFoundError.
+  """
+  path = os.fspath(path)
+  if not path.endswith(".jsonl"):  # a workdir
+    path = os.path.join(path, METRICS_FILE)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(
+        f"No metrics file at {path!r}. train.py writes <workdir>/{METRICS_FILE} (one JSON record per "
+        "log and eval step); pass the --workdir of a training run.")
+  latest: dict[tuple[str, int], dict[str, float]] = {}
+  with open(path) as f:
+    for n, line in enumerate(f, 1):
+      line = line.strip()
+      if not line:
+        continue
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:  # the last line of a run killed mid-write
+        continue
+      if "step" not in record or "split" not in record:
+        raise ValueError(f"{path}:{n}: record without 'step'/'split': {line[:120]}")
+      latest[(record["split"], int(record["step"]))] = record
+  runs: dict[str, list[dict[str, float]]] = {"train": [], "eval": []}
+  for (split, _), record in sorted(latest.items(), key=lambda kv: kv[0][1]):
+    runs.setdefault(split, []).append(record)
+  return runs
