@@ -33,7 +33,7 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   runlog.quiet_library_logs()
-  from focalnet_jax.tools import sweep
+  from focalnet_jax.tools import sweep, sweep_report
 
   spec = config_flags.get_config_filename(flags.FLAGS["config"])
   _, points = sweep.load_sweep(spec)
@@ -51,8 +51,8 @@ def main(argv: list[str]) -> None:
   if not _AGGREGATE.value:
     report = sweep.run_sweep(runs, workdir)
   all_runs = sweep.expand(_CONFIG.value, points)  # the table covers every point with results
-  rows = sweep.aggregate(all_runs, workdir, spec)
-  with open(os.path.join(workdir, sweep.RESULTS_MD)) as f:
+  rows = sweep_report.aggregate(all_runs, workdir, spec)
+  with open(os.path.join(workdir, sweep_report.RESULTS_MD)) as f:
     print(f.read())
   logging.info("%d point(s) with results; wrote %s/results.{csv,md,png}.", len(rows), workdir)
   if report and (report["failed"] or report["stopped"]):

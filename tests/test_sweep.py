@@ -18,7 +18,7 @@ from ml_collections import config_flags
 
 import train_utils
 from configs import focalnet_t, quickstart
-from focalnet_jax.tools import summary, sweep
+from focalnet_jax.tools import summary, sweep, sweep_report
 from focalnet_jax.train import loop as trainer
 
 ROOT = train_utils.ROOT
@@ -190,7 +190,7 @@ def test_aggregate_rows_table_and_plot(tmp_path):
   write_point(workdir, "fl3", 0.97, [100, 300, 200], ema=0.975)
   write_point(workdir, "fl0", 0.91, [400, 500])
   write_point(workdir, "fl1", 0.93, [50], finished=False)  # running: only metrics.jsonl so far
-  rows = sweep.aggregate(runs, workdir, "configs/ablations/focal_levels.py:quickstart")
+  rows = sweep_report.aggregate(runs, workdir, "configs/ablations/focal_levels.py:quickstart")
   assert [r["name"] for r in rows] == ["fl0", "fl1", "fl3"]  # sweep order; fl2 and fl4 have nothing
 
   by = {r["name"]: r for r in rows}
@@ -218,22 +218,64 @@ def test_aggregate_rows_table_and_plot(tmp_path):
   assert body[2][1] == "focal_levels=3" and body[2][2] == "97.00" and body[2][5] == "97.50"
   assert body[0][header.index("train img/s")] == "450" and body[0][header.index("minutes")] == "2.0"
 
+  assert_drawn(tmp_path / "results.png")
+  # The plot: top-1 (and EMA top-1 where present) against the swept level, and top-1 against cost.
+  fig = sweep_report.results_figure(rows, runs, "t")
+  by_level, by_cost = fig.get_axes()
+  assert by_level.get_xlabel() == "focal_levels" and "MFLOPs (multiply-adds)" in by_cost.get_xlabel()
+  top1, ema = by_level.get_lines()
+  np.testing.assert_allclose(top1.get_xdata(), [0, 1, 3])
+  np.testing.assert_allclose(top1.get_ydata(), [91, 88, 97])
+  np.testing.assert_allclose(ema.get_ydata(), [np.nan, np.nan, 97.5])
+  assert not by_cost.get_lines()  # fl1's class count (hence its cost) is unknown until it checkpoints
+  finished = [by["fl0"], by["fl3"]]
+  (cost,) = sweep_report.results_figure(finished, runs, "t").get_axes()[1].get_lines()
+  np.testing.assert_allclose(cost.get_xdata(), [1e3 * r["gflops"] for r in finished])
+  np.testing.assert_allclose(cost.get_ydata(), [91, 97])
+
+
+def assert_drawn(png):
+  """The PNG holds a picture, not a blank canvas."""
   from PIL import Image
 
-  png = tmp_path / "results.png"
-  assert 5_000 < png.stat().st_size < 200_000
   pixels = np.asarray(Image.open(png).convert("L"), np.float32)
-  assert pixels.std() > 5 and (pixels < 128).mean() > 0.002  # drawn on, not a blank canvas
+  assert pixels.std() > 5 and (pixels < 128).mean() > 0.002
 
 
 def test_aggregate_categorical_sweep(tmp_path):
   runs = runs_of(os.path.join(ROOT, "configs/ablations/components.py:quickstart"))
   for name, acc in (("baseline", 0.95), ("no_gating", 0.9), ("additive", 0.85)):
     write_point(str(tmp_path), name, acc, [100])
-  rows = sweep.aggregate(runs, str(tmp_path), "components")
+  rows = sweep_report.aggregate(runs, str(tmp_path), "components")
   assert [r["overrides"] for r in rows] == ["", "use_gating=False", "interaction=add"]
   assert "| `baseline` | (base) |" in (tmp_path / "results.md").read_text()
-  assert (tmp_path / "results.png").stat().st_size > 5_000
+  assert_drawn(tmp_path / "results.png")
+  # No numeric axis: the points are named along x.
+  by_name = sweep_report.results_figure(rows, runs, "components").get_axes()[0]
+  assert [t.get_text() for t in by_name.get_xticklabels()] == ["baseline", "no_gating", "additive"]
+  np.testing.assert_allclose(by_name.get_lines()[0].get_ydata(), [95, 90, 85])
+
+
+def test_aggregate_counts_a_resumed_runs_relogged_steps_once(tmp_path):
+  # A run checkpointed at step 10, logged steps 20-30 (and evaluated at 30), was killed, and
+  # resumed from step 10: it re-logs steps 20 and 30 with new values, then goes on to step 40.
+  d = tmp_path / "fl2"
+  d.mkdir()
+  first = [(10, 100), (20, 200), (30, 300)]
+  again = [(20, 900), (30, 1000), (40, 1100)]
+  with open(d / "metrics.jsonl", "w") as f:
+    for step, rate in first:
+      f.write(json.dumps({"step": step, "split": "train", "loss": 1.0, "img_per_s": rate}) + "\n")
+    f.write(json.dumps({"step": 30, "split": "eval", "top1": 0.5, "top5": 0.9, "loss": 0.9}) + "\n")
+    for step, rate in again:
+      f.write(json.dumps({"step": step, "split": "train", "loss": 1.0, "img_per_s": rate}) + "\n")
+      if step == 30:
+        f.write(json.dumps({"step": 30, "split": "eval", "top1": 0.6, "top5": 0.95, "loss": 0.8}) + "\n")
+    f.write('{"step": 50, "split": "tr')  # the last line of a run killed mid-write
+  (row,) = sweep_report.aggregate(runs_of(FL + ":quickstart"), str(tmp_path), "fl")
+  # Steps 10, 20, 30, 40 once each, with the later values: 100, 900, 1000, 1100.
+  assert row["img_per_s"] == pytest.approx(950)
+  assert row["step"] == 30 and row["top1"] == pytest.approx(0.6) and row["loss"] == pytest.approx(0.8)
 
 
 # --- every ablation config ----------------------------------------------------------------------
