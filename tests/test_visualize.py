@@ -15,6 +15,7 @@ from scipy.special import erf
 from focalnet_jax import checkpoint
 from focalnet_jax.model import variants
 from focalnet_jax.tools import visualize as viz
+from focalnet_jax.train import runlog
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(embed_dim=16, depths=(1, 2), num_classes=10, focal_levels=(2, 3), drop_path_rate=0.0)
@@ -50,7 +51,7 @@ def images(n=2):
   return np.random.default_rng(2).standard_normal((n, SIZE, SIZE, 3)).astype(np.float32)
 
 
-# --- hand computation of REFERENCE.md section 1, in numpy -----------------------------------
+# --- focal modulation by hand, in numpy (the paper, Sec. 3.2; docs/model.md) ------------------
 
 
 def gelu(x):
@@ -81,7 +82,9 @@ def depthwise(x, kernel):
 
 
 def hand_modulation(x, p, levels):
-  """Returns (modulator, gates) of focal modulation (REFERENCE.md section 1, steps 1-5)."""
+  """(modulator, gates) of focal modulation: the projection to q, ctx and gates, hierarchical
+  contextualization (stacked GELU(depthwise conv)), gated aggregation with the global context
+  (GELU of the last level's mean, as in the official code) and the 1x1 conv h (paper, Sec. 3.2)."""
   c = x.shape[-1]
   proj = dense(x, p["f"])
   q, ctx, gates = proj[..., :c], proj[..., c:2 * c], proj[..., 2 * c:]
@@ -138,9 +141,9 @@ def test_intermediates_shapes_and_logits_unchanged(overrides, gate_channels):
   assert len(viz.level_names(model, 1)) == 3 + int(model.use_global_context)
 
 
-def assert_picture(path, size):
+def assert_picture(path):
+  """The PNG holds a picture: neither blank nor a handful of flat colours."""
   img = np.asarray(Image.open(path).convert("RGB"))
-  assert img.shape[:2] == (size[1], size[0])  # PIL size is (width, height)
   assert img.astype(np.float64).var() > 100.0, "the picture is (nearly) blank"
   assert len(np.unique(img.reshape(-1, 3), axis=0)) > 50, "too few distinct colours"
 
@@ -163,10 +166,19 @@ def test_modulation_picture_from_checkpoint(tiny_checkpoint):
 
   config = default.get_config()
   config.image_size = SIZE
-  out = viz.visualize_image(str(tiny_checkpoint / "ckpt"), str(tiny_checkpoint / "image.png"),
-                            str(tiny_checkpoint / "out" / "mod.png"), config=config)
-  # Fixed size: 5 columns (modulator + 4 gate levels of stage 2) x 3 rows (top + 2 stages), 100 dpi.
-  assert_picture(out, (1200, 799))
+  ckpt, image = str(tiny_checkpoint / "ckpt"), str(tiny_checkpoint / "image.png")
+  fig = viz.image_figure(ckpt, image, config=config, k=3)
+  titles = [ax.get_title() for ax in fig.get_axes()]
+  assert titles[:2] == [f"input ({SIZE}×{SIZE}, as the model sees it)", "top-3 predictions"]
+  # Per stage: the modulator map, then one gate map per focal level and the global context.
+  assert sum(t.startswith("modulator") for t in titles) == 2
+  gates = [t.split("\n")[0] for t in titles if t.startswith("gate:")]
+  assert gates == ["gate: level 0 (3×3)", "gate: level 1 (5×5)", "gate: global",
+                   "gate: level 0 (3×3)", "gate: level 1 (5×5)", "gate: level 2 (7×7)", "gate: global"]
+  bars = [p.get_width() for p in fig.get_axes()[1].patches]
+  assert len(bars) == 3 and bars == sorted(bars) and 0 < sum(bars) <= 1  # top prediction drawn at the top
+  out = viz.visualize_image(ckpt, image, str(tiny_checkpoint / "out" / "mod.png"), config=config)
+  assert_picture(out)
 
 
 def test_modulation_picture_without_gates():
@@ -190,7 +202,10 @@ def test_clear_errors(tiny_checkpoint, tmp_path):
   with pytest.raises(ValueError, match="Cannot read image"):
     viz.visualize_image(str(tiny_checkpoint / "ckpt"), str(tmp_path / "broken.png"), str(tmp_path / "o.png"))
   with pytest.raises(FileNotFoundError, match="train.py writes"):
-    viz.read_metrics(str(tmp_path))
+    viz.visualize_curves(str(tmp_path), str(tmp_path / "curves.png"))
+  (tmp_path / "metrics.jsonl").write_text("")
+  with pytest.raises(ValueError, match="no train or eval records yet"):
+    viz.visualize_curves(str(tmp_path), str(tmp_path / "curves.png"))
 
 
 def write_metrics(path, with_eval=True):
@@ -210,7 +225,9 @@ def write_metrics(path, with_eval=True):
 
 def test_read_metrics_keeps_last_record_per_step(tmp_path):
   write_metrics(tmp_path / "metrics.jsonl")
-  runs = viz.read_metrics(str(tmp_path))
+  with open(tmp_path / "metrics.jsonl", "a") as f:
+    f.write('{"step": 110, "split": "tra')  # the last line of a run killed mid-write
+  runs = runlog.read_metrics(str(tmp_path))
   steps = [r["step"] for r in runs["train"]]
   assert steps == sorted(set(steps)) == list(range(10, 110, 10))
   assert runs["train"][-1]["loss"] == pytest.approx(3.0 / 100 + 1.0)
@@ -219,13 +236,34 @@ def test_read_metrics_keeps_last_record_per_step(tmp_path):
   assert runs["eval"][-1]["loss"] == pytest.approx(2.0 / 90 + 1.0)
 
 
+def expected_loss(step, split):
+  """What write_metrics logged last for `step`: a resume re-logged steps 70 on, 1.0 higher."""
+  return (3.0 if split == "train" else 2.0) / step + (1.0 if step >= 70 else 0.0)
+
+
 @pytest.mark.parametrize("with_eval", [True, False])
 def test_curves_picture(tmp_path, with_eval):
   write_metrics(tmp_path / "metrics.jsonl", with_eval)
   out = viz.visualize_curves(str(tmp_path), str(tmp_path / "curves.png"))
-  assert_picture(out, (1100, 750))
-  if not with_eval:
-    fig = viz.curves_figure(viz.read_metrics(str(tmp_path)))
+  assert_picture(out)
+  fig = viz.curves_figure(runlog.read_metrics(str(tmp_path)))
+  loss, top1, lr, rate = fig.get_axes()
+  assert [ax.get_title() for ax in fig.get_axes()] == ["loss", "eval top-1", "learning rate", "training throughput"]
+  assert all(ax.get_xlabel() == "step" for ax in fig.get_axes())
+  # The curves are the metrics, each step once with its last value (the resume's re-logged steps).
+  steps = np.arange(10, 110, 10)
+  lines = {line.get_label(): line for line in loss.get_lines()}
+  np.testing.assert_allclose(lines["train loss"].get_xdata(), steps)
+  np.testing.assert_allclose(lines["train loss"].get_ydata(), [expected_loss(s, "train") for s in steps])
+  np.testing.assert_allclose(lr.get_lines()[0].get_ydata(), 1e-3 * steps / 100)
+  np.testing.assert_allclose(rate.get_lines()[0].get_ydata(), 500.0 + steps)
+  if with_eval:
+    np.testing.assert_allclose(lines["eval loss"].get_xdata(), [30, 60, 90])
+    np.testing.assert_allclose(lines["eval loss"].get_ydata(), [expected_loss(s, "eval") for s in (30, 60, 90)])
+    assert [line.get_label() for line in top1.get_lines()] == ["eval top-1", "eval top-1 (EMA)"]
+    np.testing.assert_allclose(top1.get_lines()[0].get_ydata(), [30, 60, 90])
+  else:
+    assert set(lines) == {"train loss"} and not top1.get_lines()
     notes = [t.get_text() for ax in fig.get_axes() for t in ax.texts]
     notes += [ax.get_legend().get_title().get_text() for ax in fig.get_axes() if ax.get_legend()]
     assert notes.count("no eval records yet") == 2  # loss legend and top-1 panel
@@ -238,7 +276,7 @@ def test_cli_curves_and_error_exit(tmp_path):
                                      capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
   ok = run("--workdir", str(tmp_path), "--curves")
   assert ok.returncode == 0, ok.stderr
-  assert_picture(tmp_path / "curves.png", (1100, 750))
+  assert_picture(tmp_path / "curves.png")
   missing = run("--workdir", str(tmp_path / "none"), "--curves")
   assert missing.returncode == 1
   assert "metrics.jsonl" in missing.stderr and "train.py" in missing.stderr

@@ -12,7 +12,6 @@ box), so a figure's pixel size depends only on its layout, never on its text.
 from __future__ import annotations
 
 import functools
-import json
 import os
 from typing import Any, Sequence
 
@@ -26,6 +25,7 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 from focalnet_jax import model as model_lib  # noqa: E402
+from focalnet_jax.train import runlog  # noqa: E402
 
 Intermediates = dict[int, list[dict[str, np.ndarray | None]]]
 
@@ -127,11 +127,19 @@ def modulation_figure(model: model_lib.FocalNet, image: np.ndarray, inter: Inter
                    layout="constrained")
   fig.suptitle(title or "Focal modulation", fontsize=13)
   rows = np.atleast_1d(fig.subfigures(n_rows, 1, hspace=0.03))
-
-  height, width = image.shape[:2]
   shown = _display_image(image, mean, std)
-  top = rows[0].subplot_mosaic([["input", "gap"] + ["pred"] * (n_cols - 2)],
-                               width_ratios=[1, 0.25] + [1] * (n_cols - 2))
+  _draw_input_row(rows[0], shown, predictions, n_cols)
+  for s, row in zip(stages, rows[1:]):
+    labels = level_names(model, s) if has_gates else []
+    _draw_stage_row(row, s, inter[s], shown, labels, n_cols, reduce, index)
+  return fig
+
+
+def _draw_input_row(row: Any, shown: np.ndarray, predictions: Sequence[tuple[str, float]], n_cols: int) -> None:
+  """The input as the model sees it, and a bar per top-k prediction (the top one at the top)."""
+  height, width = shown.shape[:2]
+  top = row.subplot_mosaic([["input", "gap"] + ["pred"] * (n_cols - 2)],
+                           width_ratios=[1, 0.25] + [1] * (n_cols - 2))
   top["gap"].remove()  # room for the class names left of the bars
   ax = top["input"]
   ax.imshow(shown, interpolation="nearest")
@@ -144,44 +152,46 @@ def modulation_figure(model: model_lib.FocalNet, image: np.ndarray, inter: Inter
   ax.set_yticks(range(len(names)), names, fontsize=9)
   ax.set_xlim(0, 1)
   for y, p in enumerate(probs):
-    inside = p > 0.8
+    inside = p > 0.8  # a long bar has room for its label, in white
     ax.text(p - 0.01 if inside else p + 0.01, y, f"{p:.1%}", va="center", ha="right" if inside else "left",
             fontsize=9, color="white" if inside else "black")
   ax.set_xlabel("probability", fontsize=9)
   ax.set_title(f"top-{len(probs)} predictions", fontsize=10)
   ax.tick_params(axis="x", labelsize=8)
 
+
+def _draw_stage_row(row: Any, stage: int, blocks: Sequence[dict[str, Any]], shown: np.ndarray,
+                    labels: Sequence[str], n_cols: int, reduce: str, index: int) -> None:
+  """One stage: the modulator-norm overlay, then one gate map per name in `labels`."""
+  height, width = shown.shape[:2]
+  depth = len(blocks)
+  norm = modulator_norm(blocks, reduce)[index : index + 1]
+  h, w = norm.shape[1:]
+  axes = row.subplots(1, n_cols)
+  row.suptitle(f"stage {stage + 1}: {h}×{w} tokens, {depth} block{'s' if depth > 1 else ''}", fontsize=11,
+               x=0.01, ha="left", fontweight="bold")
+  ax = axes[0]
+  ax.imshow(shown.mean(-1), cmap="gray", interpolation="nearest")
+  im = ax.imshow(upsample(norm, height, width)[0], cmap="jet", alpha=0.55, interpolation="bilinear")
   which = "last block" if reduce == "last" else "mean over blocks"
-  for s, row in zip(stages, rows[1:]):
-    depth = len(inter[s])
-    norm = modulator_norm(inter[s], reduce)[index : index + 1]
-    h, w = norm.shape[1:]
-    labels = level_names(model, s) if has_gates else []
-    axes = row.subplots(1, n_cols)
-    row.suptitle(f"stage {s + 1}: {h}×{w} tokens, {depth} block{'s' if depth > 1 else ''}", fontsize=11,
-                 x=0.01, ha="left", fontweight="bold")
-    ax = axes[0]
-    ax.imshow(shown.mean(-1), cmap="gray", interpolation="nearest")
-    im = ax.imshow(upsample(norm, height, width)[0], cmap="jet", alpha=0.55, interpolation="bilinear")
-    ax.set_title(f"modulator ‖h(ctx_all)‖₂\n{which}, upsampled", fontsize=9)
+  ax.set_title(f"modulator ‖h(ctx_all)‖₂\n{which}, upsampled", fontsize=9)
+  ax.set_axis_off()
+  cb = row.colorbar(im, ax=ax, shrink=0.8, pad=0.02)
+  cb.ax.tick_params(labelsize=7)
+  for ax in axes[1 + len(labels):]:
+    ax.remove()
+  if not labels:
+    return
+  gates = np.asarray(blocks[-1]["gates"][index], np.float32)  # (h, w, G)
+  vmax = max(float(np.abs(gates).max()), 1e-6)  # symmetric: the sign of a gate is its meaning
+  for g, name in enumerate(labels):
+    ax = axes[1 + g]
+    im = ax.imshow(gates[..., g], cmap="RdBu_r", vmin=-vmax, vmax=vmax, interpolation="nearest")
+    ax.set_title(f"gate: {name}\nmean {gates[..., g].mean():+.2f}", fontsize=9)
     ax.set_axis_off()
-    cb = row.colorbar(im, ax=ax, shrink=0.8, pad=0.02)
-    cb.ax.tick_params(labelsize=7)
-    for ax in axes[1 + len(labels):]:
-      ax.remove()
-    if not labels:
-      continue
-    gates = np.asarray(inter[s][-1]["gates"][index], np.float32)  # (h, w, G)
-    vmax = max(float(np.abs(gates).max()), 1e-6)
-    for g, name in enumerate(labels):
-      ax = axes[1 + g]
-      im = ax.imshow(gates[..., g], cmap="RdBu_r", vmin=-vmax, vmax=vmax, interpolation="nearest")
-      ax.set_title(f"gate: {name}\nmean {gates[..., g].mean():+.2f}", fontsize=9)
-      ax.set_axis_off()
-    cb = row.colorbar(im, ax=list(axes[1 : 1 + len(labels)]), shrink=0.8, pad=0.02)
-    cb.set_label(f"raw gate, block {depth}", fontsize=8)
-    cb.ax.tick_params(labelsize=7)
-  return fig
+  cb = row.colorbar(im, ax=list(axes[1 : 1 + len(labels)]), shrink=0.8, pad=0.02)
+  cb.set_label(f"raw gate, block {depth}", fontsize=8)
+  cb.ax.tick_params(labelsize=7)
 
 
 def _shorten(name: str, limit: int = 22) -> str:
@@ -198,10 +208,10 @@ def save_figure(fig: plt.Figure, path: str) -> str:
   return path
 
 
-def visualize_image(checkpoint_path: str, image_path: str, output: str, *,
-                    config: ml_collections.ConfigDict | None = None, step: int | None = None,
-                    ema: bool = False, reduce: str = "last", k: int = 5, title: str | None = None) -> str:
-  """Checkpoint + image file -> the modulation figure as a PNG at `output`; returns its path.
+def image_figure(checkpoint_path: str, image_path: str, *, config: ml_collections.ConfigDict | None = None,
+                 step: int | None = None, ema: bool = False, reduce: str = "last", k: int = 5,
+                 title: str | None = None) -> plt.Figure:
+  """Checkpoint + image file -> the modulation figure (see `modulation_figure`).
 
   The image goes through the eval transform of `config`, or (None) of the run that wrote
   the checkpoint (`evaluation.settings_from_checkpoint` over configs/default.py).
@@ -214,7 +224,7 @@ def visualize_image(checkpoint_path: str, image_path: str, output: str, *,
         "a directory written by `python -m focalnet_jax.convert`.")
   if not os.path.isfile(image_path):
     raise FileNotFoundError(f"No image file at {image_path!r}.")
-  model, params, meta, step = evaluation.load_model(checkpoint_path, step=step, ema=ema)
+  model, params, meta, step, _ = evaluation.load_model(checkpoint_path, step=step, ema=ema)
   if config is None:
     from configs import default  # noqa: PLC0415 - the repo's configs/ holds every default
 
@@ -225,49 +235,24 @@ def visualize_image(checkpoint_path: str, image_path: str, output: str, *,
   names = evaluation.class_names_for(meta, evaluation.num_classes_of(params))
   preds = evaluation.top_k(np.asarray(logits), names, min(k, len(names)))[0]
   title = title or f"{meta['model']} (step {step}{', EMA' if ema else ''}) on {os.path.basename(image_path)}"
-  fig = modulation_figure(model, images[0], inter, preds, mean=config.aug.mean, std=config.aug.std,
-                          reduce=reduce, title=title)
-  return save_figure(fig, output)
+  return modulation_figure(model, images[0], inter, preds, mean=config.aug.mean, std=config.aug.std,
+                           reduce=reduce, title=title)
+
+
+def visualize_image(checkpoint_path: str, image_path: str, output: str, **kwargs: Any) -> str:
+  """`image_figure(checkpoint_path, image_path, **kwargs)` as a PNG at `output`; returns its path."""
+  return save_figure(image_figure(checkpoint_path, image_path, **kwargs), output)
 
 
 def visualize_curves(workdir: str, output: str, title: str | None = None) -> str:
   """A run's metrics.jsonl -> the curves figure as a PNG at `output`; returns its path."""
-  fig = curves_figure(read_metrics(workdir), title=title or f"Training curves: {workdir}")
-  return save_figure(fig, output)
+  runs = runlog.read_metrics(workdir)
+  if not runs["train"] and not runs["eval"]:
+    raise ValueError(f"{workdir} has no train or eval records yet; wait for the first log step.")
+  return save_figure(curves_figure(runs, title=title or f"Training curves: {workdir}"), output)
 
 
 # --- training curves ----------------------------------------------------------------------
-
-
-def read_metrics(path: str) -> dict[str, list[dict[str, float]]]:
-  """A workdir or its metrics.jsonl -> {'train': [...], 'eval': [...]} sorted by step, keeping the LAST record
-  per (split, step): a resumed run re-logs the steps after its last checkpoint."""
-  if not path.endswith(".jsonl"):  # a workdir
-    path = os.path.join(path, "metrics.jsonl")
-  if not os.path.isfile(path):
-    raise FileNotFoundError(
-        f"No metrics file at {path!r}. train.py writes <workdir>/metrics.jsonl (one JSON record per "
-        "log and eval step); pass the --workdir of a training run.")
-  latest: dict[tuple[str, int], dict[str, float]] = {}
-  with open(path) as f:
-    for n, line in enumerate(f, 1):
-      line = line.strip()
-      if not line:
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError:
-        # The last line of a run killed mid-write can be partial; anything else is corruption.
-        continue
-      if "step" not in record or "split" not in record:
-        raise ValueError(f"{path}:{n}: record without 'step'/'split': {line[:120]}")
-      latest[(record["split"], int(record["step"]))] = record
-  runs: dict[str, list[dict[str, float]]] = {"train": [], "eval": []}
-  for (split, _), record in sorted(latest.items(), key=lambda kv: kv[0][1]):
-    runs.setdefault(split, []).append(record)
-  if not runs["train"] and not runs["eval"]:
-    raise ValueError(f"{path} has no train or eval records yet; wait for the first log step.")
-  return runs
 
 
 def _series(records: Sequence[dict[str, float]], key: str) -> tuple[np.ndarray, np.ndarray] | None:
