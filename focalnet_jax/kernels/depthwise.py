@@ -133,28 +133,6 @@ def depthwise_conv_shift(x: jax.Array, kernel: jax.Array) -> jax.Array:
   return _depthwise_conv_shift(_varying_like(x, kernel), _varying_like(kernel, x))
 
 
-def patch_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
-  """Strided convolution (B, H, W, Cin) x (k, k, Cin, F) -> (B, H', W', F), no bias.
-
-  When kernel == stride and there is no padding (FocalNet's patch embedding and
-  downsamplings) the windows tile the image, so the convolution is exactly one matmul over
-  patches: a reshape puts each k x k x Cin patch in a row. XLA:CPU runs that matmul at
-  full speed, while its convolution kernel-gradient for strided convs inside a loop is
-  two orders of magnitude slower. Overlapping windows (conv embedding) use the conv.
-  """
-  k, _, cin, f = kernel.shape
-  if k != stride or padding:
-    return lax.conv_general_dilated(
-        x, kernel, window_strides=(stride, stride), padding=((padding, padding), (padding, padding)),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-    )
-  b, h, w, _ = x.shape
-  # One axis split per reshape: JAX's explicit-sharding rules accept that for a sharded batch.
-  patches = x.reshape(b, h // k, k, w, cin).reshape(b, h // k, k, w // k, k, cin)
-  patches = patches.transpose(0, 1, 3, 2, 4, 5)
-  return jnp.einsum("bhwijc,ijcf->bhwf", patches, kernel)
-
-
 @jax.custom_vjp
 def _depthwise_conv_native(x: jax.Array, kernel: jax.Array) -> jax.Array:
   k = kernel.shape[0]
@@ -189,7 +167,7 @@ def depthwise_conv_native(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
   The forward keeps each position's k*k taps in registers; the backward computes the input and
   kernel gradients in one sweep over rows, split over XLA's intra-op threads. Other dtypes,
-  other backends, or a machine where the kernels cannot be built (see `focalnet_jax.native`)
+  other backends, or a machine where the kernels cannot be built (see `focalnet_jax.kernels.native`)
   get the pure-JAX implementation 'auto' would otherwise pick.
   """
   if x.dtype != jnp.float32 or jax.default_backend() != "cpu" or not native.available():
@@ -212,6 +190,20 @@ def default_impl() -> str:
   return _pure_jax_default()
 
 
+def resolve(impl: str) -> str:
+  """The concrete implementation name for `impl`: 'auto' becomes `default_impl()`.
+
+  Models call this once, when they are built, so that a model names the implementation it
+  runs (and a checkpoint can record it); resolving probes the backend and may build the
+  native kernels.
+  """
+  if impl == "auto":
+    return default_impl()
+  if impl not in _IMPLEMENTATIONS:
+    raise ValueError(f"depthwise_impl={impl!r} is not one of {available()}.")
+  return impl
+
+
 def depthwise_conv(x: jax.Array, kernel: jax.Array, impl: str = "auto") -> jax.Array:
   """k x k depthwise convolution, stride 1, zero padding k // 2, no bias.
 
@@ -220,12 +212,4 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, impl: str = "auto") -> jax.A
     kernel: (k, k, 1, C) filters, k odd.
     impl: a name from `available()`; 'auto' picks the fastest known one for the backend.
   """
-  if impl == "auto":
-    impl = default_impl()
-  try:
-    fn = _IMPLEMENTATIONS[impl]
-  except KeyError:
-    raise ValueError(
-        f"Unknown depthwise-conv implementation {impl!r}; choose one of {available()}."
-    ) from None
-  return fn(x, kernel.astype(x.dtype))
+  return _IMPLEMENTATIONS[resolve(impl)](x, kernel.astype(x.dtype))

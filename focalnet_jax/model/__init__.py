@@ -1,10 +1,10 @@
 """The paper's network (Focal Modulation Networks, Yang et al., NeurIPS 2022) and its 15 variants."""
-from focalnet_jax.model.network import (
-    DropPath, FocalModulation, FocalNet, FocalNetBlock, FocalNetStage, dense_init, gelu, per_stage,
-)
+from focalnet_jax.model.layers import DropPath, dense_init, gelu
+from focalnet_jax.model.modulation import FocalModulation
+from focalnet_jax.model.network import FocalNet, FocalNetBlock, FocalNetStage, nearest_multiples, per_stage
 from focalnet_jax.model.variants import create_model, default_image_size, list_models, model_kwargs
 
 __all__ = [
     "DropPath", "FocalModulation", "FocalNet", "FocalNetBlock", "FocalNetStage", "create_model",
-    "default_image_size", "dense_init", "gelu", "list_models", "model_kwargs", "per_stage",
+    "default_image_size", "dense_init", "gelu", "list_models", "model_kwargs", "nearest_multiples", "per_stage",
 ]

@@ -1,0 +1,128 @@
+"""The building blocks under focal modulation: initialisers, GELU, LayerNorm, stochastic depth,
+the MLP, and the strided patch convolution with its LayerNorm (stem and downsamplings).
+
+Initialisers and numerics follow the official PyTorch code, so converted weights reproduce its
+logits (docs/model.md, "Numerics and initialisation").
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from focalnet_jax.kernels.patch_conv import patch_conv
+
+Dtype = Any
+
+# Dense layers: truncated normal, std 0.02, zero bias (the official code's).
+dense_init = nn.initializers.truncated_normal(stddev=0.02)
+# Convolutions keep PyTorch's default: weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+conv_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def conv_bias_init(fan_in: int) -> nn.initializers.Initializer:
+  """PyTorch's default conv bias: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  bound = 1.0 / np.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def gelu(x: jax.Array) -> jax.Array:
+  """Exact GELU, x * Phi(x), written as PyTorch's CPU kernel writes it: 0.5 x (1 + erf(x / sqrt 2)).
+
+  Flax's `nn.gelu(approximate=False)` goes through erfc, which XLA:CPU lowers to an
+  exp-based expansion about 2.7x slower than its erf polynomial; the two agree to float32
+  rounding (and this form is PyTorch's). Flax's default is the tanh approximation.
+  """
+  return x * (0.5 * (1.0 + lax.erf(x * np.asarray(1.0 / np.sqrt(2.0), x.dtype))))
+
+
+def layer_norm(name: str, param_dtype: Dtype) -> nn.LayerNorm:
+  """LayerNorm with PyTorch's eps, always computed in float32."""
+  return nn.LayerNorm(epsilon=1e-5, dtype=jnp.float32, param_dtype=param_dtype, name=name)
+
+
+class DropPath(nn.Module):
+  """Stochastic depth: drops the whole residual branch per sample, scaling by 1/keep."""
+
+  rate: float
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    if not train or self.rate == 0.0:
+      return x
+    keep = 1.0 - self.rate
+    mask = jax.random.bernoulli(self.make_rng("dropout"), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    # A per-sample scale (0 or 1/keep) fuses into the residual add as one multiply.
+    return x * (mask.astype(x.dtype) / jnp.asarray(keep, x.dtype))
+
+
+class Mlp(nn.Module):
+  """Dense(C -> hidden), exact GELU, dropout, Dense(hidden -> C), dropout."""
+
+  hidden_dim: int
+  drop_rate: float = 0.0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    dim = x.shape[-1]
+    dense = functools.partial(nn.Dense, kernel_init=dense_init, dtype=self.dtype, param_dtype=self.param_dtype)
+    x = gelu(dense(self.hidden_dim, name="fc1")(x))
+    x = nn.Dropout(self.drop_rate)(x, deterministic=not train)
+    x = dense(dim, name="fc2")(x)
+    return nn.Dropout(self.drop_rate)(x, deterministic=not train)
+
+
+class PatchConv(nn.Module):
+  """A k x k stride-s convolution with bias, `nn.Conv`'s parameters and PyTorch's init.
+
+  Non-overlapping windows (k == s, no padding) run as one matmul over patches
+  (`kernels.patch_conv`).
+  """
+
+  features: int
+  kernel_size: int
+  stride: int
+  padding: int = 0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    k, cin = self.kernel_size, x.shape[-1]
+    kernel = self.param("kernel", conv_init, (k, k, cin, self.features), self.param_dtype)
+    bias = self.param("bias", conv_bias_init(cin * k * k), (self.features,), self.param_dtype)
+    y = patch_conv(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, self.padding)
+    return y + bias.astype(self.dtype)
+
+
+class Downsample(nn.Module):
+  """Strided conv to the next stage's width, then LayerNorm (the official 'PatchEmbed').
+
+  Used both as the stem (kernel = stride = patch_size; 7/4/pad 2 with conv embedding) and
+  between stages (2/2; 3/2/pad 1 with conv embedding). Padding is explicit and symmetric:
+  'SAME' would pad asymmetrically and break parity with PyTorch weights.
+  """
+
+  features: int
+  kernel_size: int
+  stride: int
+  padding: int = 0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = PatchConv(self.features, self.kernel_size, self.stride, self.padding, self.dtype,
+                  self.param_dtype, name="proj")(x)
+    return layer_norm("norm", self.param_dtype)(x)

@@ -1,0 +1,97 @@
+"""Focal modulation (Yang et al., NeurIPS 2022, Sec. 3.2): the token mixer of every FocalNet block.
+
+Equations and symbols as in docs/model.md, "Focal modulation".
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from focalnet_jax.kernels import depthwise
+from focalnet_jax.model.layers import conv_bias_init, conv_init, dense_init, gelu, layer_norm
+
+Dtype = Any
+
+
+class FocalModulation(nn.Module):
+  """y = q(x) * h(sum_l G^l * Z^l), then a projection.
+
+  `focal_level` (L) depthwise convs of growing kernel (focal_window + focal_factor * l) are
+  stacked, so level l sees a (sum of kernels)-wide neighbourhood; the global context Z^{L+1}
+  is the GELU of the spatial mean of the last level. The ablation switches of the paper:
+  `use_global_context=False` drops the global term, `use_gating=False` sums the levels
+  unweighted (and `f` emits no gate channels), `interaction='add'` uses q + M.
+
+  `depthwise_impl` names a `kernels.depthwise` implementation; 'auto' is resolved to a
+  concrete name when the module is built.
+  """
+
+  focal_level: int
+  focal_window: int
+  focal_factor: int = 2
+  normalize_modulator: bool = False
+  use_postln_in_modulation: bool = False
+  use_global_context: bool = True
+  use_gating: bool = True
+  interaction: str = "multiply"
+  drop_rate: float = 0.0
+  depthwise_impl: str = "auto"
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  def __post_init__(self):
+    # Resolved once here, not per call: the module then names what it runs.
+    object.__setattr__(self, "depthwise_impl", depthwise.resolve(self.depthwise_impl))
+    super().__post_init__()
+
+  def num_gates(self) -> int:
+    """Gate channels emitted by `f`: one per level plus one for the global context."""
+    return (self.focal_level + int(self.use_global_context)) if self.use_gating else 0
+
+  def kernel_sizes(self) -> tuple[int, ...]:
+    """The depthwise kernel size of each focal level, k_l = focal_window + focal_factor * l."""
+    return tuple(self.focal_factor * l + self.focal_window for l in range(self.focal_level))
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    c = x.shape[-1]
+    L = self.focal_level
+    dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
+    # One linear layer `f` fuses q, f_z and the gate projection: its output width is 2C + L + 1.
+    x = dense(2 * c + self.num_gates(), kernel_init=dense_init, name="f")(x)
+    # q = q(x);  Z^0 = f_z(x);  G = the gate projection of x (raw, no sigmoid or softmax).
+    q, z, gates = jnp.split(x, [c, 2 * c], axis=-1)
+
+    def gated(term: jax.Array, level: int) -> jax.Array:  # G^l * Z^l, G^l broadcast over C
+      return term * gates[..., level : level + 1] if self.use_gating else term
+
+    z_out = jnp.zeros_like(z)
+    for level, k in enumerate(self.kernel_sizes()):
+      # Z^l = GELU(DWConv_l(Z^{l-1})), a k_l x k_l depthwise conv; Z^out += G^l * Z^l.
+      kernel = self.param(f"focal_layers_{level}", conv_init, (k, k, 1, c), self.param_dtype)
+      z = gelu(depthwise.depthwise_conv(z, kernel.astype(self.dtype), self.depthwise_impl))
+      z_out = z_out + gated(z, level)
+    if self.use_global_context:
+      # Z^{L+1} = GELU(GlobalAvgPool(Z^L)), the mean in float32; Z^out += G^{L+1} * Z^{L+1}.
+      mean = jnp.mean(z.astype(jnp.float32), axis=(1, 2), keepdims=True)
+      z_global = gelu(mean).astype(self.dtype)
+      z_out = z_out + gated(z_global, L)
+    if self.normalize_modulator:  # divide by the number of summed terms
+      z_out = z_out / (L + int(self.use_global_context))
+
+    # M = h(Z^out), a 1x1 conv (PyTorch's conv init).
+    modulator = dense(c, kernel_init=conv_init, bias_init=conv_bias_init(c), name="h")(z_out)
+    # Exposed for visualisation (`mutable=['intermediates']`); no effect on the output.
+    self.sow("intermediates", "modulator", modulator)
+    if self.use_gating:
+      self.sow("intermediates", "gates", gates)
+    # y = q(x) * M (or q(x) + M in the interaction ablation), then the output projection.
+    out = q * modulator if self.interaction == "multiply" else q + modulator
+    if self.use_postln_in_modulation:
+      out = layer_norm("ln", self.param_dtype)(out)
+    out = dense(c, kernel_init=dense_init, name="proj")(out)
+    return nn.Dropout(self.drop_rate)(out, deterministic=not train)
