@@ -1,16 +1,19 @@
-"""Parameter counts, GFLOPs and stage shapes against the paper's tables (REFERENCE.md 2-3).
+"""Parameter counts, multiply-adds and stage shapes against the paper's tables (the README's
+model table; docs/model.md), and the `--override` syntax every tool shares.
 
 Everything is abstract (eval_shape / make_jaxpr): no weights are allocated, so even the
 750M-parameter huge models are checked in about a second each.
 """
+import argparse
+
 import jax
 import jax.numpy as jnp
 import pytest
 
-from focalnet_jax.tools import summary
+from focalnet_jax.tools import cli, summary
 from focalnet_jax.model.variants import create_model, list_models
 
-# REFERENCE.md section 3: params with the published head; GFLOPs at 224 (multiply-adds).
+# The paper's tables: params with the published head; GFLOPs at 224 (multiply-adds / 1e9).
 SPEC = {
     "focalnet_tiny_srf": (28_427_116, 4.41),
     "focalnet_tiny_lrf": (28_647_928, 4.49),
@@ -151,7 +154,10 @@ def test_cli_prints_table(capsys):
     [
         (["focalnet_tiny"], "Did you mean"),
         (["focalnet_tiny_srf", "--image-size", "100"], "multiples of 32"),
-        (["focalnet_tiny_srf", "--override", "focal_window=5"], "Unknown FocalNet field"),
+        (["focalnet_tiny_srf", "--override", "focal_window=5"], "Unknown FocalNet field 'focal_window'"),
+        (["focalnet_tiny_srf", "--override", "use_gating=maybe"], "use_gating takes true or false"),
+        (["focalnet_tiny_srf", "--override", "depths=3x"], "depths takes a list of ints"),
+        (["focalnet_tiny_srf", "--override", "depths=(2,2,18,2)"], "Lists are written in JSON"),
         ([], "exactly one of"),
     ],
 )
@@ -160,3 +166,59 @@ def test_cli_errors(argv, message, capsys):
     summary.main(argv)
   assert e.value.code == 2
   assert message in capsys.readouterr().err
+
+
+def test_cli_override_false_is_false(capsys):
+  # 'false' once fell through as the string 'false', which is truthy: the gated model's count.
+  summary.main(["focalnet_tiny_srf", "--override", "use_gating=false"])
+  assert "28,413,832" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("use_gating=false", ("use_gating", False)),
+        ("depths=[2,2,18,2]", ("depths", [2, 2, 18, 2])),
+        ("focal_levels=4", ("focal_levels", 4)),
+        ("focal_windows=[3,3,5,5]", ("focal_windows", [3, 3, 5, 5])),
+        ("mlp_ratio=4", ("mlp_ratio", 4.0)),
+        ("layerscale_value=1e-6", ("layerscale_value", 1e-6)),
+        ("dtype=bfloat16", ("dtype", "bfloat16")),
+        ("interaction=add", ("interaction", "add")),
+        ('interaction="add"', ("interaction", "add")),
+        ("remat=true", ("remat", True)),
+    ],
+)
+def test_override_values_are_json_or_a_bare_word(text, expected):
+  key, value = cli.parse_override(text)
+  assert (key, value) == expected and type(value) is type(expected[1])
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("use_gating=maybe", "use_gating takes true or false, got the string 'maybe'"),
+        ("use_gating=1", "use_gating takes true or false, got int 1"),
+        ("use_gating=True", "use_gating takes true or false"),  # Python's spelling is not JSON
+        ("num_classes=true", "num_classes takes an int, got bool true"),
+        ("num_classes=10.5", "num_classes takes an int"),
+        ("depths=3x", "depths takes a list of ints"),
+        ("depths=2", "depths takes a list of ints"),
+        ("focal_levels=[3,x]", "focal_levels takes an int, or a list of ints"),
+        ("mlp_ratio=big", "mlp_ratio takes a number"),
+        ("interaction=1", "interaction takes a string"),
+        ("dtype=float33", "dtype takes a dtype name"),
+        ("num_class=10", "Unknown FocalNet field 'num_class'. Did you mean num_classes?"),
+        ("use_gating", "expects KEY=VALUE"),
+    ],
+)
+def test_override_errors_name_field_value_and_type(text, message):
+  with pytest.raises(argparse.ArgumentTypeError) as e:
+    cli.parse_override(text)
+  assert message in str(e.value)
+
+
+def test_every_focalnet_field_can_be_overridden():
+  # A field with an annotation the parser does not know would be refused: add it to the table.
+  for key, annotation in cli.focalnet_fields().items():
+    assert annotation in cli._CHECKS, (key, annotation)

@@ -1,29 +1,30 @@
-"""Model summary: parameter count, GFLOPs and stage shapes, without materialising weights.
+"""Model summary: parameter count, multiply-adds and stage shapes, without materialising weights.
 
 Everything here is abstract: parameters come from `jax.eval_shape(model.init, ...)` and
-FLOPs from the jaxpr of one forward pass (`jax.make_jaxpr` on `ShapeDtypeStruct`s), so even
-the 750M-parameter huge models are summarised in seconds on a laptop.
+multiply-adds (MACs) from the jaxpr of one forward pass (`jax.make_jaxpr` on
+`ShapeDtypeStruct`s), so even the 750M-parameter huge models are summarised in seconds on a
+laptop. The paper reports MACs / 1e9 under the name GFLOPs; the table and `summarize` keep
+that name for that unit.
 
   python -m focalnet_jax.summary focalnet_tiny_srf
   python -m focalnet_jax.summary focalnet_base_lrf --image-size 384
-  python -m focalnet_jax.summary focalnet_tiny_srf --override focal_levels=4 --override depths=(2,2,18,2)
+  python -m focalnet_jax.summary focalnet_tiny_srf --override focal_levels=4 --override depths=[2,2,18,2]
   python -m focalnet_jax.summary --all --image-size 224
 """
 from __future__ import annotations
 
 import argparse
-import ast
 import math
 import sys
 from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.extend import core as jex_core
 
 from focalnet_jax.model import FocalNet, per_stage
 from focalnet_jax.model.variants import create_model, default_image_size, list_models
+from focalnet_jax.tools import cli
 
 Shape = tuple[int, ...]
 
@@ -69,7 +70,7 @@ def stage_shapes(model: FocalNet, image_size: int, variables: Any = None) -> lis
   return [tuple(int(d) for d in m.shape[1:]) for m in maps]
 
 
-# --- FLOPs ------------------------------------------------------------------------------
+# --- multiply-adds ------------------------------------------------------------------------------
 
 
 def _sub_jaxprs(value: Any) -> list[jex_core.Jaxpr]:
@@ -178,7 +179,7 @@ def count_flops(
 def summarize(
     name_or_model: str | FocalNet, image_size: int | None = None, **overrides: Any
 ) -> dict[str, Any]:
-  """Name, params, GFLOPs (multiply-adds / 1e9), image size and stage shapes of a model.
+  """Name, params, GFLOPs (the paper's unit: multiply-adds / 1e9), image size and stage shapes.
 
   `name_or_model` is a variant name (built with `create_model(name, **overrides)`; the image
   size defaults to the variant's) or a FocalNet (then `image_size` is required and
@@ -204,18 +205,8 @@ def summarize(
   }
 
 
-def _parse_override(text: str) -> tuple[str, Any]:
-  key, sep, value = text.partition("=")
-  if not sep or not key:
-    raise argparse.ArgumentTypeError(f"--override expects key=value, got {text!r}.")
-  try:
-    return key.strip(), ast.literal_eval(value)
-  except (ValueError, SyntaxError):
-    return key.strip(), value  # plain strings: dtype=bfloat16, interaction=add
-
-
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
-  """A fixed-width table: name, image size, params, GFLOPs, stage shapes (H x W x C)."""
+  """A fixed-width table: name, image size, params, GFLOPs (multiply-adds / 1e9), stage shapes (H x W x C)."""
   header = ("model", "img", "params", "GFLOPs", "stage outputs (H x W x C)")
   lines = []
   for r in rows:
@@ -229,6 +220,7 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+  """Prints the summary table of one variant (or of all); exits with status 2 on a bad argument."""
   parser = argparse.ArgumentParser(
       prog="python -m focalnet_jax.summary",
       description="Parameters, GFLOPs (multiply-adds) and stage output shapes of FocalNet "
@@ -237,15 +229,12 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("name", nargs="?", help=f"variant name, one of: {', '.join(list_models())}")
   parser.add_argument("--all", action="store_true", help="one row per published variant")
   parser.add_argument("--image-size", type=int, default=None, help="default: the variant's own")
-  parser.add_argument(
-      "--override", type=_parse_override, action="append", default=[], metavar="KEY=VALUE",
-      help="override a FocalNet field, e.g. focal_levels=4 or depths=(2,2,18,2); repeatable",
-  )
+  cli.add_override_argument(parser)
   args = parser.parse_args(argv)
   if args.all == (args.name is not None):
     parser.error("give exactly one of NAME or --all")
   names = list_models() if args.all else [args.name]
-  overrides = dict(args.override)
+  overrides = cli.overrides(args.override)
   try:
     rows = [summarize(n, args.image_size, **overrides) for n in names]
   except (ValueError, TypeError) as e:
