@@ -1,7 +1,7 @@
 """Behaviour of the FocalNet model that users rely on, on tiny models and small images.
 
 The focal modulation is checked against an independent numpy implementation of the
-equations in REFERENCE.md section 1 (explicit padding and loops), for every combination
+equations in docs/model.md, "Focal modulation" (explicit padding and loops), for every combination
 of the ablation switches and both depthwise-conv implementations.
 """
 import itertools
@@ -14,7 +14,7 @@ import pytest
 from scipy.special import erf
 
 from focalnet_jax.kernels import depthwise
-from focalnet_jax.model import DropPath, FocalModulation, FocalNet, FocalNetBlock
+from focalnet_jax.model import DropPath, FocalModulation, FocalNet, FocalNetBlock, nearest_multiples
 from focalnet_jax.model.variants import create_model
 
 TINY = dict(embed_dim=16, depths=(1, 1, 2, 1), num_classes=10, drop_path_rate=0.0)
@@ -86,7 +86,7 @@ def np_depthwise(x, kernel):
 
 
 def np_modulation(p, x, *, L, window, gating, global_ctx, interaction, normalize, postln, factor=2):
-  """REFERENCE.md section 1, 'Focal modulation', steps 1-6."""
+  """docs/model.md, "Focal modulation": Z^0 .. Z^L, Z^{L+1}, Z^out, M = h(Z^out), y = q * M, proj."""
   c = x.shape[-1]
   y = x @ p["f"]["kernel"] + p["f"]["bias"]
   q, ctx, gates = y[..., :c], y[..., c : 2 * c], y[..., 2 * c :]
@@ -430,10 +430,29 @@ def test_unknown_names_raise_with_suggestions():
 )
 def test_image_size_must_be_a_multiple_of_the_stride(name, size, stride):
   model = create_model(name)
-  nearest = sorted({max(stride, size // stride * stride), -(-size // stride) * stride})
+  nearest = nearest_multiples(size, stride)
   sides = ", ".join(map(str, nearest))
   with pytest.raises(ValueError, match=f"multiples of {stride}.*Nearest valid sides: {sides};.*224"):
     abstract_variables(model, size)
+
+
+def test_nearest_multiples_are_just_below_and_above_and_at_least_the_unit():
+  assert nearest_multiples(100, 32) == [96, 128]
+  assert nearest_multiples(40, 16) == [32, 48]
+  assert nearest_multiples(16, 32) == [32]
+  assert nearest_multiples(64, 32) == [64]
+  assert nearest_multiples(0, 8) == [8]
+
+
+def test_auto_depthwise_impl_is_resolved_when_the_model_is_built():
+  concrete = depthwise.resolve("auto")
+  assert concrete in ("native", "shift", "xla")
+  assert create_model("focalnet_tiny_srf").depthwise_impl == concrete
+  assert FocalNet(depthwise_impl="auto").depthwise_impl == concrete
+  assert FocalModulation(focal_level=1, focal_window=3).depthwise_impl == concrete
+  assert FocalNetBlock(focal_level=1, focal_window=3).depthwise_impl == concrete
+  assert tiny_model(depthwise_impl="xla").clone(depthwise_impl="auto").depthwise_impl == concrete
+  assert tiny_model(depthwise_impl="shift").depthwise_impl == "shift"  # a concrete name is kept
 
 
 def test_no_positional_state_any_resolution(tiny):

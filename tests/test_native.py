@@ -27,6 +27,7 @@ def fresh_state(monkeypatch, tmp_path):
 def test_kernels_build_here_and_auto_uses_them():
   assert native.available(), native.why_unavailable()
   assert depthwise.default_impl() == "native"
+  assert depthwise.resolve("auto") == "native"
 
 
 def test_no_compiler_falls_back_to_pure_jax_with_a_warning(fresh_state, monkeypatch):
@@ -36,6 +37,7 @@ def test_no_compiler_falls_back_to_pure_jax_with_a_warning(fresh_state, monkeypa
     assert not native.available()
   assert "no-such-compiler" in native.why_unavailable()
   assert depthwise.default_impl() == "shift"
+  assert depthwise.resolve("auto") == "shift"  # what a model built now runs
   np.testing.assert_allclose(depthwise.depthwise_conv(x, w, "native"), depthwise.depthwise_conv(x, w, "xla"),
                              rtol=1e-5, atol=1e-5)
 
@@ -79,3 +81,10 @@ def test_kernel_rejects_a_malformed_call_with_a_clear_error():
   call = jax.ffi.ffi_call("focalnet_depthwise_conv_fwd", jax.ShapeDtypeStruct(x.shape, x.dtype))
   with pytest.raises(Exception, match="K odd"):
     jax.block_until_ready(call(x, bad_kernel))
+
+
+def test_resolve_keeps_concrete_names_and_rejects_unknown_ones():
+  for name in ("xla", "shift", "native"):
+    assert depthwise.resolve(name) == name
+  with pytest.raises(ValueError, match="'fft' is not one of"):
+    depthwise.resolve("fft")

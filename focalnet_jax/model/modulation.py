@@ -53,7 +53,7 @@ class FocalModulation(nn.Module):
     return (self.focal_level + int(self.use_global_context)) if self.use_gating else 0
 
   def kernel_sizes(self) -> tuple[int, ...]:
-    """The depthwise kernel size of each focal level, k_l = focal_window + focal_factor * l."""
+    """Depthwise kernel size of each level: focal_window + focal_factor * l for `focal_layers_l`, l = 0..L-1."""
     return tuple(self.focal_factor * l + self.focal_window for l in range(self.focal_level))
 
   @nn.compact

@@ -1,6 +1,7 @@
 """The 15 published FocalNet variants and `create_model`.
 
-Values are those of the official configs (see the project's REFERENCE.md, section 2).
+Values are those of the official configs; docs/model.md, "The 15 variants", tabulates them with
+their parameter counts and GFLOPs.
 """
 from __future__ import annotations
 
