@@ -62,19 +62,18 @@ def resolve_config(meta: dict):
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  from focalnet_jax import checkpoint, evaluation
+  from focalnet_jax import evaluation
 
-  meta = checkpoint.read_meta(evaluation.checkpoint_dir(_CHECKPOINT.value), _STEP.value)
-  config = resolve_config(meta)
+  loaded = evaluation.load_model(_CHECKPOINT.value, step=_STEP.value, ema=_EMA.value, dtype=_DTYPE.value)
+  config = resolve_config(loaded.meta)
   if _IMAGES.value:
-    preds = evaluation.predict_files(_CHECKPOINT.value, _IMAGES.value, config, ema=_EMA.value, k=_TOP_K.value)
+    preds = evaluation.predict_files(loaded, _IMAGES.value, config, k=_TOP_K.value)
     for path, top in zip(_IMAGES.value, preds):
       print(os.path.basename(path))
       for name, prob in top:
         print(f"  {prob:7.2%}  {name}")
     return
-  report = evaluation.evaluate_checkpoint(_CHECKPOINT.value, config, step=_STEP.value, ema=_EMA.value,
-                                        dtype=_DTYPE.value, output=_OUTPUT.value)
+  report = evaluation.evaluate_checkpoint(loaded, config, ema=_EMA.value, output=_OUTPUT.value)
   print(f"{report['model']} step {report['step']}{' (EMA)' if report['ema'] else ''} on "
         f"{report['dataset']}:{report['split']} at {report['image_size']}px: top-1 {report['top1']:.2%}  "
         f"top-5 {report['top5']:.2%}  loss {report['loss']:.4f}  "

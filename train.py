@@ -1,4 +1,4 @@
-r"""Trains and evaluates a FocalNet: a thin entry point over `focalnet_jax.trainer`.
+r"""Trains and evaluates a FocalNet: a thin entry point over `focalnet_jax.train.train_and_evaluate`.
 
   python train.py --config configs/quickstart.py --workdir runs/quickstart
   python train.py --config configs/focalnet_t.py --workdir runs/t --config.batch_size=512
@@ -27,7 +27,8 @@ _DISTRIBUTED = flags.DEFINE_bool(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str], data=None) -> None:
+  """The command; `data` (a `focalnet_jax.data.Dataset`) replaces the dataset the config names."""
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   runlog.quiet_library_logs()
@@ -41,9 +42,9 @@ def main(argv: list[str]) -> None:
     )
   logging.info("Process %d/%d, %d local / %d global devices.", jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count())
-  from focalnet_jax.train import loop as trainer
+  from focalnet_jax.train import train_and_evaluate
 
-  result = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  result = train_and_evaluate(_CONFIG.value, _WORKDIR.value, data=data)
   if jax.process_index() == 0:
     print(json.dumps({"final": result}))
 

@@ -50,7 +50,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.use_global_context = config_dict.placeholder(bool)
   c.model.use_gating = config_dict.placeholder(bool)
   c.model.interaction = config_dict.placeholder(str)
+  # How the model runs, not what it computes. The depthwise conv of each focal level: None/'auto'
+  # picks the fastest for the backend when the model is created ('native' or 'shift' on CPU,
+  # 'xla' on accelerators; see focalnet_jax.kernels.depthwise).
   c.model.depthwise_impl = config_dict.placeholder(str)
+  # Inference (evaluation) runs each stage over chunks of the batch of at most this many
+  # activation elements; 'auto': cache-sized chunks on CPU, whole batches on accelerators; 0: off.
+  c.model.chunk_elements = config_dict.FieldReference("auto", field_type=object)
   # Mixed precision: bfloat16 compute, float32 parameters (the master weights).
   c.model.dtype = "bfloat16"
   c.model.param_dtype = "float32"

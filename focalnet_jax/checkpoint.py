@@ -33,25 +33,20 @@ def manager(directory: str | os.PathLike, **options: Any) -> ocp.CheckpointManag
   )
 
 
-def save(
-    directory: str | os.PathLike,
-    state: Any,
-    meta: dict[str, Any],
-    step: int = 0,
-    mngr: ocp.CheckpointManager | None = None,
-    force: bool = True,
-) -> None:
-  """Saves `state` and `meta` as step `step`, waiting until the write is complete."""
-  own = mngr is None
-  mngr = mngr or manager(directory)
+def save_step(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict[str, Any]) -> None:
+  """Starts saving `state` and `meta` as step `step` (asynchronously if `mngr` is async)."""
   mngr.save(
       step,
       args=ocp.args.Composite(**{STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta)}),
-      force=force,
+      force=True,
   )
-  mngr.wait_until_finished()
-  if own:
-    mngr.close()
+
+
+def save(directory: str | os.PathLike, state: Any, meta: dict[str, Any], step: int = 0) -> None:
+  """Saves `state` and `meta` as step `step` of `directory`, waiting until the write is complete."""
+  with manager(directory) as mngr:
+    save_step(mngr, step, state, meta)
+    mngr.wait_until_finished()
 
 
 def _checked_step(mngr: ocp.CheckpointManager, directory: str, step: int | None) -> int:
@@ -118,6 +113,27 @@ def restore_state(
           + " Nothing was changed on disk."
       ) from e
   return restored[STATE], dict(restored[META]), step
+
+
+def restore_to_resume(mngr: ocp.CheckpointManager, target: Any) -> tuple[Any, int]:
+  """(state, step) of the latest step of a training run, restored onto `target` (ShapeDtypeStructs
+  carrying the shardings). A step that cannot be restored onto it is an error that names the
+  step, an earlier one to fall back to, and changes nothing on disk."""
+  directory = os.fspath(mngr.directory)
+  latest = mngr.latest_step()
+  try:
+    restored = mngr.restore(latest, args=ocp.args.Composite(**{STATE: ocp.args.StandardRestore(target)}))
+  except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types
+    path = os.path.join(directory, str(latest))
+    earlier = sorted(s for s in mngr.all_steps() if s < latest)
+    raise ValueError(
+        f"Cannot resume from {path} ({error_summary(e)}). It is truncated or corrupt, or was written "
+        "by a run with another model or optimizer config (compare config.json in the workdir). "
+        + (f"To resume from step {earlier[-1]} instead, move {path} out of the way" if earlier
+           else "To start afresh, use a new --workdir")
+        + "; nothing was deleted."
+    ) from e
+  return restored[STATE], latest
 
 
 def load_params(

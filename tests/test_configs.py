@@ -12,7 +12,8 @@ from ml_collections import config_flags
 
 import train_utils
 from focalnet_jax.model import variants
-from focalnet_jax.train import loop as trainer, optim
+from focalnet_jax.train import optim
+from focalnet_jax.train.state import build_model
 
 CONFIGS = sorted(p for p in glob.glob(os.path.join(train_utils.ROOT, "configs", "*.py"))
                  if not p.endswith("__init__.py"))
@@ -44,7 +45,7 @@ def test_config_loads_and_builds_its_model(path):
     doc = f.read()
   assert "python train.py --config configs/" in doc  # the docstring says how to run it
   num_classes = 10 if config.dataset == "digits" else 1000
-  model, overrides = trainer.build_model(config, num_classes)
+  model, overrides = build_model(config, num_classes)
   assert model.num_classes == num_classes
   model.check_image_size(config.image_size, config.image_size)
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, config.image_size, config.image_size, 3))) \
@@ -59,7 +60,7 @@ def test_config_loads_and_builds_its_model(path):
 @pytest.mark.parametrize("name", ["focalnet_b_iso", "focalnet_l_fl4_ft"])
 def test_big_models_build_abstractly(name):
   config = load(os.path.join(train_utils.ROOT, "configs", f"{name}.py"))
-  model, _ = trainer.build_model(config, 1000)
+  model, _ = build_model(config, 1000)
   size = 32 * (2 if "iso" not in name else 1)
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3), jnp.float32))
   assert shapes["params"]["head"]["kernel"].shape[-1] == 1000
@@ -83,7 +84,7 @@ def test_model_fields_override_the_variant():
   path = os.path.join(train_utils.ROOT, "configs", "focalnet_t.py")
   config = load(path, "--config.model.focal_levels=3", "--config.model.drop_path_rate=0.1",
                 "--config.model.name=focalnet_small_srf")
-  model, overrides = trainer.build_model(config, 1000)
+  model, overrides = build_model(config, 1000)
   assert model.focal_levels == 3 and model.drop_path_rate == 0.1 and tuple(model.depths) == (2, 2, 18, 2)
   assert overrides["focal_levels"] == 3 and "depths" not in overrides
 

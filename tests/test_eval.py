@@ -209,7 +209,7 @@ def test_converted_pytorch_model_predicts_like_pytorch(tmp_path):
   x = evaluation.preprocess_files(paths, config)
   with torch.no_grad():
     want = ref(torch.from_numpy(x).permute(0, 3, 1, 2)).numpy()
-  model, params, _, _ = evaluation.load_model(str(out))
+  model, params, *_ = evaluation.load_model(str(out))
   got = np.asarray(model.apply({"params": params}, jnp.asarray(x)))
   np.testing.assert_allclose(got, want, atol=1e-4 * np.abs(want).max())
   preds = evaluation.predict_files(str(out), paths, config, k=1)

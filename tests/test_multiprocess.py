@@ -13,18 +13,14 @@ import train_utils
 
 # Runs train.py's main in a subprocess on the in-memory dataset (rows split by process).
 WORKER = """
-import sys
+import functools, sys
 sys.path[:0] = [{root!r}, {tests!r}]
 import jax
 jax.config.update("jax_num_cpu_devices", {devices})
 from absl import app
 sys.argv = ["train.py"] + {args!r}  # config overrides are read from sys.argv when train.py is imported
 import train, train_utils
-from focalnet_jax.train import loop as trainer
-trainer.dataset_info = train_utils.info
-trainer.train_batches = lambda c, i, s: train_utils.train_batches(c, i, s, jax.process_index(), jax.process_count())
-trainer.eval_batches = lambda c, i: train_utils.eval_batches(c, i, jax.process_index(), jax.process_count())
-app.run(train.main)
+app.run(functools.partial(train.main, data=train_utils.TinyData()))
 """
 
 OVERRIDES = {

@@ -8,7 +8,8 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 import train_utils
-from focalnet_jax.train import loop as trainer, optim, sharding
+from focalnet_jax.train import optim, sharding
+from focalnet_jax.train.state import build_model
 
 
 def test_schedule_warms_up_then_cosine_to_min():
@@ -23,7 +24,7 @@ def test_schedule_warms_up_then_cosine_to_min():
 
 def test_weight_decay_skips_norms_biases_and_gammas():
   config = train_utils.tiny_config(**{"model.use_layerscale": True})
-  model, _ = trainer.build_model(config, 5)
+  model, _ = build_model(config, 5)
   params = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))["params"]
   mask = optim.decay_mask(params)
   block = mask["layers_0"]["blocks_0"]

@@ -44,7 +44,7 @@ def _child(workdir: str) -> None:
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
   import train_utils
-  from focalnet_jax.train import loop as trainer
+  from focalnet_jax.train import train_and_evaluate
   from orbax.checkpoint._src.path import atomicity
 
   marker = os.path.join(workdir, "hung")
@@ -68,10 +68,10 @@ def _child(workdir: str) -> None:
 
     atomicity.AtomicRenameTemporaryPath.finalize = slow_finalize
 
-  train_utils.use_in_memory_data(trainer, on_step=lambda s: hang() if s == hang_at else None)
+  data = train_utils.TinyData(on_step=lambda s: hang() if s == hang_at else None)
   config = train_utils.tiny_config(total_steps=TOTAL, checkpoint_every_steps=EVERY, log_every_steps=2,
                                    ema_decay=0.5)
-  result = trainer.train_and_evaluate(config, workdir)
+  result = train_and_evaluate(config, workdir, data=data)
   with open(os.path.join(workdir, "result.json"), "w") as f:
     json.dump(result, f)
 
@@ -183,24 +183,12 @@ def compilation_cache(tmp_path_factory):
     yield
 
 
-@pytest.fixture
-def data(monkeypatch):
-  """The in-memory dataset; `data(nan_at=k)` puts a NaN into the batch of step k+1."""
+def _train(config, workdir: str, *, nan_at: int | None = None):
+  """train_and_evaluate on the tiny in-memory dataset; `nan_at=k` puts a NaN into the batch of step k+1."""
   import train_utils
-  from focalnet_jax.train import loop as trainer
+  from focalnet_jax.train import train_and_evaluate
 
-  def install(nan_at: int | None = None):
-    def batches(c, i, start):
-      for step, batch in enumerate(train_utils.train_batches(c, i, start), start):
-        if step == nan_at:
-          batch["image"][0, 0, 0, 0] = np.nan
-        yield batch
-
-    monkeypatch.setattr(trainer, "dataset_info", train_utils.info)
-    monkeypatch.setattr(trainer, "train_batches", batches)
-    monkeypatch.setattr(trainer, "eval_batches", train_utils.eval_batches)
-  install()
-  return install
+  return train_and_evaluate(config, workdir, data=train_utils.TinyData(nan_at=nan_at))
 
 
 def _all_finite(tree) -> bool:
@@ -209,18 +197,17 @@ def _all_finite(tree) -> bool:
   return all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(tree))
 
 
-def test_nan_stops_naming_step_metric_and_last_good_checkpoint_and_never_saves_it(data, tmp_path):
+def test_nan_stops_naming_step_metric_and_last_good_checkpoint_and_never_saves_it(tmp_path):
   import train_utils
-  from focalnet_jax.train import loop as trainer
 
-  data(nan_at=4)  # step 5 sees a NaN; saves are due at 2, 4, 6 and the loss is checked first
+  # nan_at=4: step 5 sees a NaN; saves are due at 2, 4, 6 and the loss is checked first
   config = train_utils.tiny_config(total_steps=8, checkpoint_every_steps=2, log_every_steps=100,
                                    keep_checkpoints=10)
   workdir = str(tmp_path / "run")
   with pytest.raises(FloatingPointError,
                      match=r"Non-finite (loss|grad_norm) \(nan\) at step 5\. Last good checkpoint: step 4 in "
                            + str(tmp_path / "run" / "checkpoints")):
-    trainer.train_and_evaluate(config, workdir)
+    _train(config, workdir, nan_at=4)
   ckpts = os.path.join(workdir, "checkpoints")
   assert _steps(ckpts) == [2, 4]
   for step in (2, 4):
@@ -228,42 +215,37 @@ def test_nan_stops_naming_step_metric_and_last_good_checkpoint_and_never_saves_i
     assert _all_finite(state)
 
 
-def test_params_that_overflow_with_a_finite_loss_are_never_saved(data, tmp_path, monkeypatch):
+def test_params_that_overflow_with_a_finite_loss_are_never_saved(tmp_path):
   import jax
   import jax.numpy as jnp
   import train_utils
-  from focalnet_jax.train import loop as trainer
+  from focalnet_jax.train import loop
 
-  make = trainer.make_train_step
+  config = train_utils.tiny_config(total_steps=6, checkpoint_every_steps=2, log_every_steps=100,
+                                   keep_checkpoints=10)
+  with loop.open_run(config, str(tmp_path / "run"), train_utils.TinyData()) as (run, start, rng):
+    step_fn = run.train_step
 
-  def overflowing(*args, **kwargs):
-    step_fn = make(*args, **kwargs)
-
-    def poisoned(state, batch, rng):  # step 4's update overflows; its loss was still finite
+    def overflowing(state, batch, rng):  # step 4's update overflows; its loss was still finite
       state, metrics = step_fn(state, batch, rng)
       state["params"] = jax.tree.map(lambda p: jnp.where(state["step"] == 4, jnp.inf, p), state["params"])
       return state, metrics
-    return poisoned
 
-  monkeypatch.setattr(trainer, "make_train_step", overflowing)
-  config = train_utils.tiny_config(total_steps=6, checkpoint_every_steps=2, log_every_steps=100,
-                                   keep_checkpoints=10)
-  with pytest.raises(FloatingPointError, match=r"Non-finite params at step 4; not saved\. Last good checkpoint: "
-                                               r"step 2"):
-    trainer.train_and_evaluate(config, str(tmp_path / "run"))
+    run.train_step = overflowing
+    with pytest.raises(FloatingPointError, match=r"Non-finite params at step 4; not saved\. Last good checkpoint: "
+                                                 r"step 2"):
+      run.train(start, rng)
   assert _steps(str(tmp_path / "run" / "checkpoints")) == [2]
 
 
-def test_nan_skip_keeps_the_state_and_counts_the_step(data, tmp_path):
+def test_nan_skip_keeps_the_state_and_counts_the_step(tmp_path):
   import jax
   import train_utils
-  from focalnet_jax.train import loop as trainer
 
-  data(nan_at=4)
   config = train_utils.tiny_config(total_steps=6, checkpoint_every_steps=1, log_every_steps=1,
                                    keep_checkpoints=10, nonfinite="skip", ema_decay=0.5)
   workdir = str(tmp_path / "run")
-  result = trainer.train_and_evaluate(config, workdir)
+  result = _train(config, workdir, nan_at=4)
   assert result["step"] == 6 and result["skipped_steps"] == 1.0
   assert np.isfinite(result["loss"]) and np.isfinite(result["train_loss"])
   before, _ = _state(workdir, 4)
@@ -280,13 +262,12 @@ def test_nan_skip_keeps_the_state_and_counts_the_step(data, tmp_path):
   assert skips == {1: 0.0, 2: 0.0, 3: 0.0, 4: 0.0, 5: 1.0, 6: 0.0}
 
 
-def test_same_seed_same_losses_other_seed_differs(data, tmp_path):
+def test_same_seed_same_losses_other_seed_differs(tmp_path):
   import train_utils
-  from focalnet_jax.train import loop as trainer
 
   def losses(seed: int, name: str) -> list[float]:
     config = train_utils.tiny_config(total_steps=3, seed=seed)
-    trainer.train_and_evaluate(config, str(tmp_path / name))
+    _train(config, str(tmp_path / name))
     return [r["loss"] for r in map(json.loads, open(tmp_path / name / "metrics.jsonl")) if r["split"] == "train"]
 
   first = losses(0, "a")
@@ -294,19 +275,18 @@ def test_same_seed_same_losses_other_seed_differs(data, tmp_path):
   assert first != losses(1, "c")
 
 
-def test_corrupt_checkpoint_is_named_with_a_way_out_and_left_alone(data, tmp_path):
+def test_corrupt_checkpoint_is_named_with_a_way_out_and_left_alone(tmp_path):
   import train_utils
   from focalnet_jax import checkpoint, evaluation
-  from focalnet_jax.train import loop as trainer
 
   config = train_utils.tiny_config(total_steps=4, checkpoint_every_steps=2)
   workdir = str(tmp_path / "run")
-  trainer.train_and_evaluate(config, workdir)
+  _train(config, workdir)
   ckpts = os.path.join(workdir, "checkpoints")
   # A run with another model in the same workdir: named, not a raw restore error.
   bigger = train_utils.tiny_config(total_steps=6, checkpoint_every_steps=2, **{"model.embed_dim": 16})
   with pytest.raises(ValueError, match=r"(?s)Cannot resume from .*checkpoints/4 .*another model"):
-    trainer.train_and_evaluate(bigger, workdir)
+    _train(bigger, workdir)
 
   # Truncate every data file of step 4 (as a full disk or an interrupted copy would).
   state_dir = os.path.join(ckpts, "4", "state")
@@ -327,7 +307,7 @@ def test_corrupt_checkpoint_is_named_with_a_way_out_and_left_alone(data, tmp_pat
   config.total_steps = 6
   with pytest.raises(ValueError, match=rf"(?s)Cannot resume from {path} .*truncated or corrupt.*resume from "
                                        rf"step 2 instead, move {path} out of the way"):
-    trainer.train_and_evaluate(config, workdir)
+    _train(config, workdir)
   assert sorted((r, f, os.path.getsize(os.path.join(r, f))) for r, _, fs in os.walk(ckpts) for f in fs) == listing
 
 
@@ -340,12 +320,11 @@ def test_corrupt_checkpoint_is_named_with_a_way_out_and_left_alone(data, tmp_pat
     ({"batch_size": 12}, r"batch_size=12 must be divisible by the 8 mesh devices x grad_accum_steps=1; nearest valid values: 8, 16"),
     ({"nonfinite": "ignore"}, "must be 'stop' or 'skip'"),
 ])
-def test_bad_config_values_fail_before_training_with_the_fix(data, tmp_path, overrides, message):
+def test_bad_config_values_fail_before_training_with_the_fix(tmp_path, overrides, message):
   import train_utils
-  from focalnet_jax.train import loop as trainer
 
   with pytest.raises(ValueError, match=message):
-    trainer.train_and_evaluate(train_utils.tiny_config(**overrides), str(tmp_path))
+    _train(train_utils.tiny_config(**overrides), str(tmp_path))
   assert not os.path.exists(tmp_path / "checkpoints")
 
 

@@ -12,7 +12,8 @@ import pytest
 
 import train_utils
 from focalnet_jax import checkpoint
-from focalnet_jax.train import loop as trainer
+from focalnet_jax import train as trainer
+from focalnet_jax.train import state as state_lib
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -22,16 +23,9 @@ def compilation_cache(tmp_path_factory):
     yield
 
 
-@pytest.fixture
-def data(monkeypatch):
-  """The in-memory dataset; `data(on_step=f)` re-installs it with a per-step hook."""
-  def install(on_step=None):
-    monkeypatch.setattr(trainer, "dataset_info", train_utils.info)
-    monkeypatch.setattr(trainer, "train_batches",
-                        lambda c, i, s: train_utils.train_batches(c, i, s, on_step=on_step))
-    monkeypatch.setattr(trainer, "eval_batches", lambda c, i: train_utils.eval_batches(c, i))
-  install()
-  return install
+def train(config, workdir, **hooks):
+  """train_and_evaluate on the tiny in-memory dataset (hooks: see train_utils.TinyData)."""
+  return trainer.train_and_evaluate(config, str(workdir), data=train_utils.TinyData(**hooks))
 
 
 def _params(workdir):
@@ -43,7 +37,7 @@ def _assert_trees_close(a, b, **tol):
   jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), **tol), a, b)
 
 
-def test_data_by_fsdp_mesh_and_accumulation_match_one_device(data, tmp_path):
+def test_data_by_fsdp_mesh_and_accumulation_match_one_device(tmp_path):
   """One step on a 2x4 (data x fsdp) mesh, also with 2 micro-batches, = one step on one device."""
   runs = {"1x1": (1, 1, 1), "2x4": (2, 4, 1), "2x4_accum2": (2, 4, 2)}
   results = {}
@@ -52,7 +46,7 @@ def test_data_by_fsdp_mesh_and_accumulation_match_one_device(data, tmp_path):
     config = train_utils.tiny_config(total_steps=1, grad_accum_steps=accum,
                                      **{"mesh.data": d, "mesh.fsdp": f, "model.drop_path_rate": 0.0})
     workdir = str(tmp_path / name)
-    results[name] = (trainer.train_and_evaluate(config, workdir), _params(workdir))
+    results[name] = (train(config, workdir), _params(workdir))
   m1, p1 = results["1x1"]
   for name in ("2x4", "2x4_accum2"):
     m, p = results[name]
@@ -62,38 +56,36 @@ def test_data_by_fsdp_mesh_and_accumulation_match_one_device(data, tmp_path):
   assert m1["num_examples"] == train_utils.NUM_EVAL  # padding masked, every example once
 
 
-def test_sigterm_saves_and_resume_continues_exactly(data, tmp_path):
+def test_sigterm_saves_and_resume_continues_exactly(tmp_path):
   """SIGTERM at step 6 of 9 saves cleanly; rerunning finishes as an uninterrupted run would."""
   config = train_utils.tiny_config(total_steps=9, checkpoint_every_steps=3, log_every_steps=2, ema_decay=0.5)
-  straight = trainer.train_and_evaluate(config, str(tmp_path / "straight"))
+  straight = train(config, str(tmp_path / "straight"))
 
   def kill_at_6(step):
     if step == 5:  # the 6th batch is being read: stop after that step
       os.kill(os.getpid(), signal.SIGTERM)
 
-  data(on_step=kill_at_6)
   workdir = str(tmp_path / "killed")
-  first = trainer.train_and_evaluate(config, workdir)
+  first = train(config, workdir, on_step=kill_at_6)
   assert first["preempted"] == 1.0 and first["step"] == 6
   assert checkpoint.manager(os.path.join(workdir, "checkpoints")).latest_step() == 6
-  data()
-  resumed = trainer.train_and_evaluate(config, workdir)
+  resumed = train(config, workdir)
   assert resumed["step"] == 9 and resumed["preempted"] == 0.0
   for key in ("loss", "top1", "ema_loss", "train_loss"):
     np.testing.assert_allclose(resumed[key], straight[key], rtol=1e-6)
   _assert_trees_close(_params(workdir), _params(str(tmp_path / "straight")), rtol=1e-6, atol=1e-8)
 
 
-def test_init_from_reinitialises_a_head_of_another_size(data, tmp_path, caplog):
+def test_init_from_reinitialises_a_head_of_another_size(tmp_path, caplog):
   config = train_utils.tiny_config(total_steps=1)
-  model, overrides = trainer.build_model(config, 7)  # a 7-class "pretrained" model
+  model, overrides = state_lib.build_model(config, 7)  # a 7-class "pretrained" model
   params = model.init(jax.random.PRNGKey(1), np.zeros((1, 8, 8, 3), np.float32))["params"]
   pretrained = str(tmp_path / "pretrained")
   checkpoint.save(pretrained, {"params": params}, {"model": config.model.name, "model_overrides": overrides})
 
   config.init_from = pretrained
   with caplog.at_level(logging.WARNING):
-    trainer.train_and_evaluate(config, str(tmp_path / "ft"))
+    train(config, str(tmp_path / "ft"))
   assert "re-initialising the head" in caplog.text
   tuned = _params(str(tmp_path / "ft"))
   assert tuned["head"]["kernel"].shape == (8, train_utils.NUM_CLASSES)
@@ -104,13 +96,13 @@ def test_init_from_reinitialises_a_head_of_another_size(data, tmp_path, caplog):
   checkpoint.save(other, {"params": params}, {"model": config.model.name, "model_overrides": overrides})
   config.init_from = other
   with pytest.raises(ValueError, match=r"norm/scale: checkpoint \(3,\) vs model \(8,\)"):
-    trainer.train_and_evaluate(config, str(tmp_path / "ft2"))
+    train(config, str(tmp_path / "ft2"))
 
 
-def test_non_finite_loss_stops_with_a_clear_message(data, tmp_path):
+def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
   config = train_utils.tiny_config(total_steps=3, base_lr=1e30, warmup_epochs=0.0, grad_clip_norm=0.0)
   with pytest.raises(FloatingPointError, match=r"Non-finite .* at step \d+\. Last good checkpoint: none"):
-    trainer.train_and_evaluate(config, str(tmp_path / "nan"))
+    train(config, str(tmp_path / "nan"))
   assert checkpoint.manager(str(tmp_path / "nan" / "checkpoints")).latest_step() is None
 
 
@@ -123,7 +115,7 @@ def test_end_to_end_on_mock_imagenet(tmp_path):
                                      async_checkpoints=False)
   config.model.num_classes = None
   with tfds.testing.mock_data(num_examples=24):
-    result = trainer.train_and_evaluate(config, str(tmp_path))
+    result = trainer.train_and_evaluate(config, str(tmp_path))  # the dataset the config names
   assert result["step"] == 2 and np.isfinite(result["loss"])
   assert result["num_examples"] == 24
   assert {"config.json", "metrics.jsonl", "checkpoints", "tb"} <= set(os.listdir(tmp_path))

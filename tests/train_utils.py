@@ -1,8 +1,5 @@
-"""Shared by the trainer tests: a tiny config and a deterministic in-memory dataset.
-
-The in-memory source yields, at step t, rows [p*b, (p+1)*b) of a global batch that depends only
-on (seed, t), so runs with any number of processes see the same global batches.
-"""
+"""Shared by the trainer tests: a tiny config and a small random dataset held in memory
+(`focalnet_jax.data.ArrayData`, which any number of processes reads as the same global batches)."""
 from __future__ import annotations
 
 import contextlib
@@ -32,7 +29,7 @@ def tiny_config(**overrides):
   c.model.focal_levels = 1
   c.model.dtype = "float32"
   c.model.drop_path_rate = 0.1
-  c.dataset = "in_memory"
+  c.dataset = "in_memory"  # a label for logs: the tests pass the dataset itself (TinyData)
   c.image_size = 8
   c.batch_size = 16
   c.eval_batch_size = 16
@@ -51,44 +48,29 @@ def tiny_config(**overrides):
   return c
 
 
-def info(config=None):
-  return data_lib.DatasetInfo(NUM_CLASSES, NUM_TRAIN, NUM_EVAL, tuple(map(str, range(NUM_CLASSES))))
+class TinyData(data_lib.ArrayData):
+  """A fixed random dataset in memory (NUM_CLASSES classes, NUM_TRAIN / NUM_EVAL examples of 8x8)
+  whose train batches can call `on_step(step)` before each batch and put a NaN into the batch
+  of step `nan_at` (the hooks the fault tests need)."""
 
+  def __init__(self, on_step=None, nan_at=None, image_size=8):
+    rng = np.random.default_rng(1234)
+    images = rng.standard_normal((NUM_TRAIN + NUM_EVAL, image_size, image_size, 3), np.float32)
+    labels = rng.integers(0, NUM_CLASSES, NUM_TRAIN + NUM_EVAL)
+    super().__init__(images[:NUM_TRAIN], labels[:NUM_TRAIN], images[NUM_TRAIN:], labels[NUM_TRAIN:],
+                     class_names=tuple(map(str, range(NUM_CLASSES))))
+    self.on_step, self.nan_at = on_step, nan_at
 
-def train_batches(config, info_, start_step, process_index=0, process_count=1, on_step=None):
-  b = config.batch_size // process_count
-  step = start_step
-  while True:
-    if on_step is not None:
-      on_step(step)
-    rng = np.random.default_rng([config.seed, step])
-    images = rng.standard_normal((config.batch_size, config.image_size, config.image_size, 3), np.float32)
-    labels = rng.integers(0, NUM_CLASSES, config.batch_size).astype(np.int32)
-    rows = slice(process_index * b, (process_index + 1) * b)
-    yield {"image": images[rows], "label": labels[rows]}
-    step += 1
-
-
-def eval_batches(config, info_, process_index=0, process_count=1):
-  rng = np.random.default_rng([config.seed, 99])
-  images = rng.standard_normal((NUM_EVAL, config.image_size, config.image_size, 3), np.float32)
-  labels = rng.integers(0, NUM_CLASSES, NUM_EVAL).astype(np.int32)
-  b = config.eval_batch_size
-  for start in range(0, NUM_EVAL, b):
-    idx = np.arange(start, start + b)
-    mask = (idx < NUM_EVAL).astype(np.float32)
-    idx = np.minimum(idx, NUM_EVAL - 1)
-    rows = slice(process_index * b // process_count, (process_index + 1) * b // process_count)
-    yield {"image": images[idx][rows], "label": labels[idx][rows], "mask": mask[rows]}
-
-
-def use_in_memory_data(trainer, process_index=0, process_count=1, on_step=None):
-  """Points `trainer` at the in-memory source (returns the originals, to restore)."""
-  saved = (trainer.dataset_info, trainer.train_batches, trainer.eval_batches)
-  trainer.dataset_info = info
-  trainer.train_batches = lambda c, i, s: train_batches(c, i, s, process_index, process_count, on_step)
-  trainer.eval_batches = lambda c, i: eval_batches(c, i, process_index, process_count)
-  return saved
+  def train_batches(self, config, *, start_step=0, process_index=0, process_count=1):
+    batches = super().train_batches(config, start_step=start_step, process_index=process_index,
+                                    process_count=process_count)
+    for step, batch in enumerate(batches, start_step):
+      if self.on_step is not None:
+        self.on_step(step)
+      if step == self.nan_at:
+        batch["image"] = batch["image"].copy()
+        batch["image"][0, 0, 0, 0] = np.nan
+      yield batch
 
 
 @contextlib.contextmanager

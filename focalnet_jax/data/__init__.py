@@ -1,17 +1,76 @@
-"""Input pipelines: TFDS datasets, image folders, scikit-learn digits, synthetic batches.
+"""Datasets: what the trainer and evaluation read, and how a config names one.
 
-Importing this package does not import TensorFlow (the trainer must import on machines
-without it); TF is imported when a TFDS or folder pipeline is first built.
+A dataset (`Dataset`) answers three questions for a config: its `info` (class count and names,
+split sizes), its train batches from a given step, and one pass of eval batches, each for one
+process of many. `from_config(config)` gives the dataset `config.dataset` names:
+  - a TFDS name, 'folder:/path' or 'digits': the tf.data pipeline (`pipeline`, with the
+    augmentations in `augment`); TensorFlow is imported when it is first built, not here;
+  - 'synthetic': random ImageNet-shaped batches (`synthetic`), numpy only.
+`ArrayData` holds a dataset in memory as numpy arrays (TF-free); pass it to
+`train_and_evaluate(config, workdir, data=...)`.
+
+Every dataset keeps the trainer's contract: the train batch at step t depends only on
+(config, t, process), so resumed runs see the batches an uninterrupted run would; eval yields
+every example once over all processes, in equally many batches per process, padded rows masked.
 """
+from __future__ import annotations
+
+import os
+from typing import Iterator, Protocol
+
+import numpy as np
+
+from focalnet_jax.data.arrays import ArrayData
 from focalnet_jax.data.digits import prepare_digits
-from focalnet_jax.data.pipeline import DatasetInfo, eval_iterator, get_info, train_iterator
-from focalnet_jax.data.synthetic import synthetic_iterator
+from focalnet_jax.data.info import DatasetInfo
+from focalnet_jax.data.pipeline import eval_iterator, get_info, train_iterator
+from focalnet_jax.data.synthetic import SyntheticData, synthetic_iterator
+
+Batch = dict[str, np.ndarray]
+
+
+class Dataset(Protocol):
+  """What the trainer and evaluation read (see the module docstring for the contract)."""
+
+  def info(self, config) -> DatasetInfo: ...
+
+  def train_batches(self, config, *, start_step: int = 0, process_index: int = 0,
+                    process_count: int = 1) -> Iterator[Batch]: ...
+
+  def eval_batches(self, config, *, process_index: int = 0, process_count: int = 1) -> Iterator[Batch]: ...
+
+
+class PipelineData:
+  """The tf.data pipeline over a TFDS dataset, an image folder or the digits folder."""
+
+  def info(self, config) -> DatasetInfo:
+    return get_info(config)
+
+  def train_batches(self, config, *, start_step: int = 0, process_index: int = 0,
+                    process_count: int = 1) -> Iterator[Batch]:
+    return train_iterator(config, start_step=start_step, process_index=process_index,
+                          process_count=process_count)
+
+  def eval_batches(self, config, *, process_index: int = 0, process_count: int = 1) -> Iterator[Batch]:
+    return eval_iterator(config, process_index=process_index, process_count=process_count)
+
+
+def from_config(config) -> Dataset:
+  """The dataset `config.dataset` names."""
+  return SyntheticData() if config.dataset == "synthetic" else PipelineData()
+
+
+def resolve_data_dir(config, workdir: str):
+  """`config` with its data_dir made explicit: a 'digits' run keeps its data with the run
+  (`<workdir>/data`) unless told otherwise; other datasets keep theirs (None: TFDS's default)."""
+  if config.dataset != "digits" or config.data_dir is not None:
+    return config
+  config = config.copy_and_resolve_references()
+  config.data_dir = os.path.join(os.path.abspath(workdir), "data")
+  return config
+
 
 __all__ = [
-    "DatasetInfo",
-    "eval_iterator",
-    "get_info",
-    "prepare_digits",
-    "synthetic_iterator",
-    "train_iterator",
+    "ArrayData", "Dataset", "DatasetInfo", "PipelineData", "SyntheticData", "eval_iterator", "from_config",
+    "get_info", "prepare_digits", "resolve_data_dir", "synthetic_iterator", "train_iterator",
 ]

@@ -21,11 +21,6 @@ SIZE = 32  # written image side (the 8x8 originals upsampled 4x)
 _MARKER = "digits.json"  # written last: its presence means the folder is complete
 
 
-def default_data_dir() -> str:
-  """TFDS's own default data dir ($TFDS_DATA_DIR or ~/tensorflow_datasets), used when data_dir is None."""
-  return os.environ.get("TFDS_DATA_DIR", os.path.join(os.path.expanduser("~"), "tensorflow_datasets"))
-
-
 def _write(root: str, split_seed: int) -> dict:
   from PIL import Image
   from sklearn.datasets import load_digits
@@ -58,7 +53,10 @@ def prepare_digits(data_dir: str | None, split_seed: int) -> str:
   a temporary directory beside it and renamed into place only when complete. An existing folder
   written with another `split_seed` is an error (delete it, or use another data_dir).
   """
-  data_dir = os.path.abspath(os.path.expanduser(data_dir or default_data_dir()))
+  if not data_dir:
+    raise ValueError("dataset 'digits' needs a data_dir to write its image folder into (train.py uses "
+                     "<workdir>/data); pass --config.data_dir=DIR (eval.py: --data_dir DIR).")
+  data_dir = os.path.abspath(os.path.expanduser(data_dir))
   root = os.path.join(data_dir, "digits")
   marker = os.path.join(root, _MARKER)
   if not os.path.exists(marker):

@@ -1,8 +1,9 @@
 """The train and eval input pipelines (tf.data), the contract the trainer relies on.
 
 `config.dataset` picks the source: a TFDS name ('imagenet2012', 'cifar10:3.0.2'),
-'folder:/path/to/root' (root/<split>/<class>/<image>), 'digits' (scikit-learn's digits,
-written once as an image folder under data_dir) or 'synthetic' (random, TF-free).
+'folder:/path/to/root' (root/<split>/<class>/<image>) or 'digits' (scikit-learn's digits,
+written once as an image folder under data_dir). ('synthetic' and in-memory arrays are
+TF-free datasets of their own; `focalnet_jax.data.from_config` picks among all of them.)
 
 Train batches are a pure function of (config, step, process): epoch e = step // steps_per_epoch
 is shuffled from a seed of (seed, e, process), each example is augmented with stateless random
@@ -17,7 +18,6 @@ TensorFlow is imported on first use, not with this module.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import threading
@@ -25,15 +25,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from focalnet_jax.data import synthetic
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-  num_classes: int
-  num_train: int  # examples in config.train_split
-  num_eval: int  # examples in config.eval_split
-  class_names: tuple[str, ...]  # index = label
+from focalnet_jax.data.batches import local_batch
+from focalnet_jax.data.info import DatasetInfo
 
 
 @functools.cache
@@ -59,12 +52,10 @@ def _options(config):
 
 
 def _source(config):
-  """The TFDS or folder source for config.dataset (not for 'synthetic')."""
+  """The TFDS or folder source for config.dataset."""
   import_tf()
   from focalnet_jax.data import digits, sources
   dataset = config.dataset
-  if dataset == "synthetic":
-    raise ValueError("config.dataset='synthetic' has no TF pipeline; use synthetic_iterator.")
   if dataset == "digits":
     root = digits.prepare_digits(config.data_dir, config.digits_split_seed)
     return sources.FolderSource(root, config.train_split, config.corrupt_images)
@@ -75,19 +66,10 @@ def _source(config):
 
 def get_info(config) -> DatasetInfo:
   """Class count and names, and the sizes of config.train_split and config.eval_split."""
-  if config.dataset == "synthetic":
-    return DatasetInfo(synthetic.NUM_CLASSES, synthetic.NUM_TRAIN, synthetic.NUM_EVAL,
-                       tuple(f"class_{i}" for i in range(synthetic.NUM_CLASSES)))
   src = _source(config)
   names = src.class_names()
   return DatasetInfo(len(names), src.num_examples(config.train_split), src.num_examples(config.eval_split),
                      names)
-
-
-def _local_batch(global_batch: int, process_count: int) -> int:
-  if global_batch % process_count:
-    raise ValueError(f"Batch size {global_batch} is not divisible by the process count {process_count}.")
-  return global_batch // process_count
 
 
 def _aug_kwargs(config) -> dict[str, Any]:
@@ -166,10 +148,8 @@ def train_iterator(config, *, start_step: int = 0, process_index: int = 0,
 
   The batch at step t depends only on (config, t, process_index, process_count); see module doc.
   """
-  if config.dataset == "synthetic":
-    raise ValueError("config.dataset='synthetic': use synthetic_iterator.")
   tf = import_tf()
-  batch = _local_batch(config.batch_size, process_count)
+  batch = local_batch(config.batch_size, process_count)
   src = _source(config)
   num_train = src.num_examples(config.train_split)
   steps_per_epoch = num_train // config.batch_size
@@ -232,11 +212,9 @@ def eval_iterator(config, *, process_index: int = 0, process_count: int = 1) -> 
   Process p gets an even share of the split; the last batches are padded with mask-0 examples
   so that every process yields ceil(largest share / batch) batches.
   """
-  if config.dataset == "synthetic":
-    raise ValueError("config.dataset='synthetic': use synthetic_iterator(..., eval=True).")
   tf = import_tf()
   from focalnet_jax.data import augment
-  batch = _local_batch(config.eval_batch_size, process_count)
+  batch = local_batch(config.eval_batch_size, process_count)
   src = _source(config)
   records, n_local, n_most = src.eval_records(config.eval_split, process_index, process_count)
   num_batches = -(-n_most // batch)

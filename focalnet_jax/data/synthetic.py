@@ -11,22 +11,19 @@ from typing import Iterator
 
 import numpy as np
 
+from focalnet_jax.data.batches import local_batch
+from focalnet_jax.data.info import DatasetInfo
+
 NUM_CLASSES = 1000
 NUM_TRAIN = 1_281_167
 NUM_EVAL = 50_000
 _POOL = 4  # distinct image batches cycled through
 
 
-def _local_batch(global_batch: int, process_count: int) -> int:
-  if global_batch % process_count:
-    raise ValueError(f"Batch size {global_batch} is not divisible by the process count {process_count}.")
-  return global_batch // process_count
-
-
 def synthetic_iterator(config, num_classes: int, *, start_step: int = 0, process_index: int = 0,
                        process_count: int = 1, eval: bool = False) -> Iterator[dict[str, np.ndarray]]:
   """Infinite train batches {'image', 'label'}, or (eval=True) one pass of NUM_EVAL examples with 'mask'."""
-  batch = _local_batch(config.eval_batch_size if eval else config.batch_size, process_count)
+  batch = local_batch(config.eval_batch_size if eval else config.batch_size, process_count)
   size = config.image_size
   rng = np.random.default_rng([config.seed, process_index, int(eval)])
   pool = rng.standard_normal((_POOL, batch, size, size, 3), dtype=np.float32)
@@ -43,3 +40,21 @@ def synthetic_iterator(config, num_classes: int, *, start_step: int = 0, process
     labels = np.random.default_rng([config.seed, process_index, step, 1]).integers(0, num_classes, batch)
     mask = (np.arange(step * batch, (step + 1) * batch) < local).astype(np.float32)
     yield {"image": pool[step % _POOL], "label": labels.astype(np.int32), "mask": mask}
+
+
+class SyntheticData:
+  """The synthetic dataset behind `config.dataset = 'synthetic'` (see `focalnet_jax.data.Dataset`)."""
+
+  def info(self, config) -> DatasetInfo:
+    del config
+    return DatasetInfo(NUM_CLASSES, NUM_TRAIN, NUM_EVAL, tuple(f"class_{i}" for i in range(NUM_CLASSES)))
+
+  def train_batches(self, config, *, start_step: int = 0, process_index: int = 0,
+                    process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+    return synthetic_iterator(config, NUM_CLASSES, start_step=start_step, process_index=process_index,
+                              process_count=process_count)
+
+  def eval_batches(self, config, *, process_index: int = 0,
+                   process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+    return synthetic_iterator(config, NUM_CLASSES, process_index=process_index, process_count=process_count,
+                              eval=True)

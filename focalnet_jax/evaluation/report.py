@@ -1,90 +1,39 @@
-"""Evaluation: exact, sharded metrics over a split, and top-k predictions for single images.
+"""A checkpoint, evaluated on a dataset split: the model rebuilt from its metadata, exact sharded
+metrics (`focalnet_jax.train.eval_step`), and a JSON report beside the checkpoint.
 
-Metrics travel as (sum, count) pairs and are divided on the host, so padded examples (mask 0)
-never count and every example counts once however the split is sharded over devices and hosts.
-
-Label spaces (see `focalnet_jax.labels`): ImageNet-A and -R are labelled in the 1K space and
-scored with the logits restricted to their 200 classes; ImageNet-ReaL batches carry a multi-hot
-'real' vector and add `real_top1` (the fraction of images with at least one ReaL label whose
-top-1 prediction is one of them).
+Label spaces (see `focalnet_jax.data.labels`): ImageNet-A and -R are scored with the logits
+restricted to their 200 classes; ImageNet-ReaL adds `real_top1`.
 """
 from __future__ import annotations
 
 import json
 import os
 import time
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from focalnet_jax import checkpoint
 from focalnet_jax.data import labels
-from focalnet_jax.model import variants
-from focalnet_jax.train import runlog, sharding
+from focalnet_jax.model import FocalNet, variants
+from focalnet_jax.train import eval_step as eval_lib
+from focalnet_jax.train import sharding
 
-LogitsFn = Callable[[Any, jax.Array], jax.Array]  # (params, images) -> logits
-
-
-def model_logits_fn(model) -> LogitsFn:
-  return lambda params, images: model.apply({"params": params}, images, train=False)
-
-
-def make_eval_step(logits_fn: LogitsFn, num_classes: int, class_subset: Sequence[int] | None = None):
-  """(params, batch) -> {'loss', 'top1', 'top5'[, 'real_top1']} as (sum, count) pairs.
-
-  With `class_subset` the logits of every other class are excluded (labels stay in the full
-  label space), as for ImageNet-A/R with a 1K model.
-  """
-  k = min(5, num_classes if class_subset is None else len(class_subset))
-  allowed = None
-  if class_subset is not None:
-    allowed = np.zeros((num_classes,), bool)
-    allowed[np.asarray(class_subset)] = True
-
-  def eval_fn(params, batch):
-    logits = logits_fn(params, batch["image"]).astype(jnp.float32)
-    if allowed is not None:
-      logits = jnp.where(allowed, logits, -jnp.inf)
-    labels_, mask = batch["label"], batch["mask"]
-    log_probs = jax.nn.log_softmax(logits)
-    loss = -jnp.take_along_axis(log_probs, labels_[:, None], axis=-1)[:, 0]
-    pred = jnp.argmax(logits, -1)
-    top1 = (pred == labels_).astype(jnp.float32)
-    topk = jnp.any(jax.lax.top_k(logits, k)[1] == labels_[:, None], axis=-1).astype(jnp.float32)
-    count = jnp.sum(mask)
-    real_rows = mask > 0
-    # `where`, not a product: a padded row's loss may be inf (its dummy label can be excluded).
-    total = lambda v: jnp.sum(jnp.where(real_rows, v, 0.0))
-    out = {"loss": (total(loss), count), "top1": (total(top1), count), "top5": (total(topk), count)}
-    if "real" in batch:
-      real = batch["real"]
-      has_real = mask * (jnp.sum(real, -1) > 0)
-      hit = jnp.take_along_axis(real, pred[:, None], axis=-1)[:, 0]
-      out["real_top1"] = (jnp.sum(hit * has_real), jnp.sum(has_real))
-    return out
-
-  return eval_fn
+# The data settings a training run's config carries over to its evaluation.
+DATA_SETTINGS = ("dataset", "data_dir", "train_split", "eval_split", "image_size", "crop_ratio",
+                 "interpolation", "eval_batch_size", "digits_split_seed")
 
 
-def evaluate(eval_step, params, batches: Iterable[dict[str, np.ndarray]],
-             batch_sharding: jax.sharding.NamedSharding) -> dict[str, float]:
-  """One pass over `batches` (this process's share): averages and `num_examples`."""
-  totals = None
-  for batch in batches:
-    out = eval_step(params, sharding.to_global(batch, batch_sharding))
-    totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
-  if totals is None:
-    raise ValueError("The eval split yielded no batches.")
-  totals = jax.device_get(totals)
-  result = runlog.average(totals)
-  result["num_examples"] = float(totals["top1"][1])
-  return result
+class LoadedModel(NamedTuple):
+  """A checkpoint opened once: the module, its params, its metadata and its step."""
 
-
-# --- checkpoints -------------------------------------------------------------------------
+  model: FocalNet
+  params: Any
+  meta: dict[str, Any]
+  step: int
+  path: str
 
 
 def checkpoint_dir(path: str) -> str:
@@ -94,20 +43,22 @@ def checkpoint_dir(path: str) -> str:
   return nested if os.path.isdir(nested) else path
 
 
-def load_model(path: str, *, step: int | None = None, ema: bool = False, dtype: str | None = None):
-  """(model, params, meta, step) of a checkpoint written by train.py or by the converter."""
+def load_model(path: str, *, step: int | None = None, ema: bool = False, dtype: str | None = None) -> LoadedModel:
+  """(model, params, meta, step, path) of a checkpoint written by train.py or by the converter,
+  read in one restore."""
   ckpt = checkpoint_dir(path)
-  meta = checkpoint.read_meta(ckpt, step)
+  state, meta, step = checkpoint.restore_state(ckpt, step=step)
   if "model" not in meta:
     raise ValueError(f"Checkpoint {ckpt!r} has no 'model' in its metadata; it was not written by "
                      "focalnet_jax (train.py or python -m focalnet_jax.convert).")
+  key = "ema_params" if ema else "params"
+  if key not in state:
+    raise KeyError(f"Checkpoint {ckpt!r} step {step} has no {key!r} (it has {sorted(state)})."
+                   + (" It was written without EMA; evaluate the raw params instead." if ema else ""))
   overrides = dict(meta.get("model_overrides", {}))
   if dtype:
     overrides["dtype"] = dtype
-  model = variants.create_model(meta["model"], **overrides)
-  params, _ = checkpoint.load_params(ckpt, step=step, ema=ema)
-  steps = checkpoint.manager(ckpt).all_steps()
-  return model, params, meta, (step if step is not None else max(steps))
+  return LoadedModel(variants.create_model(meta["model"], **overrides), state[key], meta, step, ckpt)
 
 
 def num_classes_of(params: Any) -> int:
@@ -131,8 +82,7 @@ def settings_from_checkpoint(base: ml_collections.ConfigDict, meta: dict[str, An
   config = base.copy_and_resolve_references()
   trained = meta.get("config")
   if trained:
-    for key in ("dataset", "data_dir", "train_split", "eval_split", "image_size", "crop_ratio",
-                "interpolation", "eval_batch_size", "digits_split_seed"):
+    for key in DATA_SETTINGS:
       if trained.get(key) is not None:
         config[key] = trained[key]
     if "aug" in trained:
@@ -142,16 +92,26 @@ def settings_from_checkpoint(base: ml_collections.ConfigDict, meta: dict[str, An
   return config
 
 
-def evaluate_checkpoint(path: str, config: ml_collections.ConfigDict, *,
+def _report_path(loaded: LoadedModel, config, ema: bool) -> str:
+  name = config.dataset.replace("/", "_").replace(":", "_")
+  return os.path.join(loaded.path, f"eval_{name}_{config.eval_split}_step{loaded.step}{'_ema' if ema else ''}.json")
+
+
+def evaluate_checkpoint(checkpoint_or_path: LoadedModel | str, config: ml_collections.ConfigDict, *,
                         step: int | None = None, ema: bool = False, dtype: str | None = None,
                         output: str | None = None) -> dict[str, Any]:
-  """Evaluates a checkpoint on `config.dataset` / `config.eval_split`; writes and returns a report."""
+  """Evaluates a checkpoint (a path, or one opened by `load_model`) on `config.dataset` /
+  `config.eval_split`; writes and returns a report."""
   from focalnet_jax import data as data_lib  # noqa: PLC0415
 
-  model, params, meta, step = load_model(path, step=step, ema=ema, dtype=dtype)
+  loaded = checkpoint_or_path
+  if isinstance(loaded, str):
+    loaded = load_model(loaded, step=step, ema=ema, dtype=dtype)
+  model, params = loaded.model, loaded.params
   model.check_image_size(config.image_size, config.image_size)
   n_model = num_classes_of(params)
-  info = data_lib.get_info(config)
+  dataset = data_lib.from_config(config)
+  info = dataset.info(config)
   subset = labels.subset_indices(config.dataset)
   if info.num_classes != n_model:
     raise ValueError(
@@ -159,19 +119,18 @@ def evaluate_checkpoint(path: str, config: ml_collections.ConfigDict, *,
         "Evaluate on data with the same label space (or fine-tune first with train.py --config.init_from)."
     )
   mesh = sharding.make_mesh(-1, 1)
-  n_dev = mesh.devices.size
-  if config.eval_batch_size % n_dev:
-    raise ValueError(f"eval_batch_size={config.eval_batch_size} must be divisible by the {n_dev} devices.")
-  batch_sh = sharding.batch_sharding(mesh)
+  if config.eval_batch_size % mesh.devices.size:
+    raise ValueError(f"eval_batch_size={config.eval_batch_size} must be divisible by the {mesh.devices.size} devices.")
   params = jax.device_put(params, sharding.replicated(mesh))
-  step_fn = jax.jit(make_eval_step(model_logits_fn(model), n_model, subset), out_shardings=sharding.replicated(mesh))
+  logits_fn = eval_lib.model_logits_fn(model, config.model.chunk_elements)
+  step_fn = jax.jit(eval_lib.make_eval_step(logits_fn, n_model, subset), out_shardings=sharding.replicated(mesh))
   t0 = time.time()
   with jax.set_mesh(mesh):
-    result = evaluate(step_fn, params, data_lib.eval_iterator(
-        config, process_index=jax.process_index(), process_count=jax.process_count()), batch_sh)
+    batches = dataset.eval_batches(config, process_index=jax.process_index(), process_count=jax.process_count())
+    result = eval_lib.evaluate(step_fn, params, batches, sharding.batch_sharding(mesh))
   elapsed = time.time() - t0
   report = {
-      "checkpoint": checkpoint_dir(path), "step": int(step), "ema": ema, "model": meta["model"],
+      "checkpoint": loaded.path, "step": int(loaded.step), "ema": ema, "model": loaded.meta["model"],
       "dataset": config.dataset, "split": config.eval_split, "image_size": config.image_size,
       "crop_ratio": config.crop_ratio, "interpolation": config.interpolation,
       **result, "images_per_s": result["num_examples"] / max(elapsed, 1e-9), "seconds": elapsed,
@@ -179,53 +138,9 @@ def evaluate_checkpoint(path: str, config: ml_collections.ConfigDict, *,
   if subset is not None:
     report["class_subset"] = f"{len(subset)} classes of {config.dataset}"
   if jax.process_index() == 0:
-    output = output or os.path.join(
-        checkpoint_dir(path),
-        f"eval_{config.dataset.replace('/', '_').replace(':', '_')}_{config.eval_split}_step{step}"
-        f"{'_ema' if ema else ''}.json")
+    output = output or _report_path(loaded, config, ema)
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     with open(output, "w") as f:
       json.dump(report, f, indent=2)
     report["output"] = output
   return report
-
-
-# --- single images -------------------------------------------------------------------------
-
-
-def preprocess_files(paths: Sequence[str], config: ml_collections.ConfigDict) -> np.ndarray:
-  """The eval transform of the input pipeline (resize, centre crop, normalise) on image files."""
-  from focalnet_jax.data import augment  # noqa: PLC0415 - imports TensorFlow
-  from focalnet_jax.data.pipeline import import_tf  # noqa: PLC0415
-
-  tf = import_tf()
-  out = []
-  for p in paths:
-    try:
-      data = tf.io.read_file(p)
-      img = augment.eval_transform(data, config.image_size, config.crop_ratio, config.interpolation)
-    except (tf.errors.OpError, ValueError) as e:
-      raise ValueError(f"Cannot read image {p!r}: {type(e).__name__}: {str(e).splitlines()[0]}") from e
-    out.append(np.asarray(augment.normalize(img, config.aug.mean, config.aug.std)))
-  return np.stack(out)
-
-
-def top_k(logits: np.ndarray, class_names: Sequence[str], k: int = 5) -> list[list[tuple[str, float]]]:
-  """Per row: the k most probable (class name, probability), most probable first."""
-  probs = np.asarray(jax.nn.softmax(jnp.asarray(logits, jnp.float32), axis=-1))
-  order = np.argsort(-probs, axis=-1)[:, :k]
-  return [[(class_names[i], float(row[i])) for i in idx] for row, idx in zip(probs, order)]
-
-
-def predict_files(path: str, image_paths: Sequence[str], config: ml_collections.ConfigDict, *,
-                  ema: bool = False, k: int = 5) -> list[list[tuple[str, float]]]:
-  """Top-k (class, probability) for each image file, from a checkpoint; `config` gives the eval
-  transform (image_size, crop_ratio, interpolation, mean/std)."""
-  for p in image_paths:
-    if not os.path.isfile(p):
-      raise FileNotFoundError(f"No image file at {p!r}.")
-  model, params, meta, _ = load_model(path, ema=ema)
-  n = num_classes_of(params)
-  images = preprocess_files(image_paths, config)
-  logits = jax.jit(model_logits_fn(model))(params, jnp.asarray(images))
-  return top_k(np.asarray(logits), class_names_for(meta, n), k)

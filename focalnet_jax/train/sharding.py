@@ -81,37 +81,3 @@ def to_global(batch: dict[str, np.ndarray], sharding: NamedSharding,
   keys = batch.keys() if keys is None else keys
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(batch[k])) for k in keys}
 
-
-def accumulate_gradients(
-    value_and_grad_fn, params: Any, batch: tuple[jax.Array, ...], rng: jax.Array, num_micro: int,
-    micro_sharding: NamedSharding | None = None,
-) -> tuple[jax.Array, Any]:
-  """Mean loss and gradients of `value_and_grad_fn(params, *batch, rng)` over micro-batches.
-
-  With num_micro = 1 this is one call on the whole batch. Otherwise the batch is cut into
-  `num_micro` micro-batches that run one after another in a `lax.scan`, so only one
-  micro-batch's activations are live: the update is that of the whole batch (each
-  micro-batch's loss is a mean, so their mean is the batch mean) with 1/num_micro of the
-  activation memory. Micro-batch m takes examples m, m + num_micro, ..., so a batch
-  sharded over devices is split where it lies (`micro_sharding` pins that layout); its
-  dropout rng is `fold_in(rng, m)`.
-  """
-  if num_micro == 1:
-    return value_and_grad_fn(params, *batch, rng)
-
-  def split(x):
-    if x.shape[0] % num_micro:
-      raise ValueError(f"batch of {x.shape[0]} does not split into {num_micro} micro-batches.")
-    x = x.reshape((x.shape[0] // num_micro, num_micro) + x.shape[1:]).swapaxes(0, 1)
-    return x if micro_sharding is None else jax.lax.with_sharding_constraint(x, micro_sharding)
-
-  def micro(carry, xs):
-    loss_sum, grad_sum = carry
-    i, *micro_batch = xs
-    loss, grads = value_and_grad_fn(params, *micro_batch, jax.random.fold_in(rng, i))
-    return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
-
-  zeros = jax.tree.map(jnp.zeros_like, params)
-  init = (jnp.zeros((), jnp.float32), zeros)
-  (loss, grads), _ = jax.lax.scan(micro, init, (jnp.arange(num_micro),) + tuple(map(split, batch)))
-  return loss / num_micro, jax.tree.map(lambda g: g / num_micro, grads)

@@ -1,0 +1,55 @@
+"""Top-k predictions for single image files, through the input pipeline's eval transform."""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from focalnet_jax.evaluation.report import LoadedModel, class_names_for, load_model, num_classes_of
+from focalnet_jax.train import eval_step as eval_lib
+
+
+def preprocess_files(paths: Sequence[str], config: ml_collections.ConfigDict) -> np.ndarray:
+  """The eval transform of the input pipeline (resize, centre crop, normalise) on image files."""
+  from focalnet_jax.data import augment  # noqa: PLC0415 - imports TensorFlow
+  from focalnet_jax.data.pipeline import import_tf  # noqa: PLC0415
+
+  tf = import_tf()
+  out = []
+  for p in paths:
+    try:
+      data = tf.io.read_file(p)
+      img = augment.eval_transform(data, config.image_size, config.crop_ratio, config.interpolation)
+    except (tf.errors.OpError, ValueError) as e:
+      raise ValueError(f"Cannot read image {p!r}: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+    out.append(np.asarray(augment.normalize(img, config.aug.mean, config.aug.std)))
+  return np.stack(out)
+
+
+def top_k(logits: np.ndarray, class_names: Sequence[str], k: int = 5) -> list[list[tuple[str, float]]]:
+  """Per row: the k most probable (class name, probability), most probable first."""
+  probs = np.asarray(jax.nn.softmax(jnp.asarray(logits, jnp.float32), axis=-1))
+  order = np.argsort(-probs, axis=-1)[:, :k]
+  return [[(class_names[i], float(row[i])) for i in idx] for row, idx in zip(probs, order)]
+
+
+def predict_files(checkpoint_or_path: LoadedModel | str, image_paths: Sequence[str],
+                  config: ml_collections.ConfigDict, *, ema: bool = False,
+                  k: int = 5) -> list[list[tuple[str, float]]]:
+  """Top-k (class, probability) for each image file, from a checkpoint (a path, or one opened by
+  `load_model`); `config` gives the eval transform (image_size, crop_ratio, interpolation, mean/std)."""
+  for p in image_paths:
+    if not os.path.isfile(p):
+      raise FileNotFoundError(f"No image file at {p!r}.")
+  loaded = checkpoint_or_path
+  if isinstance(loaded, str):
+    loaded = load_model(loaded, ema=ema)
+  n = num_classes_of(loaded.params)
+  images = preprocess_files(image_paths, config)
+  logits_fn = eval_lib.model_logits_fn(loaded.model, config.model.chunk_elements)
+  logits = jax.jit(logits_fn)(loaded.params, jnp.asarray(images))
+  return top_k(np.asarray(logits), class_names_for(loaded.meta, n), k)

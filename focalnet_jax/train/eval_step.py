@@ -1,0 +1,78 @@
+"""Exact evaluation metrics: one jitted step per batch, (sum, count) pairs divided on the host.
+
+Padded examples (mask 0) never count and every example counts once however the split is sharded
+over devices and hosts. Label spaces (see `focalnet_jax.data.labels`): ImageNet-A and -R are
+labelled in the 1K space and scored with the logits restricted to their 200 classes; ImageNet-ReaL
+batches carry a multi-hot 'real' vector and add `real_top1` (the fraction of images with at least
+one ReaL label whose top-1 prediction is one of them).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from focalnet_jax.kernels import chunking
+from focalnet_jax.train import runlog, sharding
+
+LogitsFn = Callable[[Any, jax.Array], jax.Array]  # (params, images) -> logits
+
+
+def model_logits_fn(model, chunk_elements: int | str = "auto") -> LogitsFn:
+  """(params, images) -> inference logits, each stage over batch chunks of `chunk_elements`
+  activation elements ('auto': cache-sized on CPU, whole batches on accelerators)."""
+  return lambda params, images: chunking.apply(model, {"params": params}, images, chunk_elements=chunk_elements)
+
+
+def make_eval_step(logits_fn: LogitsFn, num_classes: int, class_subset: Sequence[int] | None = None):
+  """(params, batch) -> {'loss', 'top1', 'top5'[, 'real_top1']} as (sum, count) pairs.
+
+  With `class_subset` the logits of every other class are excluded (labels stay in the full
+  label space), as for ImageNet-A/R with a 1K model.
+  """
+  k = min(5, num_classes if class_subset is None else len(class_subset))
+  allowed = None
+  if class_subset is not None:
+    allowed = np.zeros((num_classes,), bool)
+    allowed[np.asarray(class_subset)] = True
+
+  def eval_fn(params, batch):
+    logits = logits_fn(params, batch["image"]).astype(jnp.float32)
+    if allowed is not None:
+      logits = jnp.where(allowed, logits, -jnp.inf)
+    labels_, mask = batch["label"], batch["mask"]
+    log_probs = jax.nn.log_softmax(logits)
+    loss = -jnp.take_along_axis(log_probs, labels_[:, None], axis=-1)[:, 0]
+    pred = jnp.argmax(logits, -1)
+    top1 = (pred == labels_).astype(jnp.float32)
+    topk = jnp.any(jax.lax.top_k(logits, k)[1] == labels_[:, None], axis=-1).astype(jnp.float32)
+    count = jnp.sum(mask)
+    real_rows = mask > 0
+    # `where`, not a product: a padded row's loss may be inf (its dummy label can be excluded).
+    total = lambda v: jnp.sum(jnp.where(real_rows, v, 0.0))  # noqa: E731
+    out = {"loss": (total(loss), count), "top1": (total(top1), count), "top5": (total(topk), count)}
+    if "real" in batch:
+      real = batch["real"]
+      has_real = mask * (jnp.sum(real, -1) > 0)
+      hit = jnp.take_along_axis(real, pred[:, None], axis=-1)[:, 0]
+      out["real_top1"] = (jnp.sum(hit * has_real), jnp.sum(has_real))
+    return out
+
+  return eval_fn
+
+
+def evaluate(eval_step, params, batches: Iterable[dict[str, np.ndarray]],
+             batch_sharding: jax.sharding.NamedSharding) -> dict[str, float]:
+  """One pass over `batches` (this process's share): averages and `num_examples`."""
+  totals = None
+  for batch in batches:
+    out = eval_step(params, sharding.to_global(batch, batch_sharding))
+    totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+  if totals is None:
+    raise ValueError("The eval split yielded no batches.")
+  totals = jax.device_get(totals)
+  result = runlog.average(totals)
+  result["num_examples"] = float(totals["top1"][1])
+  return result
