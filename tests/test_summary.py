@@ -51,7 +51,7 @@ def test_params_and_gflops_match_the_paper(name):
   assert summary.count_params(model, variables=variables) == params
   if gflops is None:
     return
-  ours = summary.count_flops(model, 224, variables=variables) / 1e9
+  ours = summary.count_macs(model, 224, variables=variables) / 1e9
   assert abs(ours - gflops) / gflops < 0.02
   # The count reproduces the official flops(): it agrees to the table's two decimals.
   assert abs(ours - gflops) <= 0.005 + 1e-9, ours
@@ -60,7 +60,7 @@ def test_params_and_gflops_match_the_paper(name):
 @pytest.mark.parametrize("name", ["focalnet_tiny_lrf", "focalnet_base_iso"])
 def test_dense_and_conv_macs_carry_the_count(name):
   # Without the official elementwise terms (norms, gate products) the count drops < 1%.
-  raw = summary.count_flops(create_model(name), 224, include_elementwise=False) / 1e9
+  raw = summary.count_macs(create_model(name), 224, include_elementwise=False) / 1e9
   assert 0.99 < raw / SPEC[name][1] < 1.0
 
 
@@ -69,23 +69,23 @@ def test_params_with_1k_head(name, params):
   assert summary.count_params(create_model(name, num_classes=1000)) == params
 
 
-def test_flops_do_not_depend_on_implementation_switches():
+def test_macs_do_not_depend_on_implementation_switches():
   base = create_model("focalnet_tiny_srf", depths=(1, 1, 2, 1))
-  ref = summary.count_flops(base, 64)
+  ref = summary.count_macs(base, 64)
   # shift-based depthwise convs and remat are traced as the xla conv without remat.
-  assert summary.count_flops(base.clone(depthwise_impl="shift", remat=True), 64) == ref
+  assert summary.count_macs(base.clone(depthwise_impl="shift", remat=True), 64) == ref
   # bfloat16 compute does the same multiply-adds.
-  assert summary.count_flops(base.clone(dtype=jnp.bfloat16), 64) == ref
+  assert summary.count_macs(base.clone(dtype=jnp.bfloat16), 64) == ref
 
 
-def test_flops_scale_with_resolution_and_levels():
+def test_macs_scale_with_resolution_and_levels():
   model = create_model("focalnet_tiny_srf", depths=(1, 1, 1, 1), num_classes=0)
   # Every term is per token when there is no head: 4x the pixels, 4x the MACs
   # (except the official final-norm term, which scales the same way).
-  assert summary.count_flops(model, 128) == 4 * summary.count_flops(model, 64)
+  assert summary.count_macs(model, 128) == 4 * summary.count_macs(model, 64)
   # One more focal level adds its depthwise conv (k=7) and one f output channel per block.
-  more = summary.count_flops(model.clone(focal_levels=3), 64)
-  assert more > summary.count_flops(model, 64)
+  more = summary.count_macs(model.clone(focal_levels=3), 64)
+  assert more > summary.count_macs(model, 64)
 
 
 def test_jaxpr_macs_counts_matmuls_and_convs_through_transformations():

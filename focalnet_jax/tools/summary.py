@@ -50,6 +50,11 @@ def abstract_variables(model: FocalNet, image_size: int | None = None) -> Any:
   return jax.eval_shape(model.init, jax.random.key(0), _abstract_images(model, image_size))
 
 
+def num_params(tree: Any) -> int:
+  """Number of scalars in a pytree of arrays or `ShapeDtypeStruct`s."""
+  return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(tree))
+
+
 def count_params(model: FocalNet, image_size: int | None = None, variables: Any = None) -> int:
   """Number of scalars in the 'params' collection (the head included).
 
@@ -57,7 +62,7 @@ def count_params(model: FocalNet, image_size: int | None = None, variables: Any 
   """
   if variables is None:
     variables = abstract_variables(model, image_size)
-  return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(variables["params"]))
+  return num_params(variables["params"])
 
 
 def stage_shapes(model: FocalNet, image_size: int, variables: Any = None) -> list[Shape]:
@@ -146,7 +151,7 @@ def _elementwise_terms(model: FocalNet, image_size: int) -> int:
   return total
 
 
-def count_flops(
+def count_macs(
     model: FocalNet, image_size: int, include_elementwise: bool = True, variables: Any = None
 ) -> int:
   """Multiply-adds (MACs) of one forward pass on one square image, as the paper reports them.
@@ -171,6 +176,10 @@ def count_flops(
   if include_elementwise:
     macs += _elementwise_terms(traced, image_size)
   return macs
+
+
+# benchmark.py and sweep.py still call the old name; remove once they call count_macs.
+count_flops = count_macs
 
 
 # --- summary and CLI ----------------------------------------------------------------------
@@ -199,7 +208,7 @@ def summarize(
   return {
       "name": name,
       "params": count_params(model, variables=variables),
-      "gflops": count_flops(model, image_size, variables=variables) / 1e9,
+      "gflops": count_macs(model, image_size, variables=variables) / 1e9,
       "image_size": int(image_size),
       "stage_shapes": stage_shapes(model, image_size, variables=variables),
   }
