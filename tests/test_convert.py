@@ -302,6 +302,39 @@ def test_cli_reports_conversion_errors(timm_models, tmp_path):
   assert (existing / "keep.txt").read_text() == "precious"
 
 
+def test_cli_rejects_bad_overrides_before_reading(tmp_path, capsys):
+  # The shared --override syntax: a value the field cannot take is an error, never a string.
+  base = ["--model", "focalnet_tiny_srf", "--checkpoint", str(tmp_path / "absent.pth"),
+          "--output", str(tmp_path / "o")]
+  for override, message in [("use_gating=maybe", "use_gating takes true or false"),
+                            ("depths=3x", "depths takes a list of ints"),
+                            ("num_class=10", "Unknown FocalNet field 'num_class'")]:
+    with pytest.raises(SystemExit) as e:
+      convert.main([*base, "--override", override])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+# --- the layout tables ------------------------------------------------------------------------
+
+
+def test_every_layout_names_each_parameter_once_and_is_detected():
+  import jax.numpy as jnp
+  from flax import traverse_util
+
+  # Every optional part: conv stem, layerscale, post-norms, modulation LayerNorm, a head.
+  model = create_model("focalnet_huge_fl3", **HUGE_SHRUNK)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  paths = list(traverse_util.flatten_dict(shapes["params"]))
+  for name, table in convert.LAYOUTS.items():
+    for prefix in table.prefixes:
+      keys = [convert.torch_key(p, name, postln=True, prefix=prefix) for p in paths]
+      assert len(set(keys)) == len(keys), name
+      assert convert.detect_layout(keys) == (name, prefix)
+      arch = convert.infer_architecture(dict.fromkeys(keys, np.zeros((16, 3, 7, 7))), name, prefix)
+      assert arch["depths"] == (1, 1, 2, 1) and arch["use_layerscale"]
+      assert arch["use_postln_in_modulation"] and arch.get("use_postln", True)
+
+
 # --- errors and head handling -----------------------------------------------------------------
 
 

@@ -1,0 +1,99 @@
+"""`python -m focalnet_jax.convert`: a published weight file -> a focalnet_jax checkpoint directory."""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+from typing import Any, Sequence
+
+from focalnet_jax.tools import cli
+from focalnet_jax.tools.convert.layouts import detect_layout
+from focalnet_jax.tools.convert.reading import load_checkpoint
+from focalnet_jax.tools.convert.to_flax import convert_state_dict
+
+
+def build_parser() -> argparse.ArgumentParser:
+  """The converter's arguments."""
+  parser = argparse.ArgumentParser(
+      prog="python -m focalnet_jax.convert",
+      description="Convert published PyTorch FocalNet weights (official .pth, timm or HF transformers "
+      ".safetensors/.bin) into a focalnet_jax checkpoint directory.",
+  )
+  parser.add_argument("--model", required=True, help="variant name, e.g. focalnet_tiny_srf")
+  parser.add_argument(
+      "--checkpoint", required=True, help=".pth/.pt/.bin/.safetensors file, or an HF hub snapshot directory"
+  )
+  parser.add_argument(
+      "--output", required=True, help="checkpoint directory to write (must not exist, or be empty)"
+  )
+  head = parser.add_mutually_exclusive_group()
+  head.add_argument(
+      "--drop-head", action="store_true",
+      help="discard the checkpoint's classifier; a model with a head gets a freshly initialised one",
+  )
+  head.add_argument(
+      "--head-to-1k", action="store_true",
+      help="cut a 21842-class ImageNet-22K head to its first 1000 rows (the ImageNet-1K classes)",
+  )
+  cli.add_override_argument(parser)
+  parser.add_argument("--force", action="store_true", help="replace an existing non-empty output directory")
+  parser.add_argument(
+      "--trust-pickle", action="store_true",
+      help="read .pth files that pickle more than tensors (torch.load weights_only=False); "
+      "only for files you trust",
+  )
+  return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Runs the converter; returns 0 on success, exits with a message on any error."""
+  from focalnet_jax import checkpoint
+  from focalnet_jax.tools.summary import num_params
+
+  args = build_parser().parse_args(argv)
+  overrides = cli.overrides(args.override)
+  output = os.path.abspath(args.output)
+  occupied = os.path.exists(output) and (not os.path.isdir(output) or bool(os.listdir(output)))
+  if occupied and not args.force:  # checked first, so a refusal costs nothing
+    raise SystemExit(
+        f"error: {output} already exists and is not empty; refusing to overwrite it. "
+        "Choose another --output, or pass --force to replace it."
+    )
+  try:
+    state_dict = load_checkpoint(args.checkpoint, trust_pickle=args.trust_pickle)
+    layout, _ = detect_layout(list(state_dict))
+    variables = convert_state_dict(
+        state_dict, args.model, drop_head=args.drop_head, head_to_1k=args.head_to_1k, **overrides
+    )
+  except (ValueError, TypeError, FileNotFoundError, ImportError) as e:
+    raise SystemExit(f"error: {e}") from e
+
+  if occupied and os.path.isdir(output):  # --force, and only once the conversion has succeeded
+    shutil.rmtree(output)
+  elif occupied:
+    os.remove(output)
+  checkpoint.save(output, {"params": variables["params"]}, _meta(args, overrides, layout), step=0)
+  over = "".join(f" {k}={v}" for k, v in overrides.items())
+  print(
+      f"Converted {args.checkpoint} ({layout} layout) to {args.model}{over}: "
+      f"{num_params(variables['params']):,} parameters.\n"
+      f"Wrote {output} (step 0).\n"
+      f"Evaluate it:  python eval.py --config configs/<config>.py --checkpoint {output}\n"
+      f"Fine-tune it: python train.py --config configs/<config>.py --config.init_from={output} "
+      "--workdir runs/<name>"
+  )
+  return 0
+
+
+def _meta(args: argparse.Namespace, overrides: dict[str, Any], layout: str) -> dict[str, Any]:
+  """What the checkpoint records about its model and where its weights came from."""
+  return {
+      "model": args.model,
+      "model_overrides": overrides,
+      "source": {
+          "path": os.path.abspath(args.checkpoint),
+          "layout": layout,
+          "drop_head": bool(args.drop_head),
+          "head_to_1k": bool(args.head_to_1k),
+      },
+  }

@@ -1,0 +1,98 @@
+"""Reading published weight files into a flat {key: float32 numpy array} state dict.
+
+`.safetensors` files need only the `safetensors` package; `.pth`/`.pt`/`.bin` files need torch.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import numpy as np
+
+# Official and timm checkpoints wrap the state dict under one of these keys.
+_WRAPPER_KEYS = ("model", "state_dict")
+# Weight files inside a downloaded HF hub snapshot (timm or transformers), in order of preference.
+_SNAPSHOT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def load_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> dict[str, np.ndarray]:
+  """Reads a `.safetensors`, `.pth`, `.pt` or `.bin` file into a flat {key: float32 array}.
+
+  `path` may also be a downloaded HF hub snapshot directory holding `model.safetensors` or
+  `pytorch_model.bin`. `.safetensors` needs only the `safetensors` package. The pickle formats
+  need torch and are read with `weights_only=True`; `trust_pickle=True` lifts that restriction
+  (official training checkpoints may also pickle their yacs config): use it only for files you
+  trust.
+  """
+  path = os.fspath(path)
+  if os.path.isdir(path):
+    found = [os.path.join(path, f) for f in _SNAPSHOT_FILES if os.path.isfile(os.path.join(path, f))]
+    if not found:
+      raise FileNotFoundError(
+          f"{path!r} is a directory without {' or '.join(_SNAPSHOT_FILES)}; pass the weight file itself."
+      )
+    path = found[0]
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"Checkpoint file {path!r} does not exist.")
+  ext = os.path.splitext(path)[1].lower()
+  if ext == ".safetensors":
+    from safetensors.numpy import load_file
+
+    try:
+      return unwrap_state_dict(load_file(path))
+    except TypeError:  # bfloat16 tensors, which numpy cannot name; JAX's reader can
+      from safetensors.flax import load_file as load_file_jax
+
+      return unwrap_state_dict(load_file_jax(path))
+  if ext not in (".pth", ".pt", ".bin", ".ckpt"):
+    raise ValueError(
+        f"Cannot read {path!r}: expected a .safetensors, .pth, .pt or .bin file (got {ext!r})."
+    )
+  try:
+    import torch
+  except ImportError as e:
+    raise ImportError(
+        f"Reading {path!r} ({ext}) needs PyTorch, which is not installed. Install torch (CPU is "
+        "enough: pip install torch --index-url https://download.pytorch.org/whl/cpu), or use the "
+        ".safetensors file of the same weights (timm and HF publish them), which needs no torch."
+    ) from e
+  try:
+    obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+  except Exception as e:  # noqa: BLE001 - torch raises UnpicklingError and others
+    if trust_pickle:
+      raise
+    raise ValueError(
+        f"Could not read {path!r} with torch.load(weights_only=True): {type(e).__name__}: {e}\n"
+        "The file pickles more than tensors (official training checkpoints also hold their "
+        "config). If you trust the file, pass trust_pickle=True (CLI: --trust-pickle)."
+    ) from e
+  return unwrap_state_dict(obj)
+
+
+def unwrap_state_dict(obj: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """The flat state dict inside `obj` ({'model': sd}, {'state_dict': sd} or sd itself),
+  as float32 numpy arrays, with a DistributedDataParallel 'module.' prefix removed."""
+  if not isinstance(obj, Mapping):
+    raise ValueError(f"Expected a state dict (a mapping of names to tensors), got {type(obj).__name__}.")
+  for key in _WRAPPER_KEYS:
+    if isinstance(obj.get(key), Mapping):
+      obj = obj[key]
+      break
+  out = {}
+  for key, value in obj.items():
+    if not hasattr(value, "shape"):
+      continue  # scalars and metadata saved next to the weights (epoch, config, ...)
+    out[key] = _to_numpy(value)
+  if out and all(k.startswith("module.") for k in out):
+    out = {k[len("module.") :]: v for k, v in out.items()}
+  return out
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+  if hasattr(value, "detach"):  # a torch tensor; numpy() cannot take bfloat16, so go via float32
+    value = value.detach().cpu()
+    value = value.float() if value.is_floating_point() else value
+    value = value.numpy()
+  value = np.asarray(value)
+  floating = np.issubdtype(value.dtype, np.floating) or value.dtype.name == "bfloat16"
+  return value.astype(np.float32, copy=False) if floating else value  # no copy of float32 weights

@@ -1,0 +1,158 @@
+"""PyTorch FocalNet state dict -> our Flax params, one key per parameter.
+
+Conversion walks our parameter tree (from `jax.eval_shape`; nothing is initialised) and looks
+up, for every leaf, the one key it comes from (`layouts.torch_key`), so missing, unexpected and
+mis-shaped tensors are all reported together.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from focalnet_jax.data.labels import IMAGENET1K_CLASSES, IMAGENET22K_CLASSES
+from focalnet_jax.tools.convert.diagnose import Problems, report
+from focalnet_jax.tools.convert.layouts import Layout, detect_layout, get_layout, torch_key
+from focalnet_jax.tools.convert.reading import unwrap_state_dict
+
+Path = tuple[str, ...]
+
+
+def convert_state_dict(
+    state_dict: Mapping[str, Any],
+    model_name: str,
+    *,
+    drop_head: bool = False,
+    head_to_1k: bool = False,
+    head_seed: int = 0,
+    **overrides: Any,
+) -> dict[str, Any]:
+  """Converts a PyTorch FocalNet state dict into `{'params': ...}` for `create_model(model_name,
+  **overrides)`, as nested dicts of float32 numpy arrays.
+
+  `state_dict`: torch tensors or numpy arrays, in the official, timm or HF transformers layout
+  (detected from the keys), possibly wrapped as {'model': ...} or {'state_dict': ...}.
+  Head handling (the checkpoint's classifier must otherwise match num_classes exactly):
+    - `drop_head=True`: the checkpoint's head is ignored. If the model has a head (num_classes
+      > 0) it is freshly initialised as in training (truncated normal std 0.02, zero bias,
+      seeded by `head_seed`), so the result always has exactly the model's parameter tree.
+    - `head_to_1k=True`: a 21842-class (ImageNet-22K) head is cut to its first 1000 rows for a
+      1000-class model. The official reordered 22K label map puts the ImageNet-1K classes
+      first (1K class 850 has no 22K counterpart), so the first 1000 logits are the 1K classes.
+  Raises ValueError listing every missing, unexpected and mis-shaped tensor, with the variant
+  or overrides the checkpoint would fit when they can be read off its keys.
+  """
+  from flax import traverse_util
+
+  from focalnet_jax.model.variants import create_model
+
+  if drop_head and head_to_1k:
+    raise ValueError("drop_head and head_to_1k exclude each other: drop the head, or cut it to 1K.")
+  state_dict = unwrap_state_dict(state_dict)
+  layout, prefix = detect_layout(list(state_dict))
+  table = get_layout(layout)
+  model = create_model(model_name, **overrides)
+  targets = _target_shapes(model)
+  if head_to_1k:
+    _check_head_to_1k(state_dict, table, model.num_classes)
+  wanted = {path: torch_key(path, table, postln=bool(model.use_postln), prefix=prefix) for path in targets}
+  if drop_head:  # the head is neither taken from the checkpoint nor missing from it
+    wanted = {path: key for path, key in wanted.items() if path[0] != "head"}
+  params, problems = _take(state_dict, wanted, targets, table, drop_head, head_to_1k)
+  if problems:
+    raise ValueError(report(problems, state_dict, layout, prefix, model_name, overrides, model.num_classes))
+  if drop_head and ("head", "kernel") in targets:
+    params.update(_new_head(targets, head_seed))
+  return {"params": traverse_util.unflatten_dict(params)}
+
+
+def _target_shapes(model: Any) -> dict[Path, Any]:
+  """Our parameter shapes by path, in forward order (so errors name the stem first)."""
+  import jax
+  import jax.numpy as jnp
+  from flax import traverse_util
+
+  side = model.stride
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, side, side, 3), jnp.float32))
+  flat = traverse_util.flatten_dict(shapes["params"])
+  return {p: flat[p] for p in sorted(flat, key=_forward_order)}
+
+
+def _take(state_dict: Mapping[str, np.ndarray], wanted: Mapping[Path, str], targets: Mapping[Path, Any],
+          table: Layout, drop_head: bool, head_to_1k: bool) -> tuple[dict[Path, np.ndarray], Problems]:
+  """The converted array of every wanted key, and every way the state dict does not fit."""
+  used = set(wanted.values())
+  if drop_head:
+    used |= {k for k in state_dict if table.is_head_key(k)}
+  missing = sorted(k for k in wanted.values() if k not in state_dict)
+  unexpected = sorted(k for k in state_dict if k not in used)
+  params, mismatched = {}, []
+  for path, key in wanted.items():
+    if key not in state_dict:
+      continue
+    value = state_dict[key]
+    expected = tuple(targets[path].shape)
+    converted = _to_flax(value, len(expected))
+    if head_to_1k and path[0] == "head":
+      converted = converted[..., :IMAGENET1K_CLASSES]
+    if converted.shape != expected:
+      mismatched.append((key, tuple(value.shape), _torch_shape(expected, value.shape)))
+      continue
+    params[path] = np.ascontiguousarray(converted, dtype=np.float32)
+  return params, Problems(missing, unexpected, mismatched)
+
+
+def _new_head(targets: Mapping[Path, Any], seed: int) -> dict[Path, np.ndarray]:
+  """A head initialised as in training: truncated normal std 0.02, zero bias."""
+  import jax
+  import jax.numpy as jnp
+
+  from focalnet_jax.model import dense_init
+
+  kernel = dense_init(jax.random.key(seed), targets[("head", "kernel")].shape, jnp.float32)
+  return {("head", "kernel"): np.asarray(kernel),
+          ("head", "bias"): np.zeros(targets[("head", "bias")].shape, np.float32)}
+
+
+def _check_head_to_1k(state_dict: Mapping[str, np.ndarray], table: Layout, num_classes: int) -> None:
+  key = table.head_key()
+  rows = state_dict[key].shape[0] if key in state_dict else 0
+  if num_classes != IMAGENET1K_CLASSES or rows != IMAGENET22K_CLASSES:
+    raise ValueError(
+        f"head_to_1k cuts a {IMAGENET22K_CLASSES}-class ImageNet-22K head to the {IMAGENET1K_CLASSES} "
+        f"ImageNet-1K classes, but the checkpoint's head ({key!r}) has {rows or 'no'} rows and the "
+        f"model has num_classes={num_classes}. Use it only with num_classes={IMAGENET1K_CLASSES} "
+        f"(CLI: --override num_classes={IMAGENET1K_CLASSES}) on a 22K checkpoint; otherwise keep the "
+        "head as it is (num_classes equal to its rows) or drop it (drop_head=True)."
+    )
+
+
+def _forward_order(path: Path) -> tuple[int, Path]:
+  first = path[0]
+  rank = {"patch_embed": 0, "norm": 1_000_000, "head": 1_000_001}.get(first)
+  return (int(first.split("_")[1]) + 1 if rank is None else rank, path)
+
+
+def _to_flax(value: np.ndarray, expected_ndim: int) -> np.ndarray:
+  """PyTorch -> Flax layout: conv (O, I/g, kh, kw) -> (kh, kw, I/g, O), which also turns the
+  depthwise (C, 1, k, k) into (k, k, 1, C); Linear (O, I) -> (I, O); a 1x1 conv used as a
+  Linear (timm's f/proj/fc1/fc2, and `h` everywhere) -> (I, O). Other ranks are left for the
+  shape check to report."""
+  if expected_ndim == 4:
+    return value.transpose(2, 3, 1, 0) if value.ndim == 4 else value
+  if expected_ndim == 2:
+    if value.ndim == 4 and value.shape[2:] == (1, 1):
+      value = value[:, :, 0, 0]
+    return value.T if value.ndim == 2 else value
+  return value
+
+
+def _torch_shape(flax_shape: tuple[int, ...], like: tuple[int, ...]) -> tuple[int, ...]:
+  """The PyTorch shape that would convert to `flax_shape`, in the style of tensor shape `like`."""
+  if len(flax_shape) == 4:
+    kh, kw, i, o = flax_shape
+    return (o, i, kh, kw)
+  if len(flax_shape) == 2:
+    i, o = flax_shape
+    return (o, i, 1, 1) if len(like) == 4 else (o, i)
+  return tuple(flax_shape)
