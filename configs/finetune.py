@@ -5,8 +5,8 @@ r"""Fine-tune a 22K-pretrained FocalNet (large/xlarge/huge) on ImageNet-1K.
   python train.py --config configs/finetune.py:focalnet_large_fl3 --workdir runs/l3_ft \
       --config.init_from=weights/focalnet_large_fl3_22k --config.data_dir=$TFDS_DATA_DIR
 
-30 epochs at the pretraining resolution (no wall time measured yet). The per-variant files
-(`focalnet_l_fl3_ft.py`, ...) are this config with `arg` fixed.
+30 epochs at the pretraining resolution (no wall time measured yet). `:VARIANT` picks the
+model: focalnet_{large,xlarge,huge}_fl{3,4}.
 
 The official repository releases no fine-tuning recipe for these models, so the values are
 ours, following the usual 22K -> 1K practice of Swin/FocalNet-style models: 30 epochs, peak lr

@@ -15,8 +15,13 @@ from focalnet_jax.model import variants
 from focalnet_jax.train import optim
 from focalnet_jax.train.state import build_model
 
+import configs.finetune  # noqa: E402  (train_utils puts the repository on sys.path)
+
 CONFIGS = sorted(p for p in glob.glob(os.path.join(train_utils.ROOT, "configs", "*.py"))
                  if not p.endswith("__init__.py"))
+FINETUNE = os.path.join(train_utils.ROOT, "configs", "finetune.py")
+# Every config a user can name: each file, and finetune.py once per 22K variant (finetune.py:<variant>).
+SPECS = CONFIGS + [f"{FINETUNE}:{name}" for name in configs.finetune.IMAGE_SIZE]
 IMAGENET_TRAIN = 1_281_167
 
 
@@ -33,15 +38,16 @@ def load(path, *overrides):
 def test_every_variant_has_a_config():
   names = {os.path.basename(p)[:-3] for p in CONFIGS}
   assert {"default", "quickstart", "focalnet_t", "focalnet_t_lrf", "focalnet_s", "focalnet_s_lrf", "focalnet_b",
-          "focalnet_b_lrf", "focalnet_t_iso", "focalnet_s_iso", "focalnet_b_iso", "focalnet_l_fl3_ft",
-          "focalnet_l_fl4_ft", "focalnet_xl_fl3_ft", "focalnet_xl_fl4_ft", "focalnet_h_fl3_ft",
-          "focalnet_h_fl4_ft", "finetune"} <= names
+          "focalnet_b_lrf", "focalnet_t_iso", "focalnet_s_iso", "focalnet_b_iso", "finetune"} <= names
+  # The 22K models are fine-tuned through finetune.py:<variant>, one per 22K variant.
+  assert set(configs.finetune.IMAGE_SIZE) == {n for n in variants.list_models() if n.endswith(("fl3", "fl4"))}
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.basename(p)[:-3])
+@pytest.mark.parametrize("path", SPECS, ids=lambda p: os.path.basename(p)[:-3] if p.endswith(".py") else
+                         os.path.basename(p))
 def test_config_loads_and_builds_its_model(path):
   config = load(path)
-  with open(path) as f:
+  with open(path.split(".py:")[0] + ".py" if ".py:" in path else path) as f:
     doc = f.read()
   assert "python train.py --config configs/" in doc  # the docstring says how to run it
   num_classes = 10 if config.dataset == "digits" else 1000
@@ -52,14 +58,14 @@ def test_config_loads_and_builds_its_model(path):
       if config.dataset == "digits" else None
   if shapes is not None:
     assert shapes["params"]["head"]["kernel"].shape[-1] == 10
-  if "_ft" in path:
+  if path.startswith(FINETUNE):
     assert config.model.name.endswith(("fl3", "fl4")) and config.base_lr < 5e-4
     assert config.image_size == variants.default_image_size(config.model.name)
 
 
-@pytest.mark.parametrize("name", ["focalnet_b_iso", "focalnet_l_fl4_ft"])
+@pytest.mark.parametrize("name", ["focalnet_b_iso.py", "finetune.py:focalnet_large_fl4"])
 def test_big_models_build_abstractly(name):
-  config = load(os.path.join(train_utils.ROOT, "configs", f"{name}.py"))
+  config = load(os.path.join(train_utils.ROOT, "configs", name))
   model, _ = build_model(config, 1000)
   size = 32 * (2 if "iso" not in name else 1)
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3), jnp.float32))

@@ -13,7 +13,7 @@ from focalnet_jax.train.state import build_model
 
 
 def test_schedule_warms_up_then_cosine_to_min():
-  s = optim.Schedule(steps_per_epoch=10, total_steps=100, warmup_steps=20, lr=1e-3, warmup_lr=1e-6, min_lr=1e-5)
+  s = optim.TrainingSchedule(steps_per_epoch=10, total_steps=100, warmup_steps=20, lr=1e-3, warmup_lr=1e-6, min_lr=1e-5)
   f = optim.lr_schedule(s)
   assert float(f(0)) == pytest.approx(1e-6, rel=1e-4)
   assert float(f(10)) == pytest.approx((1e-6 + 1e-3) / 2, rel=1e-4)  # linear, per step

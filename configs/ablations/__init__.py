@@ -1,4 +1,4 @@
-"""The paper's ablations (REFERENCE.md section 6) as sweeps: a base config plus a list of points.
+"""The paper's ablations (see docs/model.md) as sweeps: a base config plus a list of points.
 
 Each file defines `get_config(arg)` (the base the sweep varies) and `get_sweep(arg)` (the points,
 each a name and dotted config overrides). `arg='quickstart'` shrinks the base to configs/quickstart.py

@@ -13,8 +13,9 @@ import numpy as np
 
 from focalnet_jax.data.batches import local_batch
 from focalnet_jax.data.info import DatasetInfo
+from focalnet_jax.data.labels import IMAGENET1K_CLASSES
 
-NUM_CLASSES = 1000
+NUM_CLASSES = IMAGENET1K_CLASSES
 NUM_TRAIN = 1_281_167
 NUM_EVAL = 50_000
 _POOL = 4  # distinct image batches cycled through

@@ -87,7 +87,7 @@ class Run:
 
   config: ml_collections.ConfigDict
   data: data_lib.Dataset
-  sched: optim.Schedule
+  sched: optim.TrainingSchedule
   mngr: Any
   writer: runlog.Writer
   state: dict

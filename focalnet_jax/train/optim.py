@@ -14,8 +14,9 @@ import optax
 
 
 @dataclasses.dataclass(frozen=True)
-class Schedule:
-  """Values derived from the config and the dataset size."""
+class TrainingSchedule:
+  """Step counts and learning rates derived from the final config and the dataset size (not an
+  `optax.Schedule`, which `lr_schedule` makes of it)."""
 
   steps_per_epoch: int
   total_steps: int
@@ -25,7 +26,7 @@ class Schedule:
   min_lr: float  # at the last step
 
 
-def resolve_schedule(config: ml_collections.ConfigDict, num_train: int) -> Schedule:
+def resolve_schedule(config: ml_collections.ConfigDict, num_train: int) -> TrainingSchedule:
   """steps and learning rates of the final config (lr scaled by batch_size / lr_base_batch_size)."""
   steps_per_epoch = num_train // config.batch_size
   if steps_per_epoch < 1:
@@ -36,7 +37,7 @@ def resolve_schedule(config: ml_collections.ConfigDict, num_train: int) -> Sched
   total = config.total_steps if config.total_steps > 0 else int(config.num_epochs * steps_per_epoch)
   warmup = min(int(round(config.warmup_epochs * steps_per_epoch)), total)
   scale = config.batch_size / config.lr_base_batch_size
-  return Schedule(
+  return TrainingSchedule(
       steps_per_epoch=steps_per_epoch,
       total_steps=total,
       warmup_steps=warmup,
@@ -46,7 +47,7 @@ def resolve_schedule(config: ml_collections.ConfigDict, num_train: int) -> Sched
   )
 
 
-def lr_schedule(s: Schedule) -> optax.Schedule:
+def lr_schedule(s: TrainingSchedule) -> optax.Schedule:
   """Linear warmup from warmup_lr to lr over warmup_steps, then cosine to min_lr at total_steps."""
   return optax.warmup_cosine_decay_schedule(
       init_value=s.warmup_lr,
