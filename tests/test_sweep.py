@@ -19,7 +19,7 @@ from ml_collections import config_flags
 import train_utils
 from configs import focalnet_t, quickstart
 from focalnet_jax.tools import summary, sweep, sweep_report
-from focalnet_jax.train import loop as trainer
+from focalnet_jax.train import state as train_state
 
 ROOT = train_utils.ROOT
 ABLATIONS = sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "ablations", "*.py"))
@@ -197,9 +197,9 @@ def test_aggregate_rows_table_and_plot(tmp_path):
   assert by["fl3"]["top1"] == pytest.approx(0.97) and by["fl3"]["img_per_s"] == pytest.approx(200)
   assert by["fl0"]["img_per_s"] == pytest.approx(450) and by["fl0"]["status"] == "done"
   assert by["fl1"]["top1"] == pytest.approx(0.88) and by["fl1"]["status"].startswith("step 40/")
-  model, _ = trainer.build_model(runs[3].config, 10)
+  model, _ = train_state.build_model(runs[3].config, 10)
   assert by["fl3"]["params"] == summary.count_params(model)
-  assert by["fl3"]["gflops"] == pytest.approx(summary.count_flops(model, 16) / 1e9)
+  assert by["fl3"]["gflops"] == pytest.approx(summary.count_macs(model, 16) / 1e9)
   assert by["fl3"]["params"] > by["fl0"]["params"]
 
   with open(tmp_path / "results.csv") as f:
@@ -289,7 +289,7 @@ def test_ablation_config_points_build_their_models(path):
     runs = runs_of(path + arg)
     assert len(runs) >= 2
     for run in runs:
-      model, _ = trainer.build_model(run.config, num_classes)
+      model, _ = train_state.build_model(run.config, num_classes)
       model.check_image_size(run.config.image_size, run.config.image_size)
       for key, value in run.overrides.items():  # each swept value reaches the model
         assert getattr(model, key.removeprefix("model.")) == value, (run.name, key)

@@ -39,12 +39,12 @@ Row = dict[str, Any]
 def _model_cost(config: ml_collections.ConfigDict, num_classes: int) -> tuple[int, float]:
   """(params, GFLOPs as multiply-adds) of the run's model at its image size, computed abstractly."""
   from focalnet_jax.tools import summary
-  from focalnet_jax.train import loop as trainer
+  from focalnet_jax.train import state as train_state
 
-  model, _ = trainer.build_model(config, num_classes)
+  model, _ = train_state.build_model(config, num_classes)
   variables = summary.abstract_variables(model, config.image_size)
   return (summary.count_params(model, variables=variables),
-          summary.count_flops(model, config.image_size, variables=variables) / 1e9)
+          summary.count_macs(model, config.image_size, variables=variables) / 1e9)
 
 
 def _metrics_of(point_dir: str) -> dict[str, list[dict[str, float]]]:
