@@ -1,11 +1,17 @@
-"""The benchmark CLI runs end to end and reports what it measured, one row per configuration."""
+"""The benchmark CLI runs end to end and reports what it measured, one row per configuration;
+its training row times the trainer's own step."""
 import argparse
 import re
+import textwrap
 
+import jax
+import numpy as np
 import pytest
 
 from focalnet_jax.kernels import depthwise
 from focalnet_jax.tools import benchmark
+from focalnet_jax.train import optim
+from focalnet_jax.train import step as step_lib
 from torch_refs import import_timm
 
 
@@ -49,3 +55,47 @@ def test_title_names_host_allocator_tuning(monkeypatch):
   assert benchmark.machine_description().endswith("GLIBC_TUNABLES=glibc.malloc.hugetlb=1")
   monkeypatch.delenv("GLIBC_TUNABLES")
   assert "GLIBC_TUNABLES" not in benchmark.machine_description()
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+  """A config file: the default recipe with a two-stage, width-8 model (seconds to compile)."""
+  path = tmp_path / "tiny.py"
+  path.write_text(textwrap.dedent("""
+      from configs import default
+
+      def get_config(arg=None):
+        c = default.get_config(arg)
+        c.model.embed_dim, c.model.depths, c.model.num_classes = 8, (1, 1), 5
+        return c
+  """))
+  return str(path)
+
+
+def test_training_row_times_the_trainers_step(tiny_config):
+  args = benchmark.parser().parse_args([
+      "--config", tiny_config, "--batch-size", "4", "--image-size", "32", "--mode", "train", "--ema-decay", "0.5"])
+  runner = benchmark.make_runner(args, "jax:2", 32)
+  assert runner.name == f"jax ({runner.model.depthwise_impl}, micro-batch 2, EMA)"
+  config = runner.config  # the paper's recipe from the config file, at the benchmark's sizes
+  assert (config.mixup_alpha, config.cutmix_alpha, config.label_smoothing, config.grad_clip_norm) == (0.8, 1.0, 0.1, 5.0)
+  assert (config.batch_size, config.grad_accum_steps, config.ema_decay, config.model.dtype) == (4, 2, 0.5, "float32")
+  start = jax.tree.map(np.array, runner.state)  # a copy: the runner donates its state
+  runner.compile()
+  # One timed step is one update of the trainer's step function on the same state, batch and rng.
+  lr_fn = optim.lr_schedule(optim.resolve_schedule(config, benchmark.NUM_TRAIN))
+  step_fn = step_lib.make_train_step(runner.model, optim.make_optimizer(config, lr_fn), config, 5, lr_fn)
+  expected, _ = jax.jit(step_fn)(start, runner.batch, runner.base_rng)
+  assert int(runner.state["step"]) == 1 and "ema_params" in runner.state
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), runner.state, expected)
+
+
+def test_inference_row_names_its_stage_chunks(tiny_config):
+  # Stage inputs of 8x8x8 and 4x4x16 elements per image: a 1000-element budget takes the
+  # smallest chunk that keeps the batch even over the test's 8 CPU devices, 8 images.
+  args = benchmark.parser().parse_args(["--config", tiny_config, "--batch-size", "16", "--chunk-elements", "1000"])
+  runner = benchmark.make_runner(args, "jax:0", 32)
+  assert runner.name == f"jax ({runner.model.depthwise_impl}, stage chunks 8,8)"
+  assert runner.series == f"jax ({runner.model.depthwise_impl}, stage chunks)"
+  runner.compile()
+  assert runner.out.shape == (16, 5)
