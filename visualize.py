@@ -5,7 +5,7 @@ r"""Pictures of a FocalNet: modulator and gate maps for one image, or a run's tr
 
 --checkpoint takes a training workdir or a checkpoint directory (train.py or the converter);
 the image goes through the run's eval transform (or that of --config). A thin entry point
-over `focalnet_jax.visualize`.
+over `focalnet_jax.tools.visualize`.
 """
 from __future__ import annotations
 

@@ -51,7 +51,7 @@ def images(n=2):
   return np.random.default_rng(2).standard_normal((n, SIZE, SIZE, 3)).astype(np.float32)
 
 
-# --- focal modulation by hand, in numpy (the paper, Sec. 3.2; docs/model.md) ------------------
+# --- focal modulation by hand, in numpy (paper Sec. 3.2; docs/model.md, 'Focal modulation') ---
 
 
 def gelu(x):
@@ -82,9 +82,9 @@ def depthwise(x, kernel):
 
 
 def hand_modulation(x, p, levels):
-  """(modulator, gates) of focal modulation: the projection to q, ctx and gates, hierarchical
-  contextualization (stacked GELU(depthwise conv)), gated aggregation with the global context
-  (GELU of the last level's mean, as in the official code) and the 1x1 conv h (paper, Sec. 3.2)."""
+  """(modulator M, gates G) of focal modulation, docs/model.md 'Focal modulation' steps 1-5: the
+  fused projection f to q, Z^0 and G; Z^l = GELU(DWConv_l(Z^{l-1})); the global context
+  Z^{L+1} = GELU(mean of Z^L); Z^out = sum of G^l * Z^l; M = h(Z^out)."""
   c = x.shape[-1]
   proj = dense(x, p["f"])
   q, ctx, gates = proj[..., :c], proj[..., c:2 * c], proj[..., 2 * c:]
