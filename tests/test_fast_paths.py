@@ -14,7 +14,6 @@ from focalnet_jax.kernels import chunking
 from focalnet_jax.kernels.chunking import CACHE_CHUNK_ELEMENTS, auto_chunk_size
 from focalnet_jax.kernels.patch_conv import patch_conv
 from focalnet_jax.model import gelu
-from focalnet_jax.train import step as train_step
 
 from test_model import images, random_variables, tiny_model, tree_allclose
 
@@ -161,22 +160,3 @@ def test_chunked_training_draws_dropout_per_chunk():
   assert a.shape == (8, 10) and np.all(np.isfinite(a))
   np.testing.assert_array_equal(a, run(0))  # the same key, the same masks
   assert not np.allclose(a, b)
-
-
-def test_accumulated_gradients_equal_the_whole_batch():
-  rng = np.random.default_rng(0)
-  params = {"w": jnp.asarray(rng.normal(size=(5, 3)), jnp.float32)}
-  x = jnp.asarray(rng.normal(size=(12, 5)), jnp.float32)
-  y = jnp.asarray(rng.normal(size=(12, 3)), jnp.float32)
-
-  def loss(p, x, y, key):
-    noise = jax.random.normal(key, ())  # the rng reaches each micro-batch
-    return jnp.mean((x @ p["w"] - y) ** 2) + 0.0 * noise
-
-  value_and_grad = jax.value_and_grad(loss)
-  ref = value_and_grad(params, x, y, jax.random.key(0))
-  for num_micro in (1, 3, 4):
-    got = train_step.accumulate_gradients(value_and_grad, params, (x, y), jax.random.key(0), num_micro)
-    tree_allclose(got, ref, rtol=1e-5, atol=1e-6)
-  with pytest.raises(ValueError, match="micro-batches"):
-    train_step.accumulate_gradients(value_and_grad, params, (x, y), jax.random.key(0), 5)

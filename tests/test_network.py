@@ -108,6 +108,10 @@ def test_focal_levels_zero_builds_and_runs(iso):
         (dict(interaction="concat"), "'multiply' or 'add'"),
         (dict(depthwise_impl="fft"), "is not one of"),
         (dict(focal_levels=0, use_global_context=False), "no context"),
+        # A string is truthy: 'false' must not silently build the gated model.
+        (dict(use_gating="false"), r"use_gating='false' must be True or False"),
+        (dict(use_layerscale=1), r"use_layerscale=1 must be True or False"),
+        (dict(depths=3), r"depths=3 must be a sequence of ints"),
     ],
 )
 def test_invalid_architecture_values_raise(overrides, message):

@@ -18,6 +18,7 @@ import pytest
 
 import train_utils
 
+pytestmark = pytest.mark.usefixtures("compilation_cache")
 HERE = os.path.dirname(os.path.abspath(__file__))
 CHILD_DEVICES = 2
 TOTAL, EVERY = 8, 3  # the killed runs save at steps 3, 6 and 8
@@ -173,14 +174,7 @@ def test_sigkill_during_a_save_keeps_the_previous_checkpoint(straight, tmp_path)
   assert not any("tmp" in n for n in os.listdir(ckpts))  # the rerun's save of 6 replaced it
 
 
-# --- in-process runs -------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-  """In-process runs of the same tiny model compile its step once."""
-  with train_utils.compilation_cache(str(tmp_path_factory.mktemp("jax_cache_inproc"))):
-    yield
+# --- in-process runs (the module's compilation cache: the same tiny step compiles once) ---------
 
 
 def _train(config, workdir: str, *, nan_at: int | None = None):

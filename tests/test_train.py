@@ -16,11 +16,7 @@ from focalnet_jax import train as trainer
 from focalnet_jax.train import state as state_lib
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-  """Runs that compile the same step (uninterrupted, killed, resumed) compile it once."""
-  with train_utils.compilation_cache(str(tmp_path_factory.mktemp("jax_cache"))):
-    yield
+pytestmark = pytest.mark.usefixtures("compilation_cache")
 
 
 def train(config, workdir, **hooks):

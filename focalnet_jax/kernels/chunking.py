@@ -5,7 +5,7 @@ the batch in a loop and give the same result; what changes is the working set. O
 chunk whose activations fit in the cache runs about twice as fast as the whole batch
 (FocalNet-T's first stage at batch 8: 209 -> 90 ms). In training the loop must stack every
 chunk's residuals for the backward pass, which costs more than the cache saves, so 'auto'
-chunks inference only (micro-batches, `train.sharding.accumulate_gradients`, are the way to
+chunks inference only (micro-batches, `focalnet_jax.train.step.accumulate_gradients`, are the way to
 train in cache-sized pieces); accelerators want the whole batch at once.
 
 The model knows nothing of this: `apply` drives the model's own pieces (`embed`, `run_stage`,

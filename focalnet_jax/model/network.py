@@ -313,6 +313,13 @@ class FocalNet(nn.Module):
 
 def validate(model: FocalNet) -> None:
   """Raises ValueError naming the field and the fix for any invalid architecture value."""
+  # A string such as 'false' is truthy: a switch given one would silently build the other model.
+  for name, field in type(model).__dataclass_fields__.items():
+    value = getattr(model, name)
+    if isinstance(field.default, bool) and not isinstance(value, (bool, np.bool_)):
+      raise ValueError(f"{name}={value!r} must be True or False (a {type(value).__name__} was given).")
+  if isinstance(model.depths, (int, str)) or not all(isinstance(d, (int, np.integer)) for d in model.depths):
+    raise ValueError(f"depths={model.depths!r} must be a sequence of ints, one per stage, e.g. (2, 2, 6, 2).")
   depths = tuple(model.depths)
   if not depths or any(int(d) < 1 for d in depths):
     raise ValueError(f"depths={depths} must be a non-empty sequence of positive ints.")
