@@ -21,7 +21,10 @@ SIZE = 32  # written image side (the 8x8 originals upsampled 4x)
 _MARKER = "digits.json"  # written last: its presence means the folder is complete
 
 
-def _write(root: str, split_seed: int) -> dict:
+def digit_images(split_seed: int) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+  """{'train'|'test': (images uint8 (N, SIZE, SIZE), labels (N,), indices into the 1,797)}, the
+  split stratified by digit and drawn from `split_seed`, in index order: the pixels the folder
+  holds (and the in-memory digits dataset reads without TensorFlow)."""
   from PIL import Image
   from sklearn.datasets import load_digits
   from sklearn.model_selection import train_test_split
@@ -31,14 +34,22 @@ def _write(root: str, split_seed: int) -> dict:
   index = np.arange(len(images))
   train_idx, test_idx = train_test_split(index, test_size=TEST_FRACTION, stratify=digits.target,
                                          random_state=split_seed)
+  out = {}
+  for split, idx in (("train", np.sort(train_idx)), ("test", np.sort(test_idx))):
+    big = [np.asarray(Image.fromarray(images[i]).resize((SIZE, SIZE), Image.Resampling.BICUBIC)) for i in idx]
+    out[split] = (np.stack(big), digits.target[idx].astype(np.int32), idx)
+  return out
+
+
+def _write(root: str, split_seed: int) -> dict:
+  from PIL import Image
+
   counts = {}
-  for split, idx in (("train", train_idx), ("test", test_idx)):
-    for i in sorted(idx):
-      label = int(digits.target[i])
-      class_dir = os.path.join(root, split, str(label))
+  for split, (images, labels, idx) in digit_images(split_seed).items():
+    for img, label, i in zip(images, labels, idx):
+      class_dir = os.path.join(root, split, str(int(label)))
       os.makedirs(class_dir, exist_ok=True)
-      img = Image.fromarray(images[i]).resize((SIZE, SIZE), Image.Resampling.BICUBIC)
-      img.save(os.path.join(class_dir, f"{i:04d}.png"))
+      Image.fromarray(img).save(os.path.join(class_dir, f"{i:04d}.png"))
     counts[split] = len(idx)
   meta = {"split_seed": split_seed, "counts": counts, "size": SIZE}
   with open(os.path.join(root, _MARKER), "w") as f:
