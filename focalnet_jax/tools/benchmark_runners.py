@@ -32,10 +32,12 @@ class Result:
 
   @property
   def median_step_s(self) -> float:
+    """Seconds per step in the median round."""
     return statistics.median(self.step_s)
 
   @property
   def img_per_s(self) -> float:
+    """Images per second at the median step."""
     return self.batch_size / self.median_step_s
 
   def tflops(self) -> float | None:
@@ -77,6 +79,7 @@ class Runner:
     raise NotImplementedError
 
   def device_peak_mem(self) -> int | None:
+    """The accelerator allocator's peak in bytes; None on CPU (measured in a child process instead)."""
     return None
 
   def timed_round(self, steps: int) -> None:
@@ -89,6 +92,7 @@ class Runner:
     self.peak_mem = self.device_peak_mem()
 
   def result(self) -> Result:
+    """The rounds timed so far."""
     return Result(self.name, self.times, self.compile_s, self.peak_mem, self.batch_size, self.gflops_per_image,
                   self.series or self.name)
 
@@ -189,7 +193,8 @@ class JaxTrainRunner(JaxRunner):
                + (["EMA"] if use_ema else []))
     lr_fn = optim.lr_schedule(optim.resolve_schedule(config, num_train))
     tx = optim.make_optimizer(config, lr_fn)
-    step_fn = train_step.make_train_step(self.model, tx, config, num_classes, lr_fn)
+    # One device, so no micro-batch layout to pin (the trainer pins it over its mesh).
+    step_fn = train_step.make_train_step(self.model, tx, config, num_classes, lr_fn, micro_sharding=None)
     t0 = time.perf_counter()
     init_fn = train_state.make_init_fn(self.model, tx, config.image_size, use_ema)
     self.state = jax.jit(init_fn)(jax.random.PRNGKey(config.seed))
