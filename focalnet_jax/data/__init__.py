@@ -5,7 +5,9 @@ split sizes), its train batches from a given step, and one pass of eval batches,
 process of many. `from_config(config)` gives the dataset `config.dataset` names:
   - a TFDS name, 'folder:/path' or 'digits': the tf.data pipeline (`pipeline`, with the
     augmentations in `augment`); TensorFlow is imported when it is first built, not here;
-  - 'synthetic': random ImageNet-shaped batches (`synthetic`), numpy only.
+  - 'synthetic': random ImageNet-shaped batches (`synthetic`), numpy only;
+  - 'digits' where TensorFlow is not installed: the same digits held in memory, with the
+    recipe's crop/resize/flip in numpy (`arrays.digits_data`), so the quickstart runs anywhere.
 `ArrayData` holds a dataset in memory as numpy arrays (TF-free); pass it to
 `train_and_evaluate(config, workdir, data=...)`.
 
@@ -15,13 +17,17 @@ every example once over all processes, in equally many batches per process, padd
 """
 from __future__ import annotations
 
+import importlib.util
+import logging
 import os
+import sys
 from typing import Iterator, Protocol
 
 import numpy as np
 
-from focalnet_jax.data.arrays import ArrayData
+from focalnet_jax.data.arrays import ArrayData, digits_data
 from focalnet_jax.data.digits import prepare_digits
+from focalnet_jax.data.eval_images import IMAGENET_MEAN, IMAGENET_STD, load_eval_images
 from focalnet_jax.data.info import DatasetInfo
 from focalnet_jax.data.pipeline import eval_iterator, get_info, train_iterator
 from focalnet_jax.data.synthetic import SyntheticData, synthetic_iterator
@@ -55,9 +61,22 @@ class PipelineData:
     return eval_iterator(config, process_index=process_index, process_count=process_count)
 
 
+def has_tensorflow() -> bool:
+  """Whether TensorFlow can be imported here (without importing it: that takes seconds)."""
+  if "tensorflow" in sys.modules:
+    return sys.modules["tensorflow"] is not None
+  return importlib.util.find_spec("tensorflow") is not None
+
+
 def from_config(config) -> Dataset:
   """The dataset `config.dataset` names."""
-  return SyntheticData() if config.dataset == "synthetic" else PipelineData()
+  if config.dataset == "synthetic":
+    return SyntheticData()
+  if config.dataset == "digits" and not has_tensorflow():
+    logging.warning("TensorFlow is not installed: the digits are read in memory, with the crops and resizes "
+                    "done in numpy (RandAugment and random erasing are not available there).")
+    return digits_data(config)
+  return PipelineData()
 
 
 def resolve_data_dir(config, workdir: str):
@@ -71,6 +90,6 @@ def resolve_data_dir(config, workdir: str):
 
 
 __all__ = [
-    "ArrayData", "Dataset", "DatasetInfo", "PipelineData", "SyntheticData", "eval_iterator", "from_config",
-    "get_info", "prepare_digits", "resolve_data_dir", "synthetic_iterator", "train_iterator",
+    "ArrayData", "Dataset", "DatasetInfo", "PipelineData", "SyntheticData", "digits_data", "eval_iterator",
+    "from_config", "get_info", "has_tensorflow", "prepare_digits", "resolve_data_dir", "synthetic_iterator", "train_iterator",
 ]

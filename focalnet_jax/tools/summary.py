@@ -178,9 +178,6 @@ def count_macs(
   return macs
 
 
-# benchmark.py and sweep.py still call the old name; remove once they call count_macs.
-count_flops = count_macs
-
 
 # --- summary and CLI ----------------------------------------------------------------------
 
