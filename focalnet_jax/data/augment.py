@@ -100,8 +100,18 @@ def decode_and_crop(data: tf.Tensor, window_fn: Callable[[tf.Tensor, tf.Tensor],
 
 
 def decode(data: tf.Tensor) -> tf.Tensor:
-  """Decodes encoded image bytes to uint8 RGB [h, w, 3] (any supported format)."""
-  img = tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8)
+  """Decodes encoded image bytes to uint8 RGB [h, w, 3] (any supported format).
+
+  JPEGs are decoded with libjpeg's accurate integer DCT, as PIL (and so timm) does: TensorFlow's
+  default fast DCT is off by about one intensity level on average, and up to seven.
+  """
+  def jpeg():
+    return tf.image.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE")
+
+  def other():
+    return tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8)
+
+  img = tf.cond(tf.io.is_jpeg(data), jpeg, other)
   img.set_shape([None, None, 3])
   return img
 
@@ -118,14 +128,17 @@ def eval_transform(data: tf.Tensor, image_size: int, crop_ratio: float, interpol
   """Decode, resize the shorter side to floor(image_size / crop_ratio), centre crop image_size: uint8."""
   img = decode(data)
   shape = tf.shape(img)
-  h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
+  # float64, as torchvision computes in Python: float32 truncates some long sides one pixel short.
+  h, w = tf.cast(shape[0], tf.float64), tf.cast(shape[1], tf.float64)
   short = float(math.floor(image_size / crop_ratio))
-  # torchvision's Resize(int): the shorter side becomes `short`, the longer one is truncated.
-  new_h = tf.cast(tf.where(h <= w, short, tf.floor(short * h / w)), tf.int32)
-  new_w = tf.cast(tf.where(h <= w, tf.floor(short * w / h), short), tf.int32)
+  # torchvision's Resize(int): the shorter side becomes `short` (the width when the sides are
+  # equal), the longer one is truncated (`focalnet_jax.data.eval_images.resized_shape`).
+  new_h = tf.cast(tf.where(w <= h, tf.floor(short * h / w), short), tf.int32)
+  new_w = tf.cast(tf.where(w <= h, short, tf.floor(short * w / h)), tf.int32)
   img = resize(img, tf.stack([new_h, new_w]), interpolation)
-  top = tf.cast(tf.round(tf.cast(new_h - image_size, tf.float32) / 2.0), tf.int32)
-  left = tf.cast(tf.round(tf.cast(new_w - image_size, tf.float32) / 2.0), tf.int32)
+  # CenterCrop's offsets: Python's round, halves to even, as tf.round.
+  top = tf.cast(tf.round(tf.cast(new_h - image_size, tf.float64) / 2.0), tf.int32)
+  left = tf.cast(tf.round(tf.cast(new_w - image_size, tf.float64) / 2.0), tf.int32)
   img = img[top:top + image_size, left:left + image_size]
   img.set_shape([image_size, image_size, 3])
   return img
