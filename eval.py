@@ -25,7 +25,8 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file for the data settings (optional).",
                                           lock_config=True)
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Training workdir or checkpoint directory.")
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", None, "Training workdir, checkpoint directory, published weights (file or directory) or hub id.")
 _IMAGES = flags.DEFINE_multi_string("image", [], "Image file(s) to classify instead of evaluating a split.")
 _DATASET = flags.DEFINE_string("dataset", None, "TFDS name, 'folder:/path' or 'digits' (overrides the config).")
 _SPLIT = flags.DEFINE_string("split", None, "Split to evaluate (overrides config.eval_split).")

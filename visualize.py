@@ -15,7 +15,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Training workdir or checkpoint directory.")
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", None, "Training workdir, checkpoint directory, published weights (file or directory) or hub id.")
 _IMAGE = flags.DEFINE_string("image", None, "Image file to look at (with --checkpoint).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir holding metrics.jsonl (with --curves).")
 _CURVES = flags.DEFINE_bool("curves", False, "Plot the training curves of --workdir.")

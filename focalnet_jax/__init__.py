@@ -3,14 +3,18 @@ from focalnet_jax.model import (
     FocalModulation, FocalNet, FocalNetBlock, FocalNetStage, create_model, default_image_size, list_models,
     model_kwargs,
 )
+from focalnet_jax.pretrained import Pretrained, PretrainedInfo, from_pretrained
 
 __all__ = [
     "FocalModulation",
     "FocalNet",
     "FocalNetBlock",
     "FocalNetStage",
+    "Pretrained",
+    "PretrainedInfo",
     "create_model",
     "default_image_size",
+    "from_pretrained",
     "list_models",
     "model_kwargs",
 ]

@@ -1,4 +1,4 @@
-"""Top-k predictions for single image files, through the input pipeline's eval transform."""
+"""Top-k predictions for single image files, through the eval transform (timm's pixels, no TensorFlow)."""
 from __future__ import annotations
 
 import os
@@ -14,20 +14,12 @@ from focalnet_jax.train import eval_step as eval_lib
 
 
 def preprocess_files(paths: Sequence[str], config: ml_collections.ConfigDict) -> np.ndarray:
-  """The eval transform of the input pipeline (resize, centre crop, normalise) on image files."""
-  from focalnet_jax.data import augment  # noqa: PLC0415 - imports TensorFlow
-  from focalnet_jax.data.pipeline import import_tf  # noqa: PLC0415
+  """The eval transform (resize, centre crop, normalise) on image files, as timm's, without TensorFlow
+  (`focalnet_jax.data.load_eval_images`; the tf.data eval pipeline gives the same pixels)."""
+  from focalnet_jax.data.eval_images import load_eval_images  # noqa: PLC0415
 
-  tf = import_tf()
-  out = []
-  for p in paths:
-    try:
-      data = tf.io.read_file(p)
-      img = augment.eval_transform(data, config.image_size, config.crop_ratio, config.interpolation)
-    except (tf.errors.OpError, ValueError) as e:
-      raise ValueError(f"Cannot read image {p!r}: {type(e).__name__}: {str(e).splitlines()[0]}") from e
-    out.append(np.asarray(augment.normalize(img, config.aug.mean, config.aug.std)))
-  return np.stack(out)
+  return load_eval_images(paths, config.image_size, config.crop_ratio, config.interpolation,
+                          config.aug.mean, config.aug.std)
 
 
 def top_k(logits: np.ndarray, class_names: Sequence[str], k: int = 5) -> list[list[tuple[str, float]]]:

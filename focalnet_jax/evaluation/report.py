@@ -15,7 +15,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from focalnet_jax import checkpoint
+from focalnet_jax import checkpoint, pretrained
 from focalnet_jax.data import labels
 from focalnet_jax.model import FocalNet, variants
 from focalnet_jax.train import eval_step as eval_lib
@@ -45,7 +45,13 @@ def checkpoint_dir(path: str) -> str:
 
 def load_model(path: str, *, step: int | None = None, ema: bool = False, dtype: str | None = None) -> LoadedModel:
   """(model, params, meta, step, path) of a checkpoint written by train.py or by the converter,
-  read in one restore."""
+  read in one restore; or of published weights (a weight file, a hub snapshot or HF directory, a
+  hub id: `focalnet_jax.from_pretrained`), whose meta carries their preprocessing and class names."""
+  if pretrained.is_published(path):
+    if step is not None or ema:
+      raise ValueError(f"{path!r} holds published weights: they have no steps and no EMA copy; drop --step/--ema.")
+    loaded = pretrained.from_pretrained(path, **({"dtype": dtype} if dtype else {}))
+    return LoadedModel(loaded.model, loaded.variables["params"], loaded.info.meta(), 0, loaded.info.directory)
   ckpt = checkpoint_dir(path)
   state, meta, step = checkpoint.restore_state(ckpt, step=step)
   if "model" not in meta:
@@ -78,7 +84,8 @@ def class_names_for(meta: dict[str, Any], num_classes: int) -> tuple[str, ...]:
 
 def settings_from_checkpoint(base: ml_collections.ConfigDict, meta: dict[str, Any]) -> ml_collections.ConfigDict:
   """`base` (e.g. configs/default.py) with the data settings of the run that wrote the checkpoint,
-  or, for a converted checkpoint, the variant's own resolution."""
+  or, for published weights, their own eval preprocessing, or, for a converted checkpoint, the
+  variant's own resolution."""
   config = base.copy_and_resolve_references()
   trained = meta.get("config")
   if trained:
@@ -87,6 +94,11 @@ def settings_from_checkpoint(base: ml_collections.ConfigDict, meta: dict[str, An
         config[key] = trained[key]
     if "aug" in trained:
       config.aug.mean, config.aug.std = tuple(trained["aug"]["mean"]), tuple(trained["aug"]["std"])
+  elif meta.get("preprocessing"):  # published weights (pretrained.PretrainedInfo.meta)
+    prep = meta["preprocessing"]
+    config.image_size, config.crop_ratio, config.interpolation = (
+        prep["image_size"], prep["crop_ratio"], prep["interpolation"])
+    config.aug.mean, config.aug.std = tuple(prep["mean"]), tuple(prep["std"])
   else:
     config.image_size = variants.default_image_size(meta["model"])
   return config

@@ -216,12 +216,12 @@ def image_figure(checkpoint_path: str, image_path: str, *, config: ml_collection
   The image goes through the eval transform of `config`, or (None) of the run that wrote
   the checkpoint (`evaluation.settings_from_checkpoint` over configs/default.py).
   """
-  from focalnet_jax import evaluation
+  from focalnet_jax import evaluation, pretrained
 
-  if not os.path.exists(checkpoint_path):
+  if not os.path.exists(checkpoint_path) and not pretrained.is_hub_id(checkpoint_path):
     raise FileNotFoundError(
-        f"No checkpoint at {checkpoint_path!r}: pass a train.py --workdir (holding checkpoints/) or "
-        "a directory written by `python -m focalnet_jax.convert`.")
+        f"No checkpoint at {checkpoint_path!r}: pass a train.py --workdir (holding checkpoints/), "
+        "a directory written by `python -m focalnet_jax.convert`, published weights or a hub id.")
   if not os.path.isfile(image_path):
     raise FileNotFoundError(f"No image file at {image_path!r}.")
   model, params, meta, step, _ = evaluation.load_model(checkpoint_path, step=step, ema=ema)
