@@ -180,3 +180,29 @@ def test_clear_errors(tmp_path):
     focalnet_jax.from_pretrained(tmp_path / "missing.safetensors")
   assert not focalnet_jax.pretrained.is_hub_id("weights/model.safetensors")
   assert focalnet_jax.pretrained.is_hub_id("microsoft/focalnet-tiny")
+
+
+def test_focalnet_jax_checkpoint_and_single_image_prediction(timm_tiny, tmp_path):
+  """A converter-written checkpoint loads as the same weights; eval.py --image takes published weights."""
+  from PIL import Image
+  from configs import default
+  from safetensors.torch import save_file
+
+  from focalnet_jax import convert
+
+  save_file(timm_tiny.state_dict(), str(tmp_path / "model.safetensors"))
+  convert.main(["--model", "focalnet_tiny_srf", "--checkpoint", str(tmp_path / "model.safetensors"),
+                "--output", str(tmp_path / "converted")])
+  from_file = focalnet_jax.from_pretrained(tmp_path / "model.safetensors", **XLA)
+  from_ckpt = focalnet_jax.from_pretrained(tmp_path / "converted", **XLA)
+  assert from_ckpt.info.layout == "focalnet_jax" and from_ckpt.info.variant == "focalnet_tiny_srf"
+  x = images(SIDE, seed=7)
+  np.testing.assert_array_equal(ours(from_ckpt, x), ours(from_file, x))
+
+  path = str(tmp_path / "photo.jpg")
+  Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 120, 3), dtype=np.uint8)).save(path)
+  loaded = evaluation.load_model(str(tmp_path / "model.safetensors"))
+  config = evaluation.settings_from_checkpoint(default.get_config(), loaded.meta)
+  (top,) = evaluation.predict_files(loaded, [path], config, k=1)
+  logits = ours(from_file, from_file.info.load_images([path]))
+  assert top[0][0] == from_file.info.class_names[int(logits[0].argmax())]
