@@ -6,10 +6,16 @@ r"""Trains and evaluates a FocalNet: a thin entry point over `focalnet_jax.train
 Multi-host: run the same command on every host with
   --coordinator_address HOST:PORT --num_processes N --process_id I
 or with --distributed on a cluster that JAX detects (SLURM, Cloud TPU, ...).
+
+The first SIGTERM or Ctrl-C saves the current step and stops; a second one exits at once.
+Exit status: 0 when the run finished, 75 (EX_TEMPFAIL) when it was stopped by SIGTERM or
+Ctrl-C before its last step (rerun the same command to resume; a scheduler can requeue on 75,
+and `train.py && eval.py` does not evaluate an unfinished model), 1 on an error.
 """
 from __future__ import annotations
 
 import json
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -32,6 +38,9 @@ def main(argv: list[str], data=None) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   runlog.quiet_library_logs()
+  from focalnet_jax.train import config_check
+
+  config_check.check_sequence_flags(sys.argv)
   import jax  # after flag parsing, so --jax_* flags and env settings apply
 
   if _COORDINATOR.value or _DISTRIBUTED.value:
@@ -42,11 +51,13 @@ def main(argv: list[str], data=None) -> None:
     )
   logging.info("Process %d/%d, %d local / %d global devices.", jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count())
-  from focalnet_jax.train import train_and_evaluate
+  from focalnet_jax.train import loop, train_and_evaluate
 
   result = train_and_evaluate(_CONFIG.value, _WORKDIR.value, data=data)
   if jax.process_index() == 0:
     print(json.dumps({"final": result}))
+  if result.get("preempted"):
+    sys.exit(loop.PREEMPTED_EXIT_CODE)
 
 
 if __name__ == "__main__":

@@ -127,4 +127,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3
   c.async_checkpoints = True  # write in a background thread while training continues
+  # Rerunning a workdir resumes it; a config that changes the run's trajectory (model, batch
+  # size, schedule, data, seed, ...) is refused, naming each field. True: continue it anyway under
+  # the new values (logged). Logging, checkpoint and eval settings may always change.
+  c.allow_config_change = False
   return c

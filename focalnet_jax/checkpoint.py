@@ -10,10 +10,13 @@ A checkpoint directory holds numbered steps; each step has two items:
 Writing is atomic per step (orbax writes into `<step>.orbax-checkpoint-tmp` and renames it
 when complete), so a crash during a save leaves earlier steps intact; the step lists ignore
 such a leftover and the next save of that step replaces it. A step that cannot be read is
-reported with its path and the earlier steps to fall back to; nothing here deletes one.
+reported with its path and the earlier steps to fall back to; nothing here deletes one. Reading
+never creates a directory (a mistyped path is an error, not a new empty checkpoint directory),
+and a latest step rotated away by a running trainer while it is read is retried on the new latest.
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -24,13 +27,44 @@ STATE = "state"
 META = "meta"
 
 
-def manager(directory: str | os.PathLike, **options: Any) -> ocp.CheckpointManager:
-  """A CheckpointManager over `directory` with our two items; `options` go to its options."""
-  return ocp.CheckpointManager(
-      os.path.abspath(os.fspath(directory)),
-      options=ocp.CheckpointManagerOptions(**options),
-      item_names=(STATE, META),
-  )
+class _ReadOnlyNotice(logging.Filter):
+  """Drops orbax's warnings that a manager is read-only: that is how every reader opens one."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    msg = str(record.msg)
+    return not (msg.startswith("Given directory is read only") or "read_only=True, setting" in msg)
+
+
+logging.getLogger("absl").addFilter(_ReadOnlyNotice())
+
+
+def _registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
+  """Our two items and their handlers (orbax's replacement for the deprecated `item_names`)."""
+  registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+  state, meta = ocp.StandardCheckpointHandler(), ocp.JsonCheckpointHandler()
+  for args, handler in ((ocp.args.StandardSave, state), (ocp.args.StandardRestore, state),
+                        (ocp.args.JsonSave, meta), (ocp.args.JsonRestore, meta)):
+    registry.add(STATE if handler is state else META, args, handler)
+  return registry
+
+
+def manager(directory: str | os.PathLike, *, create: bool = False, keep: int | None = None,
+            async_save: bool = True) -> ocp.CheckpointManager:
+  """A CheckpointManager over `directory` with our two items.
+
+  `create=False` (reading) opens it read-only and never creates the directory; writers pass
+  `create=True`. `keep`: how many of the latest steps to keep (None: all).
+  """
+  directory = os.path.abspath(os.fspath(directory))
+  if not create and not os.path.isdir(directory):
+    raise FileNotFoundError(
+        f"No checkpoint directory {directory!r}: expected a training workdir's checkpoints/ or a "
+        "directory written by `python -m focalnet_jax.convert`. Check the path.")
+  policy = ocp.checkpoint_managers.LatestN(keep) if keep is not None else None
+  options = ocp.CheckpointManagerOptions(create=create, read_only=not create, preservation_policy=policy,
+                                         enable_async_checkpointing=async_save,
+                                         save_interval_steps=1 if create else 0)
+  return ocp.CheckpointManager(directory, options=options, handler_registry=_registry())
 
 
 def save_step(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict[str, Any]) -> None:
@@ -44,7 +78,7 @@ def save_step(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict[str
 
 def save(directory: str | os.PathLike, state: Any, meta: dict[str, Any], step: int = 0) -> None:
   """Saves `state` and `meta` as step `step` of `directory`, waiting until the write is complete."""
-  with manager(directory) as mngr:
+  with manager(directory, create=True) as mngr:
     save_step(mngr, step, state, meta)
     mngr.wait_until_finished()
 
@@ -63,6 +97,23 @@ def _checked_step(mngr: ocp.CheckpointManager, directory: str, step: int | None)
   return step
 
 
+def _restore_latest(mngr: ocp.CheckpointManager, requested: int | None, step: int, args) -> tuple[Any, int]:
+  """(restored, step). When the latest step was asked for and a running trainer rotated it away
+  while it was read, the new latest step is read instead (a few times at most)."""
+  for attempt in range(3):
+    try:
+      return mngr.restore(step, args=args), step
+    except Exception:  # noqa: BLE001 - orbax raises many types; re-raised unless the step is gone
+      if requested is not None or attempt == 2:
+        raise
+      mngr.reload()
+      steps = mngr.all_steps()
+      if not steps or step in steps:
+        raise
+      step = max(steps)
+  raise AssertionError("unreachable")
+
+
 def error_summary(e: BaseException, limit: int = 300) -> str:
   """`Type: first line` of an orbax/tensorstore error, without the (long) tensorstore spec."""
   text = str(e).split(" [tensorstore_spec=")[0].strip().splitlines()
@@ -74,9 +125,9 @@ def read_meta(directory: str | os.PathLike, step: int | None = None) -> dict[str
   """The JSON metadata of a checkpoint step (the latest by default)."""
   directory = os.path.abspath(os.fspath(directory))
   with manager(directory) as mngr:
-    step = _checked_step(mngr, directory, step)
+    requested, step = step, _checked_step(mngr, directory, step)
     try:
-      restored = mngr.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))
+      restored, step = _restore_latest(mngr, requested, step, ocp.args.Composite(**{META: ocp.args.JsonRestore()}))
     except Exception as e:  # noqa: BLE001 - orbax raises many types for unreadable files
       raise ValueError(
           f"Checkpoint {directory!r} step {step} has no readable metadata ({error_summary(e)}). "
@@ -92,16 +143,12 @@ def restore_state(
   possibly carrying shardings) the state is restored onto it; without, as numpy arrays."""
   directory = os.path.abspath(os.fspath(directory))
   with manager(directory) as mngr:
-    step = _checked_step(mngr, directory, step)
+    requested, step = step, _checked_step(mngr, directory, step)
     if target is not None:
       target = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     try:
-      restored = mngr.restore(
-          step,
-          args=ocp.args.Composite(
-              **{STATE: ocp.args.StandardRestore(target), META: ocp.args.JsonRestore()}
-          ),
-      )
+      args = ocp.args.Composite(**{STATE: ocp.args.StandardRestore(target), META: ocp.args.JsonRestore()})
+      restored, step = _restore_latest(mngr, requested, step, args)
     except Exception as e:  # noqa: BLE001
       earlier = sorted(s for s in mngr.all_steps() if s < step)
       raise ValueError(
@@ -148,3 +195,27 @@ def load_params(
         + (" It was written without EMA; evaluate the raw params instead." if ema else "")
     )
   return state[key], meta
+
+
+def meta_of(mngr: ocp.CheckpointManager, step: int) -> dict[str, Any] | None:
+  """The metadata of `step` in an open manager, or None if it cannot be read (the state's
+  restore then reports the step as corrupt)."""
+  try:
+    return dict(mngr.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META])
+  except Exception:  # noqa: BLE001
+    return None
+
+
+def check_saves(mngr: ocp.CheckpointManager, step: int, intact: int | None, wait: bool = False) -> None:
+  """Raises one clear OSError if an asynchronous save (of `step`) failed in the background,
+  e.g. on a full disk: the step, the directory, the cause and the step still intact on disk.
+  `wait`: first wait for the save to finish."""
+  try:
+    if wait:
+      mngr.wait_until_finished()
+    mngr.check_for_errors()
+  except Exception as e:  # noqa: BLE001 - whatever the writer raised
+    raise OSError(
+        f"Saving checkpoint step {step} to {os.fspath(mngr.directory)} failed ({error_summary(e)}). "
+        f"The last intact checkpoint is {f'step {intact}' if intact is not None else 'none'}. Fix the "
+        "cause (e.g. free disk space) and rerun the same command to resume from it.") from e

@@ -277,8 +277,12 @@ def test_corrupt_checkpoint_is_named_with_a_way_out_and_left_alone(tmp_path):
   workdir = str(tmp_path / "run")
   _train(config, workdir)
   ckpts = os.path.join(workdir, "checkpoints")
-  # A run with another model in the same workdir: named, not a raw restore error.
+  # A run with another model in the same workdir: refused by its config, and when the change is
+  # allowed deliberately, named by the restore, not a raw restore error.
   bigger = train_utils.tiny_config(total_steps=6, checkpoint_every_steps=2, **{"model.embed_dim": 16})
+  with pytest.raises(ValueError, match=r"(?s)model.embed_dim: 8 -> 16.*another --workdir"):
+    _train(bigger, workdir)
+  bigger.allow_config_change = True
   with pytest.raises(ValueError, match=r"(?s)Cannot resume from .*checkpoints/4 .*another model"):
     _train(bigger, workdir)
 
@@ -298,7 +302,6 @@ def test_corrupt_checkpoint_is_named_with_a_way_out_and_left_alone(tmp_path):
   with pytest.raises(ValueError, match=rf"(?s){path}.*step=2"):
     evaluation.load_model(workdir)
   assert np.isfinite(np.asarray(checkpoint.load_params(ckpts, step=2)[0]["head"]["kernel"])).all()
-  config.total_steps = 6
   with pytest.raises(ValueError, match=rf"(?s)Cannot resume from {path} .*truncated or corrupt.*resume from "
                                        rf"step 2 instead, move {path} out of the way"):
     _train(config, workdir)
@@ -313,13 +316,36 @@ def test_corrupt_checkpoint_is_named_with_a_way_out_and_left_alone(tmp_path):
     ({"image_size": 10}, r"multiples of 4.*Nearest valid sides: 8, 12"),
     ({"batch_size": 12}, r"batch_size=12 must be divisible by the 8 mesh devices x grad_accum_steps=1; nearest valid values: 8, 16"),
     ({"nonfinite": "ignore"}, "must be 'stop' or 'skip'"),
+    ({"keep_checkpoints": 0}, r"keep_checkpoints=0 must be an int >= 1 \(0 would delete every checkpoint"),
+    ({"base_lr": -1e-3}, r"base_lr=-0.001 must be a number > 0 \(a negative rate runs gradient ascent\)"),
+    ({"batch_size": 0}, r"batch_size=0 must be an int >= 1 \(--config.batch_size=...\)"),
+    ({"eval_batch_size": -8}, r"eval_batch_size=-8 must be an int >= 1"),
+    ({"grad_accum_steps": 0}, r"grad_accum_steps=0 must be an int >= 1"),
+    ({"log_every_steps": 0}, r"log_every_steps=0 must be an int >= 1"),
+    ({"checkpoint_every_steps": -5}, r"checkpoint_every_steps=-5 must be an int >= 1"),
+    ({"total_steps": -1, "num_epochs": 0}, r"num_epochs=0 trains nothing: set num_epochs > 0 or total_steps > 0"),
+    ({"total_steps": 0}, r"total_steps=0 must be an int > 0, or -1"),
+    ({"model.depths": (2, 0)}, r"model.depths=\(2, 0\) must be a non-empty sequence of positive ints"),
+    ({"ema_decay": 1.5, "label_smoothing": -0.1}, r"ema_decay=1.5 must be a number in \[0, 1\).*label_smoothing=-0.1"),
 ])
 def test_bad_config_values_fail_before_training_with_the_fix(tmp_path, overrides, message):
   import train_utils
 
   with pytest.raises(ValueError, match=message):
     _train(train_utils.tiny_config(**overrides), str(tmp_path))
-  assert not os.path.exists(tmp_path / "checkpoints")
+  assert not os.path.exists(tmp_path / "checkpoints") and not os.path.exists(tmp_path / "config.json")
+
+
+def test_a_sequence_flag_given_one_number_is_refused():
+  from focalnet_jax.train import config_check
+
+  # ml_collections reads --config.model.depths=3 as (3,): a one-stage network, silently.
+  with pytest.raises(ValueError, match=r"--config.model.depths=3: model.depths takes one value per stage.*"
+                                       r"'\(2,2,6,2\)' \(or '\(3,\)' if you meant one item\)"):
+    config_check.check_sequence_flags(["train.py", "--config.model.depths=3"])
+  with pytest.raises(ValueError, match=r"aug.rrc_scale takes"):
+    config_check.check_sequence_flags(["--config.aug.rrc_scale=0.5"])
+  config_check.check_sequence_flags(["--config.model.depths=(3,)", "--config.model.depths=2,2", "--config.batch_size=3"])
 
 
 if __name__ == "__main__":

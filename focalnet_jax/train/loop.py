@@ -27,34 +27,31 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from focalnet_jax import checkpoint
 from focalnet_jax import data as data_lib
-from focalnet_jax.model import nearest_multiples
 from focalnet_jax.train import eval_step as eval_lib
-from focalnet_jax.train import optim, runlog, sharding
+from focalnet_jax.train import config_check, optim, runlog, sharding
 from focalnet_jax.train import state as state_lib
 from focalnet_jax.train import step as step_lib
+from focalnet_jax.train import workdir as workdir_lib
 
-# Set by the SIGTERM handler; the loop then saves a checkpoint and returns.
+# Set by the SIGTERM/SIGINT handler; the loop then saves a checkpoint and returns.
 _STOP = threading.Event()
+# train.py's exit status for a run stopped by SIGTERM or Ctrl-C before its last step (EX_TEMPFAIL):
+# schedulers can requeue it, and `train.py && eval.py` does not evaluate an unfinished model.
+PREEMPTED_EXIT_CODE = 75
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-def request_stop(*_: Any) -> None:
-  """Asks the running loop to save and stop (what SIGTERM does)."""
+def request_stop(signum: int = signal.SIGTERM, *_: Any) -> None:
+  """Asks the running loop to save and stop (the first SIGTERM or Ctrl-C). A second signal exits
+  at once: orbax commits each step atomically, so the last committed step stays intact."""
+  if _STOP.is_set():
+    logging.warning("Second %s: exiting now without saving; rerun the same command to resume from the last "
+                    "committed checkpoint.", signal.Signals(signum).name)
+    logging.flush()
+    os._exit(128 + signum)
+  logging.warning("%s: saving after this step, then stopping (press Ctrl-C again to exit at once).",
+                  signal.Signals(signum).name)
   _STOP.set()
-
-
-def check_config(config: ml_collections.ConfigDict, model, num_devices: int) -> None:
-  """Values that would fail late (after a long compile) fail here, naming the field and the fix."""
-  if config.nonfinite not in ("stop", "skip"):
-    raise ValueError(f"nonfinite={config.nonfinite!r} must be 'stop' or 'skip'.")
-  model.check_image_size(config.image_size, config.image_size)
-  for name, b in (("batch_size", config.batch_size), ("eval_batch_size", config.eval_batch_size)):
-    unit = num_devices * (config.grad_accum_steps if name == "batch_size" else 1)
-    if b % unit:
-      raise ValueError(
-          f"{name}={b} must be divisible by the {num_devices} mesh devices"
-          + (f" x grad_accum_steps={config.grad_accum_steps}" if name == "batch_size" else "")
-          + f"; nearest valid values: {', '.join(map(str, nearest_multiples(b, unit)))} (--config.{name}=...)."
-      )
 
 
 def compile_step(step_fn, state_sh, batch_sh, metric_names, abstract_sh, config):
@@ -95,18 +92,29 @@ class Run:
   eval_step: Any
   batch_sh: NamedSharding
   meta: dict
-  last_saved: int | None
+  last_saved: int | None  # the last step whose save was started
   pending: list = dataclasses.field(default_factory=list)
   last_train: dict = dataclasses.field(default_factory=dict)
   last_eval: dict = dataclasses.field(default_factory=dict)
   skipped_total: int = 0  # updates skipped (nonfinite='skip') since this process started
   clock: tuple[float, int] = (0.0, 0)  # (time, step) of the last log line
+  intact: int | None = None  # the last step known committed to disk
 
   def __post_init__(self):
     self.is_main = jax.process_index() == 0
     self.params_finite = jax.jit(
         lambda p: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(p)])),
         out_shardings=NamedSharding(self.batch_sh.mesh, P()))
+
+  def check_saves(self, wait: bool = False) -> None:
+    """A failed background save (a full disk) stops the run here, at the next step boundary,
+    with one line; a finished one becomes the intact step. `wait`: first let writes finish."""
+    if self.last_saved == self.intact:
+      return
+    done = wait or not self.mngr.is_saving_in_progress()  # read before the error check: no race
+    checkpoint.check_saves(self.mngr, self.last_saved, self.intact, wait=wait)
+    if done:
+      self.intact = self.last_saved
 
   def _last_good(self) -> str:
     return (f"step {self.last_saved} in {self.mngr.directory}" if self.last_saved is not None else "none")
@@ -152,6 +160,7 @@ class Run:
       raise FloatingPointError(
           f"Non-finite params at step {step}; not saved. Last good checkpoint: {self._last_good()}. Lower "
           "base_lr or raise warmup_epochs; the run resumes from that checkpoint when restarted.")
+    self.check_saves(wait=True)  # orbax waits for the previous save anyway; its failure is named here
     checkpoint.save_step(self.mngr, step, self.state, self.meta)
     self.last_saved = step
 
@@ -187,7 +196,7 @@ class Run:
     return stop
 
   def train(self, start_step: int, rng: jax.Array) -> bool:
-    """Trains from `start_step` to the end (or a SIGTERM: then returns True)."""
+    """Trains from `start_step` to the end (or a SIGTERM or Ctrl-C: then saves and returns True)."""
     config, total = self.config, self.sched.total_steps
     eval_every = self.sched.steps_per_epoch if config.eval_every_steps < 0 else config.eval_every_steps
     batches = self.data.train_batches(config, start_step=start_step, process_index=jax.process_index(),
@@ -198,6 +207,7 @@ class Run:
       batch = sharding.to_global(next(batches), self.batch_sh, ("image", "label"))
       self.state, metrics = self.train_step(self.state, batch, rng)
       step += 1
+      self.check_saves()
       self.pending.append((step, metrics))
       stop = self._should_stop(step)
       save_now = step % config.checkpoint_every_steps == 0 or step == total or stop
@@ -206,9 +216,9 @@ class Run:
       if save_now:
         self.save(step)
       if stop:
-        self.mngr.wait_until_finished()
-        logging.warning("SIGTERM: saved step %d to %s; stopping. Rerun the same command to resume.",
-                        step, self.mngr.directory)
+        self.check_saves(wait=True)
+        logging.warning("Stop requested (SIGTERM or Ctrl-C): saved step %d to %s; stopping. Rerun the same "
+                        "command to resume.", step, self.mngr.directory)
         return True
       if (eval_every > 0 and step % eval_every == 0) or step == total:
         self.evaluate(step)
@@ -217,21 +227,29 @@ class Run:
     return False
 
 
-def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+def _restore_or_create(config, workdir: str, mngr, init, abstract_sh, state_sh, abstract) -> tuple[dict, int | None]:
+  """(state, latest step): resumed from the workdir's latest step, once its config is known to
+  agree with this one (`config_check.check_resume`), or created (`init`: (init_fn, rng))."""
+  latest = mngr.latest_step()
+  if latest is None:
+    return state_lib.create_state(*init, state_sh, abstract, config.init_from), None
+  saved = (checkpoint.meta_of(mngr, latest) or {}).get("config")
+  changes = config_check.check_resume(saved, config, workdir, latest)
+  if changes:
+    logging.warning("Resuming under a changed config (allow_config_change=True):\n  %s", "\n  ".join(changes))
+  state, _ = checkpoint.restore_to_resume(mngr, abstract_sh)
+  logging.info("Resumed from %s at step %d.", mngr.directory, latest)
+  return state, latest
 
 
 def _start(config, workdir: str, data: data_lib.Dataset, mesh) -> tuple[Run, int, jax.Array]:
   """Everything before the first step: checks, the mesh, the state (created or restored), the
-  compiled steps, the checkpoint manager and the run log."""
+  compiled steps, the checkpoint manager and the run log. config.json is written only once the
+  state is restored or created, i.e. once the run is known to proceed."""
   info = data.info(config)
   sched = optim.resolve_schedule(config, info.num_train)
   model, overrides = state_lib.build_model(config, info.num_classes)
-  check_config(config, model, mesh.devices.size)
-  _write_config(config, workdir)
+  config_check.check_with_model(config, model, mesh.devices.size)
   logging.info("Mesh %s over %d devices (%d processes); %s; %s", dict(mesh.shape), mesh.devices.size,
                jax.process_count(), config.model.name, sched)
   lr_fn = optim.lr_schedule(sched)
@@ -245,18 +263,15 @@ def _start(config, workdir: str, data: data_lib.Dataset, mesh) -> tuple[Run, int
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract["params"]))
   logging.info("%s: %s parameters (%s).", config.model.name, f"{n_params:,}",
                ", ".join(f"{k}={v}" for k, v in overrides.items()))
-  mngr = checkpoint.manager(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints,
-                            create=True, enable_async_checkpointing=config.async_checkpoints)
-  latest = mngr.latest_step()
+  mngr = checkpoint.manager(os.path.join(workdir, "checkpoints"), create=True, keep=config.keep_checkpoints,
+                            async_save=config.async_checkpoints)
   try:
-    if latest is not None:
-      state, _ = checkpoint.restore_to_resume(mngr, abstract_sh)
-      logging.info("Resumed from %s at step %d.", mngr.directory, latest)
-    else:
-      state = state_lib.create_state(init_fn, init_rng, state_sh, abstract, config.init_from)
+    state, latest = _restore_or_create(config, workdir, mngr, (init_fn, init_rng), abstract_sh, state_sh, abstract)
   except Exception:
     mngr.close()
     raise
+  if jax.process_index() == 0:
+    workdir_lib.write_config(workdir, config.to_json_best_effort(indent=2), latest or 0)
   step_fn = step_lib.make_train_step(model, tx, config, info.num_classes, lr_fn,
                                      NamedSharding(mesh, P(None, sharding.AXES)))
   train_step = compile_step(step_fn, state_sh, batch_sh, step_lib.metric_names(config), abstract_sh, config)
@@ -267,35 +282,57 @@ def _start(config, workdir: str, data: data_lib.Dataset, mesh) -> tuple[Run, int
           "num_classes": info.num_classes, "class_names": list(info.class_names),
           "schedule": dataclasses.asdict(sched)}
   run = Run(config, data, sched, mngr, runlog.Writer(workdir, enabled=jax.process_index() == 0),
-            state, train_step, eval_step, batch_sh, meta, last_saved=latest)
+            state, train_step, eval_step, batch_sh, meta, last_saved=latest, intact=latest)
   return run, int(jax.device_get(state["step"])), train_rng
+
+
+def _absolute_folder(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`folder:` paths made absolute, so the saved config still names the data from another cwd."""
+  if not config.dataset.startswith("folder:") or len(config.dataset) == len("folder:"):
+    return config
+  config = config.copy_and_resolve_references()
+  config.dataset = "folder:" + os.path.abspath(os.path.expanduser(config.dataset[len("folder:"):]))
+  return config
+
+
+@contextlib.contextmanager
+def _stop_signals() -> Iterator[None]:
+  """SIGTERM and Ctrl-C ask the loop to save and stop (a second one exits at once)."""
+  _STOP.clear()
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  old = {sig: signal.signal(sig, request_stop) for sig in _STOP_SIGNALS}
+  try:
+    yield
+  finally:
+    for sig, handler in old.items():
+      signal.signal(sig, handler)
 
 
 @contextlib.contextmanager
 def open_run(config: ml_collections.ConfigDict, workdir: str,
              data: data_lib.Dataset | None = None) -> Iterator[tuple[Run, int, jax.Array]]:
   """(run, start step, train rng) of a run set up in `workdir` (created, or resumed from its
-  checkpoints) under its mesh, with SIGTERM asking it to save and stop; on exit, pending
-  checkpoint writes finish and the run log is closed. `train_and_evaluate` is this plus
-  `run.train`."""
+  checkpoints) under its mesh, with SIGTERM and Ctrl-C asking it to save and stop; on exit,
+  pending checkpoint writes finish and the run log is closed. The config is checked before
+  anything is written, and process 0 holds the workdir's lock (`workdir.locked`) throughout.
+  `train_and_evaluate` is this plus `run.train`."""
+  config_check.check_values(config)
   workdir = os.path.abspath(workdir)
   data = data if data is not None else data_lib.from_config(config)
-  config = data_lib.resolve_data_dir(config, workdir)  # the quickstart's data lives with its run
+  config = _absolute_folder(data_lib.resolve_data_dir(config, workdir))  # digits data lives with its run
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
-  with jax.set_mesh(mesh):
+  with workdir_lib.locked(workdir, enabled=jax.process_index() == 0), _stop_signals(), jax.set_mesh(mesh):
     run, start_step, rng = _start(config, workdir, data, mesh)
-    old_handler = None
-    if threading.current_thread() is threading.main_thread():
-      old_handler = signal.signal(signal.SIGTERM, request_stop)
-    _STOP.clear()
     try:
       yield run, start_step, rng
+      run.check_saves(wait=True)  # a failed last save is an error, not a silent exit 0
     finally:
-      run.mngr.wait_until_finished()
+      with contextlib.suppress(Exception):  # a failed save was reported by check_saves, in one line
+        run.mngr.wait_until_finished()
       run.mngr.close()
       run.writer.close()
-      if old_handler is not None:
-        signal.signal(signal.SIGTERM, old_handler)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -305,7 +342,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   `data`: the dataset to train on (default: the one `config.dataset` names; pass e.g. a
   `focalnet_jax.data.ArrayData` to train on arrays in memory).
   The returned dict holds the last eval metrics (`top1`, `top5`, `loss`, and `ema_*` with EMA),
-  the last train averages as `train_*`, `step`, `preempted` (1.0 if SIGTERM stopped it) and,
+  the last train averages as `train_*`, `step`, `preempted` (1.0 if SIGTERM or Ctrl-C stopped it) and,
   with nonfinite='skip', `skipped_steps` (updates skipped since this process started).
   """
   with open_run(config, workdir, data) as (run, start_step, rng):

@@ -1,0 +1,199 @@
+"""A training config checked before anything is compiled or written.
+
+`check_values(config)` checks every field's type and range on its own (a zero batch size,
+`keep_checkpoints=0` or a negative learning rate would otherwise crash after a long compile,
+delete every checkpoint, or run gradient ascent and exit 0); `check_with_model` checks what
+needs the model and the device count; `check_resume` compares a resumed run's config with the
+one its checkpoint was written under. Every error names the field, its value and the fix.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from typing import Any, Callable
+
+import ml_collections
+
+from focalnet_jax.model import nearest_multiples
+
+# Fields a resumed run may change freely: they decide what is logged, saved, evaluated or how
+# fast it runs, never the sequence of states the run goes through.
+HARMLESS_ON_RESUME = frozenset({
+    "log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "async_checkpoints",
+    "eval_every_steps", "eval_batch_size", "eval_split", "crop_ratio", "data_threads", "data_dir",
+    "nonfinite", "init_from", "allow_config_change", "model.chunk_elements", "model.depthwise_impl",
+    "mesh.data", "mesh.fsdp", "fsdp_min_size",
+})
+
+
+def _is_int(v: Any) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _rule(kind: Callable[[Any], bool], ok: Callable[[Any], bool], need: str):
+  return lambda v: None if kind(v) and ok(v) else need
+
+
+def _int(lo: int, need: str = ""):
+  return _rule(_is_int, lambda v: v >= lo, need or f"an int >= {lo}")
+
+
+def _num(ok: Callable[[float], bool], need: str):
+  return _rule(_is_number, ok, need)
+
+
+def _choice(*values: str):
+  return lambda v: None if v in values else " or ".join(map(repr, values))
+
+
+def _optional(rule):
+  return lambda v: None if v is None else rule(v)
+
+
+def _positive_ints(v: Any) -> str | None:
+  if isinstance(v, Sequence) and not isinstance(v, str) and v and all(_is_int(x) and x > 0 for x in v):
+    return None
+  return "a non-empty sequence of positive ints, one per stage, e.g. (2, 2, 6, 2)"
+
+
+def _pair_in_unit(v: Any) -> str | None:
+  if (isinstance(v, Sequence) and len(v) == 2 and all(_is_number(x) for x in v)
+      and 0 < v[0] <= v[1] <= 1):
+    return None
+  return "a pair (lo, hi) with 0 < lo <= hi <= 1"
+
+
+def _positive_pair(v: Any) -> str | None:
+  if isinstance(v, Sequence) and len(v) == 2 and all(_is_number(x) and x > 0 for x in v) and v[0] <= v[1]:
+    return None
+  return "a pair (lo, hi) with 0 < lo <= hi"
+
+
+_UNIT = _num(lambda v: 0 <= v <= 1, "a number in [0, 1]")
+_BELOW_ONE = _num(lambda v: 0 <= v < 1, "a number in [0, 1)")
+_NON_NEGATIVE = _num(lambda v: v >= 0, "a number >= 0")
+_POSITIVE = _num(lambda v: v > 0, "a number > 0")
+_BOOL = _rule(lambda v: isinstance(v, bool), lambda v: True, "True or False")
+
+RULES: dict[str, Callable[[Any], str | None]] = {
+    "batch_size": _int(1), "eval_batch_size": _int(1), "grad_accum_steps": _int(1),
+    "log_every_steps": _int(1), "checkpoint_every_steps": _int(1),
+    "keep_checkpoints": _int(1, "an int >= 1 (0 would delete every checkpoint, the final one too)"),
+    "eval_every_steps": _int(-1, "an int: > 0 every that many steps, -1 once per epoch, 0 only at the end"),
+    "total_steps": _rule(_is_int, lambda v: v == -1 or v > 0, "an int > 0, or -1 to use num_epochs"),
+    "num_epochs": _num(lambda v: v >= 0, "a number > 0 (or set total_steps > 0)"),
+    "base_lr": _num(lambda v: v > 0, "a number > 0 (a negative rate runs gradient ascent)"),
+    "warmup_lr": _NON_NEGATIVE, "min_lr": _NON_NEGATIVE, "lr_base_batch_size": _int(1),
+    "warmup_epochs": _NON_NEGATIVE, "weight_decay": _NON_NEGATIVE,
+    "adam_b1": _BELOW_ONE, "adam_b2": _BELOW_ONE, "adam_eps": _POSITIVE,
+    "grad_clip_norm": _NON_NEGATIVE, "ema_decay": _BELOW_ONE, "label_smoothing": _BELOW_ONE,
+    "mixup_alpha": _NON_NEGATIVE, "cutmix_alpha": _NON_NEGATIVE, "mixup_prob": _UNIT,
+    "mixup_switch_prob": _UNIT, "nonfinite": _choice("stop", "skip"),
+    "image_size": _int(1), "crop_ratio": _num(lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "interpolation": _choice("bicubic", "bilinear"), "shuffle_buffer": _int(1),
+    "data_threads": _optional(_int(1)), "corrupt_images": _choice("skip", "error"),
+    "digits_split_seed": _int(0), "seed": _int(0), "fsdp_min_size": _int(0),
+    "mesh.data": _rule(_is_int, lambda v: v == -1 or v > 0, "an int > 0, or -1 for the remaining devices"),
+    "mesh.fsdp": _int(1), "async_checkpoints": _BOOL, "allow_config_change": _BOOL,
+    "dataset": _rule(lambda v: isinstance(v, str) and bool(v), bool, "a non-empty string"),
+    "aug.rrc_scale": _pair_in_unit, "aug.rrc_ratio": _positive_pair, "aug.random_erase_prob": _UNIT,
+    "aug.randaug_num_ops": _int(0), "aug.randaug_magnitude": _NON_NEGATIVE,
+    "aug.randaug_magnitude_std": _NON_NEGATIVE,
+    "model.depths": _optional(_positive_ints), "model.embed_dim": _optional(_int(1)),
+    "model.patch_size": _optional(_int(1)), "model.num_classes": _optional(_int(1)),
+    "model.drop_rate": _optional(_BELOW_ONE), "model.drop_path_rate": _optional(_BELOW_ONE),
+    "model.mlp_ratio": _optional(_POSITIVE),
+}
+
+
+# Sequence fields whose command-line value ml_collections turns from one number into a 1-tuple.
+_SEQUENCE_FLAGS = ("model.depths", "aug.rrc_scale", "aug.rrc_ratio", "aug.mean", "aug.std")
+
+
+def check_sequence_flags(argv: Sequence[str]) -> None:
+  """`--config.model.depths=3` would silently build a one-stage network (ml_collections reads it
+  as (3,)): a sequence field given as one bare number is refused, with the syntax for a tuple."""
+  for arg in argv:
+    for field in _SEQUENCE_FLAGS:
+      prefix = f"--config.{field}="
+      if arg.startswith(prefix) and not any(c in arg[len(prefix):] for c in ",()[]"):
+        value = arg[len(prefix):]
+        raise ValueError(
+            f"{arg}: {field} takes one value per stage (or a pair), not a single number. Write a tuple, e.g. "
+            f"--config.{field}='(2,2,6,2)'" + (f" (or '({value},)' if you meant one item)." if value else "."))
+
+
+def _get(config: ml_collections.ConfigDict, path: str) -> tuple[bool, Any]:
+  node: Any = config
+  for part in path.split("."):
+    if part not in node:
+      return False, None
+    node = node[part]
+  return True, node
+
+
+def check_values(config: ml_collections.ConfigDict) -> None:
+  """Every field's type and range; raises one ValueError listing each bad field with its fix."""
+  problems = []
+  for path, rule in RULES.items():
+    present, value = _get(config, path)
+    need = rule(value) if present else None
+    if need:
+      problems.append(f"{path}={value!r} must be {need} (--config.{path}=...)")
+  if _is_number(config.num_epochs) and config.num_epochs <= 0 and config.total_steps == -1:
+    problems.append(f"num_epochs={config.num_epochs!r} trains nothing: set num_epochs > 0 or total_steps > 0 "
+                    "(to evaluate a checkpoint without training, use eval.py)")
+  if problems:
+    raise ValueError("Invalid config: " + "; ".join(problems) + ".")
+
+
+def check_with_model(config: ml_collections.ConfigDict, model, num_devices: int) -> None:
+  """What needs the model or the devices: the image size and the batch sizes' divisibility."""
+  model.check_image_size(config.image_size, config.image_size)
+  for name, b in (("batch_size", config.batch_size), ("eval_batch_size", config.eval_batch_size)):
+    unit = num_devices * (config.grad_accum_steps if name == "batch_size" else 1)
+    if b % unit:
+      raise ValueError(
+          f"{name}={b} must be divisible by the {num_devices} mesh devices"
+          + (f" x grad_accum_steps={config.grad_accum_steps}" if name == "batch_size" else "")
+          + f"; nearest valid values: {', '.join(map(str, nearest_multiples(b, unit)))} (--config.{name}=...)."
+      )
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+  if isinstance(tree, dict):
+    out = {}
+    for k, v in tree.items():
+      out.update(_flatten(v, f"{prefix}{k}."))
+    return out
+  return {prefix[:-1]: tree}
+
+
+def config_changes(saved: dict, config: ml_collections.ConfigDict) -> list[tuple[str, Any, Any]]:
+  """(field, saved value, new value) of each trajectory-changing field that differs. Values are
+  compared as JSON (tuples and lists alike); fields the saved config lacks (added to the code
+  since) are not changes."""
+  old = _flatten(saved)
+  new = _flatten(json.loads(config.to_json_best_effort()))
+  return [(k, old[k], new[k]) for k in sorted(new)
+          if k in old and old[k] != new[k] and k not in HARMLESS_ON_RESUME]
+
+
+def check_resume(saved: dict | None, config: ml_collections.ConfigDict, workdir: str, step: int) -> list[str]:
+  """Refuses to resume under a config that changes the run's trajectory, unless
+  `config.allow_config_change`; returns the changes (as lines) that were allowed."""
+  if saved is None:
+    return []
+  changes = [f"{k}: {old!r} -> {new!r}" for k, old, new in config_changes(saved, config)]
+  if changes and not config.allow_config_change:
+    raise ValueError(
+        f"{workdir} holds a run at step {step} whose checkpoint was written with another config; "
+        "resuming would silently continue under a new schedule or model:\n  " + "\n  ".join(changes)
+        + "\nTo start a new run with this config, pass another --workdir. To continue this run "
+        "deliberately under the new values, add --config.allow_config_change=True. Nothing was written.")
+  return changes

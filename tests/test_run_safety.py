@@ -1,0 +1,142 @@
+"""One run per workdir, and a workdir's run resumed only under its own config: the lock (held,
+stale, on another host), config changes refused or accepted on resume with the config history
+kept, Ctrl-C handled like SIGTERM, and a failed asynchronous save stopping the run at once."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+
+import train_utils
+from focalnet_jax import checkpoint, evaluation
+from focalnet_jax import train as trainer
+from focalnet_jax.train import loop
+from focalnet_jax.train import workdir as workdir_lib
+
+pytestmark = pytest.mark.usefixtures("compilation_cache")
+
+
+def train(config, workdir, **hooks):
+  return trainer.train_and_evaluate(config, str(workdir), data=train_utils.TinyData(**hooks))
+
+
+def _write_lock(workdir, **holder) -> str:
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, workdir_lib.LOCK)
+  with open(path, "w") as f:
+    json.dump({"host": socket.gethostname(), "started": "2026-01-01 00:00:00", "command": "train.py", **holder}, f)
+  return path
+
+
+def _dead_pid() -> int:
+  proc = subprocess.Popen([sys.executable, "-c", "pass"])
+  proc.wait()
+  return proc.pid
+
+
+def test_a_second_run_on_a_workdir_in_use_is_refused_and_eval_still_reads_it(tmp_path):
+  config = train_utils.tiny_config(total_steps=2, checkpoint_every_steps=1)
+  workdir = str(tmp_path / "run")
+  with loop.open_run(config, workdir, train_utils.TinyData()) as (run, start, rng):
+    run.train(start, rng)
+    lock = json.load(open(os.path.join(workdir, "run.lock")))
+    assert lock["pid"] == os.getpid() and lock["host"] == socket.gethostname() and lock["started"]
+    with pytest.raises(RuntimeError, match=rf"Workdir {workdir} is in use by another training run \(pid "
+                                           rf"{os.getpid()} on host .*Wait for it to finish or stop it, or pass "
+                                           r"another --workdir.*eval.py, which needs no lock"):
+      train(config, workdir)
+    assert evaluation.load_model(workdir).step == 2  # evaluating while it trains takes no lock
+  assert not os.path.exists(os.path.join(workdir, "run.lock"))  # released on exit
+  assert json.loads(open(os.path.join(workdir, "config.json")).read())["total_steps"] == 2
+
+
+def test_a_stale_lock_is_taken_over_and_one_from_another_host_says_how_to_clear_it(tmp_path, caplog):
+  # A crashed holder on this host (its pid gone), or a pid reused by another process: taken over.
+  for name, holder in (("dead", {"pid": _dead_pid()}), ("reused", {"pid": os.getppid(), "pid_start": "1"})):
+    path = _write_lock(str(tmp_path / name), **holder)
+    with caplog.at_level("WARNING"):
+      assert workdir_lib.acquire(str(tmp_path / name)) == path
+    assert "Taking over the lock of a run that is no longer running" in caplog.text
+    assert json.load(open(path))["pid"] == os.getpid()
+    workdir_lib.release(path)
+    assert not os.path.exists(path)
+  # A live holder on this host.
+  _write_lock(str(tmp_path / "live"), pid=os.getppid(), pid_start=workdir_lib._start_time(os.getppid()))
+  with pytest.raises(RuntimeError, match=rf"in use by another training run \(pid {os.getppid()}"):
+    workdir_lib.acquire(str(tmp_path / "live"))
+  # Another host: nothing here can tell whether it still runs.
+  path = _write_lock(str(tmp_path / "far"), host="node-17", pid=4242)
+  with pytest.raises(RuntimeError, match=rf"locked by a training run on another host \(pid 4242 on host 'node-17'.*"
+                                         rf"If it is not \(it crashed or its machine is gone\), delete {path} and rerun"):
+    workdir_lib.acquire(str(tmp_path / "far"))
+  assert json.load(open(path))["host"] == "node-17"  # left alone
+
+
+def test_resuming_with_another_config_is_refused_harmless_changes_are_not_and_history_is_kept(tmp_path):
+  workdir = tmp_path / "run"
+  config = train_utils.tiny_config(total_steps=2, checkpoint_every_steps=1)
+  train(config, workdir)
+  saved = open(workdir / "config.json").read()
+  for changes, expected in (
+      ({"batch_size": 8, "base_lr": 1e-3}, ["batch_size: 16 -> 8", "base_lr: 0.0005 -> 0.001"]),
+      ({"total_steps": 5}, ["total_steps: 2 -> 5"]),
+      ({"model.embed_dim": 16, "seed": 3}, ["model.embed_dim: 8 -> 16", "seed: 0 -> 3"]),
+  ):
+    other = train_utils.tiny_config(**{"total_steps": 2, "checkpoint_every_steps": 1, **changes})
+    with pytest.raises(ValueError, match=r"holds a run at step 2 whose checkpoint was written with another config") as e:
+      train(other, workdir)
+    for line in expected:
+      assert line in [ln.strip() for ln in str(e.value).splitlines()], str(e.value)
+    assert "pass another --workdir" in str(e.value) and "--config.allow_config_change=True" in str(e.value)
+    assert open(workdir / "config.json").read() == saved  # the original config is kept
+  # Logging, checkpoint and eval settings may change.
+  harmless = train_utils.tiny_config(total_steps=2, checkpoint_every_steps=7, log_every_steps=3, keep_checkpoints=5,
+                                     eval_every_steps=1, eval_batch_size=8, async_checkpoints=False)
+  assert train(harmless, workdir)["step"] == 2
+  # A deliberate change continues the run, and every start's config stays in the history.
+  longer = train_utils.tiny_config(total_steps=3, checkpoint_every_steps=1, allow_config_change=True)
+  assert train(longer, workdir)["step"] == 3
+  history = [json.loads(line) for line in open(workdir / "config_history.jsonl")]
+  assert [(h["start_step"], h["config"]["total_steps"]) for h in history] == [(0, 2), (2, 2), (2, 3)]
+  assert json.load(open(workdir / "config.json"))["total_steps"] == 3
+
+
+def test_ctrl_c_saves_and_stops_like_sigterm(tmp_path):
+  config = train_utils.tiny_config(total_steps=6, checkpoint_every_steps=100)
+
+  def ctrl_c_at_3(step):
+    if step == 2:  # the 3rd batch is being read: stop after that step
+      os.kill(os.getpid(), signal.SIGINT)
+
+  first = train(config, tmp_path / "run", on_step=ctrl_c_at_3)
+  assert first["preempted"] == 1.0 and first["step"] == 3
+  with checkpoint.manager(tmp_path / "run" / "checkpoints") as mngr:
+    assert mngr.latest_step() == 3
+  assert train(config, tmp_path / "run")["step"] == 6
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+def test_a_failed_async_save_stops_at_once_naming_step_directory_cause_and_intact_step(tmp_path, monkeypatch):
+  from orbax.checkpoint._src.path import atomicity
+
+  finalize = atomicity.AtomicRenameTemporaryPath.finalize
+
+  async def disk_full_at_4(self, *args, **kwargs):
+    if self.get_final().name == "4":
+      raise OSError(28, "No space left on device")
+    return await finalize(self, *args, **kwargs)
+
+  monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, "finalize", disk_full_at_4)
+  config = train_utils.tiny_config(total_steps=8, checkpoint_every_steps=2, keep_checkpoints=10)
+  ckpts = str(tmp_path / "run" / "checkpoints")
+  with pytest.raises(OSError, match=rf"^Saving checkpoint step 4 to {ckpts} failed \(OSError: \[Errno 28\] No space "
+                                    r"left on device\)\. The last intact checkpoint is step 2\. Fix the cause"):
+    train(config, tmp_path / "run")
+  monkeypatch.undo()
+  with checkpoint.manager(ckpts) as mngr:
+    assert list(mngr.all_steps()) == [2]  # no save after the failed one
