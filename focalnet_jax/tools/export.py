@@ -1,0 +1,199 @@
+r"""A trained FocalNet, exported for serving outside Python and JAX.
+
+  python -m focalnet_jax.export --checkpoint weights/focalnet_tiny_srf --output tiny.stablehlo
+  python -m focalnet_jax.export --checkpoint runs/quickstart --output tiny_tf --format savedmodel
+
+`--checkpoint` is anything `eval.py --checkpoint` accepts (`focalnet_jax.evaluation.load_model`).
+Both formats take float32 NHWC images, normalised as for evaluation, and return float32 logits;
+the batch dimension is symbolic unless `--batch-size` fixes it.
+  - 'stablehlo': a serialized `jax.export.Exported` (weights inside). Any process with jax runs it
+    without this package: `jax.export.deserialize(open(path, 'rb').read()).call(images)`.
+  - 'savedmodel': a TensorFlow SavedModel whose `serving_default` signature maps `images` to
+    `logits`; the weights are TF variables, the network one `XlaCallModule` op (jax2tf).
+
+What is exported is plain `model.apply` with the portable depthwise convolution ('xla'): neither
+the XLA:CPU native custom calls (a CPU-only shared library) nor the CPU batch chunking
+(`kernels.chunking`) end up in an artifact.
+
+Why the SavedModel's GELU is written out: JAX serializes `erf` as a `stablehlo.composite`
+(`vhlo.composite_v2` at the StableHLO version JAX targets), which TF 2.21's XlaCallModule cannot
+read ("unregistered operation 'vhlo.composite_v2'"). Re-serializing for TF's older StableHLO
+(1.13.7) makes it readable, but TF then fails to refine the symbolic batch inside the composite's
+decomposition. So the SavedModel is traced with `erf` replaced by the very rational polynomial its
+decomposition holds (`portable_erf`): no composite, the same numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+FORMATS = ("stablehlo", "savedmodel")
+# Lowered for both: an artifact made on a CPU-only machine also serves on an NVIDIA GPU.
+DEFAULT_PLATFORMS = ("cpu", "cuda")
+
+# StableHLO's float32 erf (chlo.erf's decomposition, XLA's ErfImpl32): on x clamped to [-4, 4],
+# erf(x) = x * P(x^2) / Q(x^2), coefficients from the highest power down.
+_ERF_P = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06, -5.69250639462346e-05,
+          -7.34990630326855e-04, -2.95459980854025e-03, -1.60960333262415e-02)
+_ERF_Q = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03, -7.37332916720468e-03,
+          -1.42647390514189e-02)
+
+
+def portable_erf(x: jax.Array) -> jax.Array:
+  """erf in elementary ops (float32 inside, as StableHLO computes it for every float type)."""
+  dtype = x.dtype
+  x = jnp.clip(x.astype(jnp.float32), -4.0, 4.0)
+  x2 = x * x
+  p, q = jnp.float32(_ERF_P[0]), jnp.float32(_ERF_Q[0])
+  for c in _ERF_P[1:]:
+    p = p * x2 + jnp.float32(c)
+  for c in _ERF_Q[1:]:
+    q = q * x2 + jnp.float32(c)
+  return jnp.clip(x * p / q, -1.0, 1.0).astype(dtype)
+
+
+def without_erf(fn: Callable[..., Any]) -> Callable[..., Any]:
+  """`fn` with every `lax.erf` (at any depth of its jaxpr) computed by `portable_erf`."""
+  from jax.extend import core as jex_core
+
+  def run(jaxpr: Any, consts: Sequence[Any], *args: Any) -> list[Any]:
+    env: dict[Any, Any] = {}
+    read = lambda v: v.val if isinstance(v, jex_core.Literal) else env[v]  # noqa: E731
+    env.update(zip(jaxpr.constvars, consts))
+    env.update(zip(jaxpr.invars, args))
+    for eqn in jaxpr.eqns:
+      inputs = [read(v) for v in eqn.invars]
+      if eqn.primitive.name == "erf":
+        outputs = [portable_erf(*inputs)]
+      elif eqn.primitive.name in ("pjit", "jit", "closed_call"):  # nested jaxprs: inline them
+        inner = eqn.params.get("jaxpr") or eqn.params["call_jaxpr"]
+        outputs = run(inner.jaxpr, inner.consts, *inputs)
+      else:
+        outputs = eqn.primitive.bind(*inputs, **eqn.params)
+        outputs = outputs if eqn.primitive.multiple_results else [outputs]
+      env.update(zip(eqn.outvars, outputs))
+    return [read(v) for v in jaxpr.outvars]
+
+  def wrapped(*args: Any) -> Any:
+    closed, out_tree = jax.make_jaxpr(fn, return_shape=True)(*args)
+    flat = run(closed.jaxpr, closed.consts, *jax.tree.leaves(args))
+    return jax.tree.unflatten(jax.tree.structure(out_tree), flat)
+
+  return wrapped
+
+
+def portable_model(model: Any) -> Any:
+  """`model` with the depthwise implementation every backend runs ('xla')."""
+  from focalnet_jax.model import FocalNet
+
+  if not isinstance(model, FocalNet):
+    raise TypeError(f"export takes a FocalNet classifier, got {type(model).__name__}.")
+  return model.clone(depthwise_impl="xla")
+
+
+def _image_spec(model: Any, image_size: int | Sequence[int], batch_size: int | None) -> jax.ShapeDtypeStruct:
+  """The images' shape, the batch symbolic unless fixed; checks the size fits the model."""
+  height, width = (image_size, image_size) if isinstance(image_size, (int, np.integer)) else image_size
+  model.check_image_size(int(height), int(width))
+  batch = jax.export.symbolic_shape("batch")[0] if batch_size is None else int(batch_size)
+  return jax.ShapeDtypeStruct((batch, int(height), int(width), 3), jnp.float32)
+
+
+def export_stablehlo(model: Any, variables: Any, image_size: int | Sequence[int] = 224, *,
+                     batch_size: int | None = None, platforms: Sequence[str] = DEFAULT_PLATFORMS) -> bytes:
+  """The serialized `jax.export` artifact of `images -> logits`, weights inside."""
+  model = portable_model(model)
+  spec = _image_spec(model, image_size, batch_size)
+  apply = jax.jit(lambda images: model.apply(variables, images))
+  return bytes(jax.export.export(apply, platforms=tuple(platforms))(spec).serialize())
+
+
+def export_savedmodel(model: Any, variables: Any, output: str, image_size: int | Sequence[int] = 224, *,
+                      batch_size: int | None = None, platforms: Sequence[str] = DEFAULT_PLATFORMS) -> str:
+  """Writes a TF SavedModel of `images -> {'logits': ...}` to `output`; returns `output`."""
+  import tensorflow as tf
+  from jax.experimental import jax2tf
+
+  model = portable_model(model)
+  spec = _image_spec(model, image_size, batch_size)
+  shape = tuple(None if not isinstance(d, int) else d for d in spec.shape)
+  poly = "(" + ", ".join(str(d) for d in spec.shape) + ")"
+  apply_tf = jax2tf.convert(without_erf(lambda params, images: model.apply(params, images)),
+                            polymorphic_shapes=[None, poly], native_serialization_platforms=tuple(platforms),
+                            with_gradient=False)
+  module = tf.Module()
+  # Weights as variables, not graph constants: a GraphDef stops at 2 GB (FocalNet-H is 3 GB).
+  module.params = tf.nest.map_structure(lambda a: tf.Variable(np.asarray(a), trainable=False), variables)
+
+  @tf.function(autograph=False, input_signature=[tf.TensorSpec(shape, tf.float32, name="images")])
+  def serve(images: tf.Tensor) -> dict[str, tf.Tensor]:
+    return {"logits": apply_tf(module.params, images)}
+
+  module.serve = serve
+  tf.saved_model.save(module, output, signatures={"serving_default": serve})
+  return output
+
+
+def export(model: Any, variables: Any, *, format: str = "stablehlo", output: str | None = None,
+           image_size: int | Sequence[int] = 224, batch_size: int | None = None,
+           platforms: Sequence[str] = DEFAULT_PLATFORMS) -> bytes | str:
+  """Exports `model.apply(variables, images)`: 'stablehlo' returns the artifact's bytes (and
+  writes them to `output` if given); 'savedmodel' writes the directory `output` and returns it."""
+  if format not in FORMATS:
+    raise ValueError(f"format={format!r} is not one of {FORMATS}.")
+  if format == "savedmodel":
+    if not output:
+      raise ValueError("format='savedmodel' writes a directory: pass output=PATH.")
+    return export_savedmodel(model, variables, output, image_size, batch_size=batch_size, platforms=platforms)
+  data = export_stablehlo(model, variables, image_size, batch_size=batch_size, platforms=platforms)
+  if output:
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    with open(output, "wb") as f:
+      f.write(data)
+  return data
+
+
+def default_image_size(meta: dict[str, Any]) -> int:
+  """The side a checkpoint's model was trained (or published) at: its run's config, else its variant's."""
+  from focalnet_jax.model import variants
+
+  size = (meta.get("config") or {}).get("image_size")
+  return int(size) if size else variants.default_image_size(meta["model"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="python -m focalnet_jax.export", description=__doc__.split("\n\n")[0],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--checkpoint", required=True, help="Anything eval.py --checkpoint accepts.")
+  parser.add_argument("--output", required=True, help="File (stablehlo) or directory (savedmodel) to write.")
+  parser.add_argument("--format", choices=FORMATS, default="stablehlo")
+  parser.add_argument("--image-size", type=int, nargs="+", default=None, metavar="SIDE",
+                      help="One side, or height and width (default: the checkpoint's training size).")
+  parser.add_argument("--batch-size", type=int, default=None, help="Fix the batch size (default: symbolic).")
+  parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                      help="Compute dtype inside the artifact (default: the checkpoint's); inputs and logits stay float32.")
+  parser.add_argument("--platforms", nargs="+", default=list(DEFAULT_PLATFORMS),
+                      help="Platforms to lower for (jax.export names: cpu, cuda, rocm, tpu).")
+  parser.add_argument("--ema", action="store_true", help="Export the EMA weights of a training checkpoint.")
+  return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = build_parser().parse_args(argv)
+  from focalnet_jax.evaluation import load_model
+
+  loaded = load_model(args.checkpoint, ema=args.ema, dtype=args.dtype)
+  size = args.image_size or [default_image_size(loaded.meta)]
+  if len(size) not in (1, 2):
+    raise SystemExit(f"--image-size takes one side or height and width, got {size}.")
+  export(loaded.model, {"params": loaded.params}, format=args.format, output=args.output,
+         image_size=size[0] if len(size) == 1 else tuple(size), batch_size=args.batch_size,
+         platforms=args.platforms)
+  batch = "symbolic" if args.batch_size is None else args.batch_size
+  print(f"Wrote {args.format} {args.output}: images (batch {batch}, {size[0]}x{size[-1]}, 3) float32 -> logits")
+  return 0
