@@ -248,8 +248,67 @@ def test_corrupt_images_are_skipped_or_reported(tmp_path, caplog):
   assert "Skipping 3 corrupt" in caplog.text and "truncated.jpg" in caplog.text
   batch = next(data.train_iterator(make_config(f"folder:{root}")))
   assert batch["image"].shape[0] == 4
-  with pytest.raises(ValueError, match=r"Corrupt image .*(truncated\.jpg|garbage\.png|cut\.png)"):
+  with pytest.raises(ValueError, match=r"Corrupt or undecodable image .*(truncated\.jpg|garbage\.png|cut\.png)"):
     data.get_info(make_config(f"folder:{root}", corrupt_images="error"))
+
+
+def test_hidden_entries_are_never_splits_classes_or_images(tmp_path):
+  root = _write_folder(str(tmp_path), "train", {"a": 2, "b": 2})
+  _write_folder(root, "val", {"a": 1, "b": 1})
+  for hidden in ("train/.ipynb_checkpoints", "val/.Trash-1000", "train/a/.thumbnails", ".git/x"):
+    os.makedirs(os.path.join(root, hidden))
+    _image(7).save(os.path.join(root, hidden, "0.png"))
+  _image(8).save(os.path.join(root, "train", "b", ".hidden.png"))
+  info = data.get_info(make_config(f"folder:{root}"))
+  assert info.class_names == ("a", "b") and info.num_train == 4 and info.num_eval == 2
+  with pytest.raises(ValueError, match=r"splits found in .*\['train', 'val'\]"):
+    data.get_info(make_config(f"folder:{root}", eval_split="test"))
+
+
+def test_symlinks_never_relabel_another_class_or_loop(tmp_path, caplog):
+  root = _write_folder(str(tmp_path), "train", {"a": 2, "b": 3})
+  a = os.path.join(root, "train", "a")
+  os.symlink(".", os.path.join(a, "loop"))  # a link loop: walked 40 levels deep before
+  os.symlink(os.path.join(root, "train", "b"), os.path.join(a, "b_images"))  # into another class
+  _write_folder(a, "sub", {"c": 1})  # a real sub-directory, and a second link to it
+  os.symlink("sub", os.path.join(a, "alias"))
+  with caplog.at_level(logging.WARNING):
+    split = folder.scan_split(root, "train", "skip")
+  assert sorted(split.labels.tolist()) == [0, 0, 0, 1, 1, 1]  # a: 2 + sub/c/0.png once; b: 3
+  assert "Not following" in caplog.text and "b_images" in caplog.text
+
+
+def _save(path, img, fmt, **kwargs):
+  img.save(path, fmt, **kwargs)
+
+
+def test_images_tensorflow_decodes_differently_or_not_at_all_are_caught_by_the_scan(tmp_path, caplog):
+  root = _write_folder(str(tmp_path), "train", {"x": 3, "y": 3}, ("png", "bmp", "webp"))
+  _write_folder(root, "val", {"x": 1, "y": 1})
+  img = _image(3)
+  _save(os.path.join(root, "train", "x", "palette.bmp"), img.convert("P"), "BMP")  # wrong pixels in TF
+  _save(os.path.join(root, "train", "x", "mono.bmp"), img.convert("1"), "BMP")  # TF cannot decode
+  _save(os.path.join(root, "train", "y", "anim.webp"), img, "WEBP", save_all=True,
+        append_images=[img.rotate(90)])  # TF cannot decode animated WebP
+  _save(os.path.join(root, "train", "y", "tiff.png"), img, "TIFF")  # misnamed: TF cannot decode it
+  with caplog.at_level(logging.WARNING):
+    info = data.get_info(make_config(f"folder:{root}"))
+  assert info.num_train == 6
+  assert "Skipping 4 corrupt or undecodable" in caplog.text
+  assert "palette.bmp (TensorFlow, which training decodes with, decodes this BMP file to other pixels" in caplog.text
+  for name in ("mono.bmp", "anim.webp", "tiff.png"):
+    assert f"{name} (TensorFlow, which training decodes with, cannot decode this" in caplog.text
+  folder.scan_split.cache_clear()
+  with pytest.raises(ValueError, match=r"Corrupt or undecodable image .*mono\.bmp' \(TensorFlow.*convert it to PNG"):
+    data.get_info(make_config(f"folder:{root}", corrupt_images="error"))
+
+
+def test_a_file_name_that_is_not_utf8_is_named(tmp_path):
+  root = _write_folder(str(tmp_path), "train", {"x": 2})
+  bad = os.path.join(os.fsencode(root), b"train", b"x", b"caf\xe9.png")
+  _image(1).save(open(bad, "wb"), "PNG")
+  with pytest.raises(ValueError, match=r"caf\\xe9\.png'.* is not valid UTF-8.*Rename it"):
+    data.get_info(make_config(f"folder:{root}"))
 
 
 # ------------------------------------------------------------------------------------------
@@ -267,6 +326,9 @@ def test_digits_folder(tmp_path):
   assert np.all(np.abs(per_class - 0.2) < 0.02)  # stratified
   img = Image.open(train.paths[0])
   assert img.size == (32, 32) and np.asarray(img).max() > 128
+  umask = os.umask(0)
+  os.umask(umask)
+  assert os.stat(root).st_mode & 0o777 == 0o777 & ~umask  # readable by others, as the umask allows
   # Written once: a second call reuses it; another split seed is refused.
   marker = os.path.join(root, "digits.json")
   mtime = os.path.getmtime(marker)

@@ -77,6 +77,9 @@ def prepare_digits(data_dir: str | None, split_seed: int) -> str:
     os.makedirs(data_dir, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".digits-tmp-", dir=data_dir)
     try:
+      umask = os.umask(0)
+      os.umask(umask)
+      os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0o700 would keep others (and their eval.py) out
       _write(tmp, split_seed)
       try:
         os.rename(tmp, root)

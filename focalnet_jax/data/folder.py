@@ -1,15 +1,23 @@
 """Image folders laid out as root/<split>/<class>/<image>: listing, labels and validation.
 
 Class names are the sub-directories of the train split, sorted alphabetically; their order
-gives the label ids, and every other split is labelled with the same map. Images are files
-with a known extension (jpg, jpeg, png, bmp, gif, webp; any case) found recursively inside a
-class directory.
+gives the label ids, and every other split is labelled with the same map. Hidden entries (a
+leading '.', e.g. `.ipynb_checkpoints`, `.DS_Store`, `.Trash-1000`) are never splits, classes
+or images. Images are files with a known extension (jpg, jpeg, png, bmp, gif, webp; any case)
+found recursively inside a class directory; a symlinked directory is followed only if it
+resolves inside that class directory and was not visited yet (a link loop, or a link into
+another class, would relabel images). A file or directory name that is not valid UTF-8 (which
+TensorFlow cannot open) is an error naming it.
 
-Images are checked up front, cheaply, so that a corrupt file can be reported by name: the
-header must parse (PIL), a JPEG must end with its end-of-image marker (else it is decoded in
-full to tell a truncated file from one with trailing bytes), and other formats, which are
-rare and usually small, are decoded in full. Bad files are skipped and counted, with a warning
-naming the first few (`corrupt_images='skip'`), or raise naming the file (`'error'`). TF-free.
+Images are checked up front so that a bad file is reported by name, and the check agrees with
+the decoder training uses (TensorFlow's): the header must parse (PIL); an RGB or grayscale
+JPEG must end with its end-of-image marker (else it is decoded in full to tell a truncated
+file from one with trailing bytes); a PNG is decoded in full; every other file (BMP, GIF,
+WebP, CMYK JPEG, which are rare and usually small) is decoded by both PIL and TensorFlow and
+the pixels compared, which catches the variants TensorFlow cannot decode (1-bit BMP, animated
+WebP) or decodes wrongly without an error (palette BMP). Bad files are skipped and counted,
+with a warning naming the first few (`corrupt_images='skip'`), or raise naming the file
+(`'error'`). TF is imported only for those rarer formats.
 """
 from __future__ import annotations
 
@@ -25,6 +33,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 _JPEG_EOI = b"\xff\xd9"
 _JPEG_TAIL_BYTES = 64  # where the end-of-image marker is looked for (some files pad after it)
 _NAMES_IN_WARNING = 5
+_MAX_MEAN_PIXEL_DIFF = 3.0  # PIL vs TF on the same file: decoder rounding (CMYK JPEG: ~0.5) passes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,45 +45,92 @@ class FolderSplit:
   skipped: tuple[str, ...]  # corrupt files left out
 
 
+def _checked_name(directory: str, name: str) -> str:
+  """`name`, if valid UTF-8; os.listdir hands undecodable bytes over as surrogates."""
+  try:
+    name.encode("utf-8")
+  except UnicodeEncodeError:
+    raise ValueError(
+        f"{os.fsencode(os.path.join(directory, name))!r} has a name that is not valid UTF-8, which "
+        "TensorFlow cannot open. Rename it (e.g. `convmv -f latin1 -t utf8 --notest -r DIR`).") from None
+  return name
+
+
+def _subdirs(directory: str) -> list[str]:
+  """Sorted visible sub-directory names of `directory`."""
+  return sorted(_checked_name(directory, d) for d in os.listdir(directory)
+                if not d.startswith(".") and os.path.isdir(os.path.join(directory, d)))
+
+
 def class_names(root: str, split: str) -> tuple[str, ...]:
-  """Sorted class directory names of root/<split>; errors name the path."""
+  """Sorted class directory names of root/<split> (hidden ones left out); errors name the path."""
   split_dir = os.path.join(root, split)
   if not os.path.isdir(root):
     raise ValueError(f"Image folder {root!r} does not exist.")
   if not os.path.isdir(split_dir):
-    found = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
-    raise ValueError(f"Split directory {split_dir!r} does not exist (splits found in {root!r}: {found}). "
+    raise ValueError(f"Split directory {split_dir!r} does not exist (splits found in {root!r}: {_subdirs(root)}). "
                      "Expected the layout root/<split>/<class>/<image>.")
-  names = tuple(sorted(d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d))))
+  names = tuple(_subdirs(split_dir))
   if not names:
     raise ValueError(f"No class directories in {split_dir!r}. Expected the layout root/<split>/<class>/<image>.")
   return names
 
 
 def _list_images(class_dir: str) -> list[str]:
+  """Visible image files under `class_dir`; symlinked directories only inside it, each once."""
+  top = os.path.realpath(class_dir)
+  seen = {top}
   found = []
   for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
-    dirnames.sort()
-    found.extend(os.path.join(dirpath, f) for f in sorted(filenames)
+    keep = []
+    for d in sorted(dirnames):
+      real = os.path.realpath(os.path.join(dirpath, _checked_name(dirpath, d)))
+      if d.startswith(".") or real in seen:
+        continue
+      if not (real + os.sep).startswith(top + os.sep):
+        logging.warning("Not following %s: it links outside its class directory %s (to %s).",
+                        os.path.join(dirpath, d), class_dir, real)
+        continue
+      seen.add(real)
+      keep.append(d)
+    dirnames[:] = keep  # os.walk descends only into these
+    found.extend(os.path.join(dirpath, _checked_name(dirpath, f)) for f in sorted(filenames)
                  if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
   return found
 
 
+def _tf_disagrees(path: str, reference: np.ndarray, fmt: str) -> str | None:
+  """Why TensorFlow's decoder (the one training uses) cannot be trusted with this file, if so."""
+  import tensorflow as tf  # only for the rarer formats; folders are read by the tf.data pipeline
+  try:
+    img = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False, dtype=tf.uint8).numpy()
+  except Exception as e:  # noqa: BLE001 - tf raises InvalidArgumentError and others
+    cause = str(e).split("}}")[-1].strip().splitlines()[0][:120] if str(e) else ""
+    return f"TensorFlow, which training decodes with, cannot decode this {fmt} file ({cause}); convert it to PNG"
+  if img.shape != reference.shape or np.abs(img.astype(np.int16) - reference).mean() > _MAX_MEAN_PIXEL_DIFF:
+    return (f"TensorFlow, which training decodes with, decodes this {fmt} file to other pixels than PIL "
+            "does (e.g. a palette BMP); convert it to PNG")
+  return None
+
+
 def check_image(path: str) -> str | None:
-  """None if `path` looks like a readable image, else the reason it does not."""
+  """None if `path` is an image training decodes correctly, else the reason it is not."""
   from PIL import Image  # PIL only when folders are used
   try:
     with Image.open(path) as im:
-      fmt = im.format
-      if fmt == "JPEG":
+      fmt, common = im.format, im.format == "PNG" or (im.format == "JPEG" and im.mode in ("L", "RGB"))
+      if fmt == "JPEG" and common:
         with open(path, "rb") as f:
           f.seek(max(0, os.path.getsize(path) - _JPEG_TAIL_BYTES))
           if _JPEG_EOI in f.read():
             return None
       im.load()  # full decode: raises on truncated or corrupt data
-    return None
+      if common:
+        return None
+      reference = np.asarray(im.convert("RGB"), np.int16)
   except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError, ...)
     return f"{type(e).__name__}: {e}"
+  return _tf_disagrees(path, reference, fmt)
 
 
 def _check_all(paths: list[str]) -> list[str | None]:
@@ -108,11 +164,12 @@ def scan_split(root: str, split: str, corrupt_images: str) -> FolderSplit:
   bad = [(p, why) for p, why in zip(paths, problems) if why is not None]
   if bad and corrupt_images == "error":
     path, why = bad[0]
-    raise ValueError(f"Corrupt image {path!r} ({why}); {len(bad)} bad file(s) in {os.path.join(root, split)!r}. "
+    raise ValueError(f"Corrupt or undecodable image {path!r} ({why}); {len(bad)} bad file(s) in "
+                     f"{os.path.join(root, split)!r}. "
                      "Remove them, or set config.corrupt_images='skip' to leave them out.")
   if bad:
-    logging.warning("Skipping %d corrupt image(s) in %s, e.g. %s", len(bad), os.path.join(root, split),
-                    ", ".join(p for p, _ in bad[:_NAMES_IN_WARNING]))
+    logging.warning("Skipping %d corrupt or undecodable image(s) in %s, e.g. %s", len(bad),
+                    os.path.join(root, split), "; ".join(f"{p} ({why})" for p, why in bad[:_NAMES_IN_WARNING]))
   keep = np.array([why is None for why in problems], bool)
   paths_np = np.array(paths, dtype=object)[keep].astype(str) if paths else np.array([], str)
   labels_np = np.array(labels, np.int32)[keep]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 from typing import Any, Sequence
@@ -68,11 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   except (ValueError, TypeError, FileNotFoundError, ImportError) as e:
     raise SystemExit(f"error: {e}") from e
 
-  if occupied and os.path.isdir(output):  # --force, and only once the conversion has succeeded
-    shutil.rmtree(output)
-  elif occupied:
-    os.remove(output)
-  checkpoint.save(output, {"params": variables["params"]}, _meta(args, overrides, layout), step=0)
+  _write_then_swap(output, occupied, lambda path: checkpoint.save(
+      path, {"params": variables["params"]}, _meta(args, overrides, layout), step=0))
   over = "".join(f" {k}={v}" for k, v in overrides.items())
   print(
       f"Converted {args.checkpoint} ({layout} layout) to {args.model}{over}: "
@@ -83,6 +81,35 @@ def main(argv: Sequence[str] | None = None) -> int:
       "--workdir runs/<name>"
   )
   return 0
+
+
+def _remove(path: str) -> None:
+  if os.path.isdir(path) and not os.path.islink(path):
+    shutil.rmtree(path)
+  elif os.path.lexists(path):
+    os.remove(path)
+
+
+def _write_then_swap(output: str, occupied: bool, write) -> None:
+  """`write(path)` into a new directory beside `output`, which replaces `output` only once it is
+  complete: a failed write (a full disk) leaves the old output as it was."""
+  new = f"{output}.converting-{os.getpid()}"
+  old = f"{output}.replaced-{os.getpid()}"
+  _remove(new)
+  try:
+    write(new)
+  except BaseException as e:
+    with contextlib.suppress(OSError):
+      _remove(new)
+    if isinstance(e, Exception):
+      raise SystemExit(f"error: writing {output} failed ({type(e).__name__}: {e}); "
+                       + ("the existing output was left as it was." if occupied else "nothing was written.")) from e
+    raise
+  if occupied:
+    os.rename(output, old)  # two renames: the window without an output is microseconds, not a write
+  os.rename(new, output)
+  if occupied:
+    _remove(old)
 
 
 def _meta(args: argparse.Namespace, overrides: dict[str, Any], layout: str) -> dict[str, Any]:

@@ -4,7 +4,10 @@
 """
 from __future__ import annotations
 
+import json
 import os
+import struct
+import zipfile
 from typing import Any, Mapping
 
 import numpy as np
@@ -35,6 +38,11 @@ def load_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> dict
   if not os.path.isfile(path):
     raise FileNotFoundError(f"Checkpoint file {path!r} does not exist.")
   ext = os.path.splitext(path)[1].lower()
+  incomplete = _incomplete(path, ext)
+  if incomplete:
+    raise ValueError(
+        f"{path!r} is incomplete or damaged ({incomplete}): an interrupted download or copy. Download it "
+        "again (and compare its size or checksum with the published one).")
   if ext == ".safetensors":
     from safetensors.numpy import load_file
 
@@ -61,12 +69,39 @@ def load_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> dict
   except Exception as e:  # noqa: BLE001 - torch raises UnpicklingError and others
     if trust_pickle:
       raise
+    if "Weights only load failed" not in str(e):  # not a pickle of more than tensors: damaged
+      raise ValueError(f"Could not read {path!r} ({type(e).__name__}: {str(e).splitlines()[0][:200]}). It is "
+                       "damaged or not a PyTorch checkpoint; download it again.") from e
     raise ValueError(
         f"Could not read {path!r} with torch.load(weights_only=True): {type(e).__name__}: {e}\n"
         "The file pickles more than tensors (official training checkpoints also hold their "
         "config). If you trust the file, pass trust_pickle=True (CLI: --trust-pickle)."
     ) from e
   return unwrap_state_dict(obj)
+
+
+def _incomplete(path: str, ext: str) -> str | None:
+  """Why a weight file is cut short, if it visibly is (its own header says how long it must be)."""
+  size = os.path.getsize(path)
+  if size == 0:
+    return "it is empty"
+  with open(path, "rb") as f:
+    head = f.read(8)
+    if ext == ".safetensors":
+      if len(head) < 8:
+        return f"{size} bytes, shorter than a safetensors header"
+      (n,) = struct.unpack("<Q", head)
+      if 8 + n > size:
+        return f"its header alone needs {8 + n} bytes; the file has {size}"
+      try:
+        header = json.loads(f.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+      except (ValueError, KeyError, TypeError, IndexError) as e:
+        return f"unreadable header: {type(e).__name__}"
+      return f"its tensors need {8 + n + end} bytes; the file has {size}" if 8 + n + end > size else None
+  if head.startswith(b"PK\x03\x04") and not zipfile.is_zipfile(path):  # torch's zip format, cut short
+    return f"{size} bytes, a zip archive without its central directory"
+  return None
 
 
 def unwrap_state_dict(obj: Mapping[str, Any]) -> dict[str, np.ndarray]:

@@ -1,0 +1,78 @@
+"""The converter never loses an output and names a broken weight file as one: `--force` writes
+beside the old output and swaps only once complete; truncated or empty files are reported as
+incomplete downloads (never as a reason to pass --trust-pickle)."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from focalnet_jax import checkpoint
+from focalnet_jax.tools import convert
+from focalnet_jax.tools.convert import command
+
+NAME = "focalnet_tiny_srf"
+SMALL = {"embed_dim": 8, "depths": (1, 1, 1, 1), "num_classes": 3}
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+  """A small timm-layout .safetensors and .pth of the same random weights."""
+  torch = pytest.importorskip("torch")
+  from safetensors.torch import save_file
+  from torch_refs import import_timm
+
+  import_timm()  # registers what torchvision needs before timm imports it
+  from timm.models import focalnet
+
+  model = focalnet.FocalNet(embed_dim=8, depths=(1, 1, 1, 1), num_classes=3, focal_levels=(2, 2, 2, 2),
+                            focal_windows=(3, 3, 3, 3))
+  root = tmp_path_factory.mktemp("weights")
+  sd = {k: v.contiguous() for k, v in model.state_dict().items()}
+  save_file(sd, str(root / "w.safetensors"))
+  torch.save(sd, root / "w.pth")
+  return root
+
+
+def _args(src, out, *extra):
+  over = [a for k, v in SMALL.items() for a in ("--override", f"{k}={list(v) if isinstance(v, tuple) else v}")]
+  return ["--model", NAME, "--checkpoint", str(src), "--output", str(out), *over, *extra]
+
+
+def test_force_writes_beside_and_swaps_so_a_failed_write_keeps_the_old_output(weights, tmp_path, monkeypatch):
+  out = tmp_path / "out"
+  assert convert.main(_args(weights / "w.safetensors", out)) == 0
+  before = sorted(os.listdir(out))
+  save = checkpoint.save
+
+  def disk_full(path, *args, **kwargs):
+    save(path, *args, **kwargs)  # part of the new output is on disk when the disk fills up
+    raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(checkpoint, "save", disk_full)
+  with pytest.raises(SystemExit, match=r"writing .*out failed \(OSError: \[Errno 28\] No space left on device\); "
+                                       r"the existing output was left as it was"):
+    convert.main(_args(weights / "w.safetensors", out, "--force"))
+  monkeypatch.undo()
+  assert sorted(os.listdir(out)) == before and sorted(os.listdir(tmp_path)) == ["out"]  # nothing left beside
+  assert checkpoint.read_meta(out)["model"] == NAME
+  # A file in the way is replaced too, and only after the new output is complete.
+  (tmp_path / "file").write_text("x")
+  assert convert.main(_args(weights / "w.pth", tmp_path / "file", "--force")) == 0
+  assert sorted(os.listdir(tmp_path)) == ["file", "out"]
+  assert np.isfinite(checkpoint.load_params(tmp_path / "file")[0]["head"]["kernel"]).all()
+
+
+@pytest.mark.parametrize("name,keep", [("w.safetensors", 0), ("w.safetensors", 5), ("w.safetensors", 0.5),
+                                       ("w.pth", 0), ("w.pth", 0.5), ("w.pth", 0.99)])
+def test_truncated_or_empty_weight_files_are_incomplete_downloads(weights, tmp_path, name, keep):
+  data = (weights / name).read_bytes()
+  cut = tmp_path / name
+  cut.write_bytes(data[:int(len(data) * keep) if isinstance(keep, float) else keep])
+  with pytest.raises(SystemExit) as e:
+    convert.main(_args(cut, tmp_path / "out"))
+  message = str(e.value)
+  assert f"'{cut}' is incomplete or damaged" in message or f"Could not read '{cut}'" in message, message
+  assert "download it again" in message.lower() and "trust" not in message.lower()
+  assert not (tmp_path / "out").exists()
