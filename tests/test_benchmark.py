@@ -99,3 +99,23 @@ def test_inference_row_names_its_stage_chunks(tiny_config):
   assert runner.series == f"jax ({runner.model.depthwise_impl}, stage chunks)"
   runner.compile()
   assert runner.out.shape == (16, 5)
+
+
+def test_compile_modes_give_one_timm_row_each():
+  args = benchmark.parser().parse_args(["--compare", "timm", "--torch-compile-modes", "default,max-autotune"])
+  assert benchmark.runner_specs(args) == ["jax:0", "timm", "timm-compile:default", "timm-compile:max-autotune"]
+  args = benchmark.parser().parse_args(["--compare", "timm", "--no-torch-compile"])
+  assert benchmark.runner_specs(args) == ["jax:0", "timm"]
+
+
+def test_table_reports_mfu_against_the_peak_and_bandwidth_from_bytes_per_step(tiny_config):
+  args = benchmark.parser().parse_args(["--config", tiny_config, "--batch-size", "8", "--chunk-elements", "0"])
+  runner = benchmark.make_runner(args, "jax:0", 32)
+  assert runner.bytes_per_step and runner.bytes_per_step > runner.images.nbytes  # reads at least the images
+  result = benchmark.Result("ours", [0.5], 1.0, None, 8, gflops_per_image=25.0, bytes_per_step=4e9)
+  table = benchmark.format_table([result], "title", peak_tflops=1.6)
+  row = next(line for line in table.splitlines() if line.startswith("| ours"))
+  cells = [c.strip() for c in row.split("|")[1:-1]]
+  # 8 images / 0.5 s = 16 img/s; 16 x 25 GFLOP = 0.4 TFLOP/s = 25% of 1.6; 4 GB / 0.5 s = 8 GB/s.
+  assert cells[1:3] == ["16.0", "500"] and cells[5:8] == ["0.400", "25.0%", "8"]
+  assert "MFU against a measured 1.6 TFLOP/s" in table

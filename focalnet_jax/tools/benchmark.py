@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import statistics
 import os
 import subprocess
 import sys
@@ -48,7 +49,7 @@ def runner_specs(args: argparse.Namespace) -> list[str]:
   if args.compare == "timm":
     specs.append("timm")
     if not args.no_torch_compile:
-      specs.append("timm-compile")
+      specs += [f"timm-compile:{mode}" for mode in args.torch_compile_modes.split(",")]
   return specs
 
 
@@ -104,9 +105,10 @@ def make_runner(args: argparse.Namespace, spec: str, image_size: int) -> Runner:
     if args.mode == "train":
       return JaxTrainRunner(config, num_classes, NUM_TRAIN)
     return JaxInferRunner(config, num_classes)
-  return TimmRunner(args.model, args.batch_size, image_size, args.mode, args.dtype,
-                    use_compile=spec == "timm-compile",
-                    drop_path_rate=create_model(args.model).drop_path_rate)
+  use_compile = spec.startswith("timm-compile")
+  return TimmRunner(args.model, args.batch_size, image_size, args.mode, args.dtype, use_compile=use_compile,
+                    drop_path_rate=create_model(args.model).drop_path_rate,
+                    compile_mode=spec.split(":", 1)[1] if use_compile else "default")
 
 
 def make_runners(args: argparse.Namespace, image_size: int) -> list[Runner]:
@@ -115,10 +117,10 @@ def make_runners(args: argparse.Namespace, image_size: int) -> list[Runner]:
   for spec in runner_specs(args):
     try:
       runner = make_runner(args, spec, image_size)
-      if spec == "timm-compile":
+      if spec.startswith("timm-compile"):
         runner.compile()
     except Exception as e:  # noqa: BLE001 - torch.compile is optional; report and go on
-      if spec != "timm-compile":
+      if not spec.startswith("timm-compile"):
         raise
       print(f"torch.compile unavailable here ({type(e).__name__}: {e}); eager only.", file=sys.stderr)
       continue
@@ -173,24 +175,47 @@ def _fmt_mem(b: int | None) -> str:
   return "-" if b is None else f"{b / 2**30:.2f} GiB"
 
 
-def format_table(results: list[Result], title: str) -> str:
-  """A Markdown table, one row per result; ratios are against the first row."""
+def measure_matmul_peak(dtype: str) -> float:
+  """TFLOP/s of a large square matmul in `dtype` on the default device (median of 10 after a
+  warm-up): the ceiling MFU is measured against (8192 on accelerators, 2048 on CPU)."""
+  import jax
+  import jax.numpy as jnp
+
+  n = 2048 if jax.default_backend() == "cpu" else 8192
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.dtype(dtype))
+  b = jax.random.normal(jax.random.key(1), (n, n), jnp.dtype(dtype))
+  mm = jax.jit(jnp.matmul)
+  mm(a, b).block_until_ready()
+  times = []
+  for _ in range(10):
+    t0 = time.perf_counter()
+    mm(a, b).block_until_ready()
+    times.append(time.perf_counter() - t0)
+  return 2 * n**3 / statistics.median(times) / 1e12
+
+
+def format_table(results: list[Result], title: str, peak_tflops: float | None = None) -> str:
+  """A Markdown table, one row per result; ratios are against the first row. MFU is the
+  achieved TFLOP/s (model FLOPs: 2 x MACs forward, 3x that for a training step) over
+  `peak_tflops`; GB/s is the step's bytes accessed (XLA's cost analysis, JAX rows) per second."""
   base = results[0]
   rows = [
-      "| framework | img/s | ms/step | compile s | peak mem | TFLOP/s | speed vs first | mem vs first |",
-      "|---|---|---|---|---|---|---|---|",
+      "| framework | img/s | ms/step | compile s | peak mem | TFLOP/s | MFU | GB/s | speed vs first | mem vs first |",
+      "|---|---|---|---|---|---|---|---|---|---|",
   ]
   for r in results:
-    tf = r.tflops()
+    tf, bw = r.tflops(), r.bandwidth_gbs()
     mem_ratio = (
         f"{r.peak_mem_bytes / base.peak_mem_bytes:.2f}x" if r.peak_mem_bytes and base.peak_mem_bytes else "-"
     )
+    mfu = f"{tf / peak_tflops:.1%}" if tf is not None and peak_tflops else "-"
     rows.append(
         f"| {r.name} | {r.img_per_s:.1f} | {r.median_step_s * 1e3:.0f} | {r.compile_s:.1f} | "
-        f"{_fmt_mem(r.peak_mem_bytes)} | {'-' if tf is None else f'{tf:.3f}'} | "
-        f"{r.img_per_s / base.img_per_s:.2f}x | {mem_ratio} |"
+        f"{_fmt_mem(r.peak_mem_bytes)} | {'-' if tf is None else f'{tf:.3f}'} | {mfu} | "
+        f"{'-' if bw is None else f'{bw:.0f}'} | {r.img_per_s / base.img_per_s:.2f}x | {mem_ratio} |"
     )
-  return f"{title}\n\n" + "\n".join(rows)
+  peak = f"\n\nMFU against a measured {peak_tflops:.1f} TFLOP/s matmul peak." if peak_tflops else ""
+  return f"{title}\n\n" + "\n".join(rows) + peak
 
 
 def machine_description() -> str:
@@ -280,6 +305,11 @@ def parser() -> argparse.ArgumentParser:
                       "model.chunk_elements); 0 = whole batch. Training never chunks")
   p.add_argument("--compare", choices=("none", "timm"), default="none")
   p.add_argument("--no-torch-compile", action="store_true", help="with --compare timm: eager only")
+  p.add_argument("--torch-compile-modes", default="default",
+                 help="with --compare timm: torch.compile modes, one row each, e.g. default,max-autotune")
+  p.add_argument("--peak-tflops", default="auto",
+                 help="the matmul peak MFU is measured against: a number, 'auto' (measured here in --dtype) "
+                      "or 'none'")
   p.add_argument("--rounds", type=int, default=5)
   p.add_argument("--steps", type=int, default=3, help="steps per timed round")
   p.add_argument("--sweep", default="", help="comma-separated image sizes: cost against pixel count")
@@ -309,7 +339,9 @@ def main(argv: list[str] | None = None) -> None:
     child_argv = list(argv if argv is not None else sys.argv[1:])
     for i, r in enumerate(results):
       r.peak_mem_bytes = child_peak_rss(child_argv, i)
-  print(format_table(results, title.format(size=args.image_size)))
+  peak = None if args.peak_tflops == "none" else (
+      measure_matmul_peak(args.dtype) if args.peak_tflops == "auto" else float(args.peak_tflops))
+  print(format_table(results, title.format(size=args.image_size), peak))
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ class Result:
   batch_size: int
   gflops_per_image: float | None  # multiply-adds x 2 of one image's forward (x3 for training)
   series: str = ""  # the name without per-size details: one line per framework in a sweep plot
+  bytes_per_step: float | None = None  # device memory traffic of one step, from XLA's cost analysis
 
   @property
   def median_step_s(self) -> float:
@@ -46,6 +47,10 @@ class Result:
       return None
     return self.gflops_per_image * self.img_per_s / 1e3
 
+  def bandwidth_gbs(self) -> float | None:
+    """Achieved memory bandwidth (GB/s): the step's bytes accessed over the median step time."""
+    return None if self.bytes_per_step is None else self.bytes_per_step / self.median_step_s / 1e9
+
 
 class Runner:
   """One framework's benchmark: `compile()` once, then `timed_round(steps)` as often as wanted."""
@@ -54,6 +59,7 @@ class Runner:
   series: str = ""
   batch_size: int
   gflops_per_image: float | None = None
+  bytes_per_step: float | None = None
 
   def __init__(self) -> None:
     self.times: list[float] = []
@@ -94,7 +100,7 @@ class Runner:
   def result(self) -> Result:
     """The rounds timed so far."""
     return Result(self.name, self.times, self.compile_s, self.peak_mem, self.batch_size, self.gflops_per_image,
-                  self.series or self.name)
+                  self.series or self.name, self.bytes_per_step)
 
 
 # --- ours --------------------------------------------------------------------------------------
@@ -141,6 +147,19 @@ class JaxRunner(Runner):
     return (dev.memory_stats() or {}).get("peak_bytes_in_use")
 
 
+def bytes_accessed(executable: Any) -> float | None:
+  """Bytes one call of a compiled JAX executable reads and writes, by XLA's cost analysis (None
+  where the backend gives none). An estimate of traffic to device memory: fused intermediates
+  that stay in registers or caches are not counted."""
+  try:
+    cost = executable.cost_analysis()
+  except Exception:  # noqa: BLE001 - not every backend implements it
+    return None
+  cost = cost[0] if isinstance(cost, (list, tuple)) and cost else cost
+  value = (cost or {}).get("bytes accessed")
+  return float(value) if value else None
+
+
 def _gflops_per_image(model: Any, image_size: int, train: bool) -> float | None:
   """2 x multiply-adds of one image's forward (x3 for forward + backward); None if uncountable."""
   try:
@@ -172,6 +191,7 @@ class JaxInferRunner(JaxRunner):
     fn = jax.jit(lambda p, x: chunking.apply(model, {"params": p}, x, chunk_elements=chunk_elements))
     self.executable = fn.lower(self.params, self.images).compile()
     self.compile_s = time.perf_counter() - t0
+    self.bytes_per_step = bytes_accessed(self.executable)
 
   def step(self) -> None:
     self.out = self.executable(self.params, self.images)
@@ -202,6 +222,7 @@ class JaxTrainRunner(JaxRunner):
     self.base_rng = jax.random.PRNGKey(config.seed + 1)
     self.executable = jax.jit(step_fn, donate_argnums=0).lower(self.state, self.batch, self.base_rng).compile()
     self.compile_s = time.perf_counter() - t0
+    self.bytes_per_step = bytes_accessed(self.executable)
 
   def step(self) -> None:
     self.state, _ = self.executable(self.state, self.batch, self.base_rng)
@@ -240,7 +261,7 @@ class TimmRunner(Runner):
   """timm's FocalNet: inference, or cross-entropy + global-norm clipping (5) + AdamW."""
 
   def __init__(self, model_name: str, batch_size: int, image_size: int, mode: str, dtype: str,
-               use_compile: bool, drop_path_rate: float | None = None):
+               use_compile: bool, drop_path_rate: float | None = None, compile_mode: str = "default"):
     super().__init__()
     import torch
 
@@ -250,7 +271,10 @@ class TimmRunner(Runner):
     self.batch_size = batch_size
     self.cuda = torch.cuda.is_available()
     device = "cuda" if self.cuda else "cpu"
-    self.name = f"timm {'torch.compile' if use_compile else 'eager'}" + (" (AMP, channels-last)" if dtype == "bfloat16" else "")
+    compiled = f"torch.compile{'' if compile_mode == 'default' else f' {compile_mode}'}"
+    self.name = f"timm {compiled if use_compile else 'eager'}" + (" (AMP, channels-last)" if dtype == "bfloat16" else "")
+    if self.cuda:
+      torch.backends.cudnn.benchmark = True  # timm's own training default: the fastest conv algorithms
     if model_name not in timm.list_models("focalnet*"):
       raise SystemExit(f"timm has no {model_name!r} to compare with; it has {timm.list_models('focalnet*')}.")
     # Same stochastic depth as ours (timm's default, 0.1, differs from the recipe's per-variant rate).
@@ -265,8 +289,9 @@ class TimmRunner(Runner):
       model.eval()
     else:
       model.train()
-      self.opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
-    self.model = torch.compile(model) if use_compile else model
+      # The fused (single-kernel) AdamW on GPU, as a tuned PyTorch training script would use.
+      self.opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05, fused=self.cuda or None)
+    self.model = torch.compile(model, mode=compile_mode) if use_compile else model
     self.use_compile = use_compile
 
   def _forward_backward(self) -> Any:
