@@ -19,8 +19,7 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from focalnet_jax.data.eval_images import IMAGENET_MEAN, IMAGENET_STD
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -90,6 +90,7 @@ def resolve_data_dir(config, workdir: str):
 
 
 __all__ = [
-    "ArrayData", "Dataset", "DatasetInfo", "PipelineData", "SyntheticData", "digits_data", "eval_iterator",
-    "from_config", "get_info", "has_tensorflow", "prepare_digits", "resolve_data_dir", "synthetic_iterator", "train_iterator",
+    "IMAGENET_MEAN", "IMAGENET_STD", "ArrayData", "Dataset", "DatasetInfo", "PipelineData", "SyntheticData",
+    "digits_data", "eval_iterator", "from_config", "get_info", "has_tensorflow", "load_eval_images", "prepare_digits",
+    "resolve_data_dir", "synthetic_iterator", "train_iterator",
 ]

@@ -53,6 +53,12 @@ def eval_pixels(path: str, image_size: int = 224, crop_ratio: float = 0.875,
       img = img.convert("RGB")  # grayscale, palette, CMYK and RGBA alike; a GIF's first frame
   except (OSError, UnidentifiedImageError, SyntaxError) as e:
     raise ValueError(f"Cannot read image {path!r}: {type(e).__name__}: {e}") from e
+  return resize_and_crop(img, image_size, crop_ratio, resample)
+
+
+def resize_and_crop(img, image_size: int, crop_ratio: float, resample) -> np.ndarray:
+  """A decoded RGB PIL image -> the uint8 pixels of Resize(floor(image_size / crop_ratio)) and
+  CenterCrop(image_size), torchvision's rules (`resized_shape`, `crop_offsets`)."""
   h, w = resized_shape(img.height, img.width, image_size, crop_ratio)
   if (h, w) != (img.height, img.width):
     img = img.resize((w, h), resample)

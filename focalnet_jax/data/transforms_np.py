@@ -15,6 +15,9 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from focalnet_jax.data import eval_images
+from focalnet_jax.data.eval_images import normalize
+
 _TRIES = 10
 _FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
@@ -58,12 +61,6 @@ def _rgb(image: np.ndarray) -> Image.Image:
   return img.convert("RGB") if img.mode != "RGB" else img
 
 
-def normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-  """uint8 [0, 255] -> float32 (x / 255 - mean) / std."""
-  x = np.asarray(image, np.float32) / 255.0
-  return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-
-
 def train_transform(image: np.ndarray, rng: np.random.Generator, config) -> np.ndarray:
   """uint8 (H, W[, 3]) -> normalised float32 (S, S, 3): crop, resize, flip."""
   a, size = config.aug, config.image_size
@@ -77,14 +74,8 @@ def train_transform(image: np.ndarray, rng: np.random.Generator, config) -> np.n
 
 
 def eval_transform(image: np.ndarray, config) -> np.ndarray:
-  """uint8 (H, W[, 3]) -> normalised float32 (S, S, 3): resize the shorter side, centre crop."""
-  size = config.image_size
-  img = _rgb(image)
-  short = math.floor(size / config.crop_ratio)
-  if img.height <= img.width:
-    new_h, new_w = short, math.floor(short * img.width / img.height)
-  else:
-    new_h, new_w = math.floor(short * img.height / img.width), short
-  img = img.resize((new_w, new_h), _FILTERS[config.interpolation])
-  top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
-  return normalize(np.asarray(img)[top:top + size, left:left + size], config.aug.mean, config.aug.std)
+  """uint8 (H, W[, 3]) -> normalised float32 (S, S, 3): resize the shorter side, centre crop, with
+  the rounding of `eval_images` (torchvision's)."""
+  pixels = eval_images.resize_and_crop(_rgb(image), config.image_size, config.crop_ratio,
+                                       _FILTERS[config.interpolation])
+  return normalize(pixels, config.aug.mean, config.aug.std)
