@@ -64,7 +64,9 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   from focalnet_jax import evaluation
+  from focalnet_jax.train import runlog
 
+  runlog.quiet_library_logs()  # the report, not orbax's and TF's INFO lines
   loaded = evaluation.load_model(_CHECKPOINT.value, step=_STEP.value, ema=_EMA.value, dtype=_DTYPE.value)
   config = resolve_config(loaded.meta)
   if _IMAGES.value:
@@ -74,10 +76,14 @@ def main(argv: list[str]) -> None:
       for name, prob in top:
         print(f"  {prob:7.2%}  {name}")
     return
-  report = evaluation.evaluate_checkpoint(loaded, config, ema=_EMA.value, output=_OUTPUT.value)
+  try:
+    report = evaluation.evaluate_checkpoint(loaded, config, ema=_EMA.value, output=_OUTPUT.value)
+  except OSError as e:  # the report's directory (beside the checkpoint by default) is not writable
+    raise SystemExit(f"eval.py: error: cannot write the report: {e}. Pass --output PATH in a writable "
+                     "directory.") from e
   print(f"{report['model']} step {report['step']}{' (EMA)' if report['ema'] else ''} on "
         f"{report['dataset']}:{report['split']} at {report['image_size']}px: top-1 {report['top1']:.2%}  "
-        f"top-5 {report['top5']:.2%}  loss {report['loss']:.4f}  "
+        f"top-{report.get('top_k', 5)} {report['top5']:.2%}  loss {report['loss']:.4f}  "
         + (f"ReaL top-1 {report['real_top1']:.2%}  " if "real_top1" in report else "")
         + f"({int(report['num_examples'])} images, {report['images_per_s']:.0f} img/s)")
   print(json.dumps(report))

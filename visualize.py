@@ -21,7 +21,8 @@ _IMAGE = flags.DEFINE_string("image", None, "Image file to look at (with --check
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir holding metrics.jsonl (with --curves).")
 _CURVES = flags.DEFINE_bool("curves", False, "Plot the training curves of --workdir.")
 _OUTPUT = flags.DEFINE_string(
-    "output", None, "PNG to write; default modulation_<image name>.png or <workdir>/curves.png.")
+    "output", None, "PNG to write, or a directory to write the default name into; default "
+    "modulation_<image name>.png or <workdir>/curves.png.")
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config whose data settings preprocess the image (default: the run's).")
 _BLOCKS = flags.DEFINE_enum(
@@ -31,6 +32,16 @@ _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest
 _EMA = flags.DEFINE_bool("ema", False, "Use the EMA parameters of the checkpoint.")
 _TITLE = flags.DEFINE_string("title", None, "Figure title (default: names the checkpoint or workdir).")
 _TOP_K = flags.DEFINE_integer("top_k", 5, "Number of predictions to show.")
+
+
+def output_path(output: str | None, default: str) -> str:
+  """--output as given; a directory (existing, or written with a trailing '/') gets the default
+  file name inside it instead of being mistaken for a file name."""
+  if not output:
+    return default
+  if os.path.isdir(output) or output.endswith(("/", os.sep)):
+    return os.path.join(output, os.path.basename(default))
+  return output
 
 
 def main(argv: list[str]) -> None:
@@ -45,12 +56,12 @@ def main(argv: list[str]) -> None:
 
   try:
     if _CURVES.value:
-      output = _OUTPUT.value or os.path.join(_WORKDIR.value, "curves.png")
+      output = output_path(_OUTPUT.value, os.path.join(_WORKDIR.value, "curves.png"))
       out = visualize.visualize_curves(_WORKDIR.value, output, title=_TITLE.value)
     else:
       stem = os.path.splitext(os.path.basename(_IMAGE.value))[0]
       out = visualize.visualize_image(
-          _CHECKPOINT.value, _IMAGE.value, _OUTPUT.value or f"modulation_{stem}.png", config=_CONFIG.value,
+          _CHECKPOINT.value, _IMAGE.value, output_path(_OUTPUT.value, f"modulation_{stem}.png"), config=_CONFIG.value,
           step=_STEP.value, ema=_EMA.value, reduce=_BLOCKS.value, k=_TOP_K.value,
           title=_TITLE.value)
   except (FileNotFoundError, ValueError, KeyError) as e:

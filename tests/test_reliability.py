@@ -174,6 +174,34 @@ def test_sigkill_during_a_save_keeps_the_previous_checkpoint(straight, tmp_path)
   assert not any("tmp" in n for n in os.listdir(ckpts))  # the rerun's save of 6 replaced it
 
 
+def test_a_second_ctrl_c_exits_at_once_keeping_the_committed_step(straight, tmp_path):
+  _, cache = straight
+  workdir = str(tmp_path / "run")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", JAX_COMPILATION_CACHE_DIR=cache,
+             HANG_AT_STEP="4")
+  os.makedirs(workdir)
+  log = os.path.join(workdir, "log.txt")
+  with open(log, "w") as out:
+    proc = subprocess.Popen([sys.executable, __file__, workdir], env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+      deadline = time.time() + 120
+      while not (os.path.exists(os.path.join(workdir, "hung")) and os.path.isdir(os.path.join(workdir, "checkpoints", "3"))):
+        assert proc.poll() is None and time.time() < deadline, open(log).read()[-3000:]
+        time.sleep(0.1)
+      proc.send_signal(signal.SIGINT)  # first: asks to save and stop (the data read hangs, so it cannot yet)
+      time.sleep(1.5)
+      assert proc.poll() is None
+      proc.send_signal(signal.SIGINT)  # second: exits at once
+      assert proc.wait(timeout=30) == 128 + signal.SIGINT
+    finally:
+      if proc.poll() is None:
+        proc.kill()
+  text = open(log).read()
+  assert "SIGINT: saving after this step, then stopping (press Ctrl-C again to exit at once)" in text
+  assert "Second SIGINT: exiting now without saving; rerun the same command to resume" in text
+  assert _steps(os.path.join(workdir, "checkpoints")) == [3]
+
+
 # --- in-process runs (the module's compilation cache: the same tiny step compiles once) ---------
 
 

@@ -39,8 +39,9 @@ def _dead_pid() -> int:
   return proc.pid
 
 
-def test_a_second_run_on_a_workdir_in_use_is_refused_and_eval_still_reads_it(tmp_path):
-  config = train_utils.tiny_config(total_steps=2, checkpoint_every_steps=1)
+def test_a_second_run_on_a_workdir_in_use_is_refused_and_eval_still_reads_it(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)  # a relative folder: path is stored absolute (the data is injected here)
+  config = train_utils.tiny_config(total_steps=2, checkpoint_every_steps=1, dataset="folder:images")
   workdir = str(tmp_path / "run")
   with loop.open_run(config, workdir, train_utils.TinyData()) as (run, start, rng):
     run.train(start, rng)
@@ -52,7 +53,9 @@ def test_a_second_run_on_a_workdir_in_use_is_refused_and_eval_still_reads_it(tmp
       train(config, workdir)
     assert evaluation.load_model(workdir).step == 2  # evaluating while it trains takes no lock
   assert not os.path.exists(os.path.join(workdir, "run.lock"))  # released on exit
-  assert json.loads(open(os.path.join(workdir, "config.json")).read())["total_steps"] == 2
+  saved = json.loads(open(os.path.join(workdir, "config.json")).read())
+  assert saved["total_steps"] == 2 and saved["dataset"] == f"folder:{tmp_path}/images"
+  assert checkpoint.read_meta(os.path.join(workdir, "checkpoints"))["config"]["dataset"] == f"folder:{tmp_path}/images"
 
 
 def test_a_stale_lock_is_taken_over_and_one_from_another_host_says_how_to_clear_it(tmp_path, caplog):
@@ -140,3 +143,53 @@ def test_a_failed_async_save_stops_at_once_naming_step_directory_cause_and_intac
   monkeypatch.undo()
   with checkpoint.manager(ckpts) as mngr:
     assert list(mngr.all_steps()) == [2]  # no save after the failed one
+
+
+def test_reading_a_checkpoint_never_creates_a_directory(tmp_path):
+  missing = tmp_path / "typo" / "checkpoints"
+  for read in (checkpoint.load_params, checkpoint.read_meta, evaluation.load_model):
+    with pytest.raises(FileNotFoundError, match=rf"No checkpoint directory '{missing}'.*Check the path"):
+      read(str(missing))
+  config = train_utils.tiny_config(init_from=str(missing))
+  with pytest.raises(FileNotFoundError, match="No checkpoint directory"):
+    train(config, tmp_path / "run")
+  assert not (tmp_path / "typo").exists()
+
+
+def test_a_latest_step_rotated_away_while_it_is_read_is_retried_on_the_new_latest(tmp_path, monkeypatch):
+  import shutil
+
+  import numpy as np
+  import orbax.checkpoint as ocp
+
+  ckpts = str(tmp_path / "ckpts")
+  for step in (1, 2):
+    checkpoint.save(ckpts, {"params": {"w": np.full(2, step, np.float32)}}, {"model": "m"}, step=step)
+  restore = ocp.CheckpointManager.restore
+  rotated = []
+
+  def rotate_first(self, step, *args, **kwargs):  # a trainer saves step 3 and deletes step 2 meanwhile
+    if not rotated:
+      rotated.append(step)
+      checkpoint.save(ckpts, {"params": {"w": np.full(2, 3, np.float32)}}, {"model": "m"}, step=3)
+      shutil.rmtree(os.path.join(ckpts, "2"))
+    return restore(self, step, *args, **kwargs)
+
+  monkeypatch.setattr(ocp.CheckpointManager, "restore", rotate_first)
+  params, _ = checkpoint.load_params(ckpts)
+  assert rotated == [2] and params["w"].tolist() == [3.0, 3.0]
+
+
+def test_top5_with_fewer_classes_is_labelled_by_its_k():
+  from focalnet_jax.train import eval_step
+
+  assert [eval_step.top_k_of(n) for n in (2, 5, 10, 1000)] == [2, 5, 5, 5]
+
+
+def test_visualize_output_directory_gets_the_default_name(tmp_path):
+  import visualize
+
+  assert visualize.output_path(str(tmp_path), "modulation_cat.png") == str(tmp_path / "modulation_cat.png")
+  assert visualize.output_path("new_dir/", "x/curves.png") == os.path.join("new_dir/", "curves.png")
+  assert visualize.output_path("pic.png", "modulation_cat.png") == "pic.png"
+  assert visualize.output_path(None, "modulation_cat.png") == "modulation_cat.png"

@@ -147,6 +147,8 @@ def evaluate_checkpoint(checkpoint_or_path: LoadedModel | str, config: ml_collec
       "crop_ratio": config.crop_ratio, "interpolation": config.interpolation,
       **result, "images_per_s": result["num_examples"] / max(elapsed, 1e-9), "seconds": elapsed,
   }
+  # 'top5' is top-k with k = min(5, classes): with fewer classes it is labelled by its real k.
+  report["top_k"] = eval_lib.top_k_of(n_model if subset is None else len(subset))
   if subset is not None:
     report["class_subset"] = f"{len(subset)} classes of {config.dataset}"
   if jax.process_index() == 0:

@@ -165,7 +165,7 @@ def run_sweep(runs: Sequence[Run], workdir: str, train_fn: TrainFn | None = None
 
   Finished runs (with result.json) are skipped; an interrupted one resumes from its checkpoints
   (the trainer does that). A run that raises is logged and the sweep goes on; a run stopped by
-  SIGTERM (`preempted`) stops the sweep, unfinished. Returns {'ran', 'skipped', 'failed',
+  SIGTERM or Ctrl-C (`preempted`) stops the sweep, unfinished. Returns {'ran', 'skipped', 'failed',
   'stopped'} lists of names.
   """
   train_fn = train_fn or _default_train_fn
@@ -182,6 +182,10 @@ def run_sweep(runs: Sequence[Run], workdir: str, train_fn: TrainFn | None = None
     t0 = time.time()
     try:
       metrics = train_fn(run.config, point_dir)
+    except KeyboardInterrupt:  # Ctrl-C outside the trainer's own handler (which saves and stops)
+      logging.warning("%s was interrupted (Ctrl-C); rerun the same command to resume the sweep.", run.name)
+      report["stopped"].append(run.name)
+      break
     except Exception:  # noqa: BLE001 - one failed point must not lose the others
       logging.error("%s failed:\n%s", run.name, traceback.format_exc())
       report["failed"].append(run.name)
@@ -190,7 +194,8 @@ def run_sweep(runs: Sequence[Run], workdir: str, train_fn: TrainFn | None = None
       gc.collect()
       _clear_jax_caches()
     if metrics.get("preempted"):
-      logging.warning("%s was stopped (SIGTERM) before finishing; rerun the same command to resume it.", run.name)
+      logging.warning("%s was stopped (SIGTERM or Ctrl-C) before finishing; rerun the same command to resume it.",
+                      run.name)
       report["stopped"].append(run.name)
       break
     meta = checkpoint_meta(point_dir) or {}

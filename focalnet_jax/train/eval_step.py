@@ -26,13 +26,18 @@ def model_logits_fn(model, chunk_elements: int | str = "auto") -> LogitsFn:
   return lambda params, images: chunking.apply(model, {"params": params}, images, chunk_elements=chunk_elements)
 
 
+def top_k_of(num_classes: int) -> int:
+  """The k of the 'top5' metric: 5, or the class count when there are fewer classes."""
+  return min(5, num_classes)
+
+
 def make_eval_step(logits_fn: LogitsFn, num_classes: int, class_subset: Sequence[int] | None = None):
   """(params, batch) -> {'loss', 'top1', 'top5'[, 'real_top1']} as (sum, count) pairs.
 
   With `class_subset` the logits of every other class are excluded (labels stay in the full
   label space), as for ImageNet-A/R with a 1K model.
   """
-  k = min(5, num_classes if class_subset is None else len(class_subset))
+  k = top_k_of(num_classes if class_subset is None else len(class_subset))
   allowed = None
   if class_subset is not None:
     allowed = np.zeros((num_classes,), bool)
