@@ -130,7 +130,7 @@ def eval_transform(data: tf.Tensor, image_size: int, crop_ratio: float, interpol
   shape = tf.shape(img)
   # float64, as torchvision computes in Python: float32 truncates some long sides one pixel short.
   h, w = tf.cast(shape[0], tf.float64), tf.cast(shape[1], tf.float64)
-  short = float(math.floor(image_size / crop_ratio))
+  short = tf.constant(math.floor(image_size / crop_ratio), tf.float64)
   # torchvision's Resize(int): the shorter side becomes `short` (the width when the sides are
   # equal), the longer one is truncated (`focalnet_jax.data.eval_images.resized_shape`).
   new_h = tf.cast(tf.where(w <= h, tf.floor(short * h / w), short), tf.int32)
