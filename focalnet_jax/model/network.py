@@ -223,15 +223,19 @@ class FocalNet(nn.Module):
           f"{', '.join(map(str, common))}. Resize or crop the images to such a size."
       )
 
+  def stem_geometry(self) -> tuple[int, int, int]:
+    """(kernel, stride, padding) of the patch-embedding conv: 7/4/2 with `use_conv_embed`, else
+    kernel = stride = patch_size."""
+    if self.use_conv_embed:
+      return 7, 4, 2
+    return self.patch_size, self.patch_size, 0
+
   def setup(self):
     n = self.num_stages
     levels = per_stage(self.focal_levels, n, "focal_levels")
     windows = per_stage(self.focal_windows, n, "focal_windows")
     rates = np.linspace(0.0, self.drop_path_rate, sum(self.depths)).tolist()
-    if self.use_conv_embed:
-      k, s, p = 7, 4, 2
-    else:
-      k, s, p = self.patch_size, self.patch_size, 0
+    k, s, p = self.stem_geometry()
     self.patch_embed = Downsample(self.embed_dim, k, s, p, self.dtype, self.param_dtype)
     self.pos_drop = nn.Dropout(self.drop_rate)
     stages = []
