@@ -128,3 +128,36 @@ def test_invalid_out_indices_name_the_range():
   with pytest.raises(ValueError, match="num_classes"):
     FocalNetBackbone(num_classes=10)
   assert FocalNetBackbone(out_indices=(-1, 1)).out_indices == (1, 3)
+
+
+def test_classifier_initialises_a_detection_backbone_with_larger_windows(timm_pair):
+  """Kernels 3, 5, 7 zero-padded to 9, 11, 13: the backbone computes the classifier's stage maps."""
+  _, params = timm_pair
+  classifier = create_backbone("focalnet_tiny_lrf", depthwise_impl="xla", **SHRUNK)
+  detection = create_backbone("focalnet_tiny_lrf", detection=True, out_norms=True, depthwise_impl="xla", **SHRUNK)
+  x = np.random.default_rng(5).standard_normal((1, 64, 96, 3)).astype(np.float32)
+  fresh = detection.init(jax.random.key(0), x)["params"]
+  adapted = convert.adapt_params(params, fresh)
+  assert adapted["layers_0"]["blocks_0"]["modulation"]["focal_layers_2"].shape == (13, 13, 1, 16)
+  identity_norms = {f"norm{i}": {"scale": np.ones(c, np.float32), "bias": np.zeros(c, np.float32)}
+                    for i, c in enumerate((16, 32, 64, 128))}
+  ours = detection.apply({"params": {**adapted, **identity_norms}}, x)
+  expected = classifier.apply({"params": classifier_params(params)}, x)
+  for a, b in zip(ours, expected):
+    b = np.asarray(b, np.float64)
+    b = (b - b.mean(-1, keepdims=True)) / np.sqrt(b.var(-1, keepdims=True) + 1e-5)
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_extra_focal_levels_get_zero_gates(timm_pair):
+  _, params = timm_pair
+  wider = create_backbone("focalnet_tiny_lrf", focal_levels=4, **SHRUNK)
+  fresh = jax.eval_shape(wider.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
+  fresh = jax.tree.map(lambda s: np.full(s.shape, 7.0, np.float32), fresh)
+  f_old = params["layers_0"]["blocks_0"]["modulation"]["f"]["kernel"]  # (16, 32 + 4)
+  adapted = convert.adapt_params(params, fresh)
+  f_new = adapted["layers_0"]["blocks_0"]["modulation"]["f"]["kernel"]  # (16, 32 + 5)
+  np.testing.assert_array_equal(f_new[:, :35], f_old[:, :35])  # q, ctx, the three level gates
+  np.testing.assert_array_equal(f_new[:, 35], 0.0)  # the new level's gate
+  np.testing.assert_array_equal(f_new[:, 36], f_old[:, 35])  # the global-context gate, moved last
+  assert (adapted["layers_0"]["blocks_0"]["modulation"]["focal_layers_3"] == 7.0).all()  # new level: target's init

@@ -18,9 +18,9 @@ from focalnet_jax.tools.convert.command import build_parser, main
 from focalnet_jax.tools.convert.diagnose import infer_architecture, matching_variants
 from focalnet_jax.tools.convert.layouts import LAYOUTS, Layout, detect_layout, torch_key
 from focalnet_jax.tools.convert.reading import load_checkpoint, unwrap_state_dict
-from focalnet_jax.tools.convert.to_flax import convert_state_dict
+from focalnet_jax.tools.convert.to_flax import adapt_params, convert_state_dict
 
 __all__ = [
-    "LAYOUTS", "Layout", "build_parser", "convert_state_dict", "detect_layout", "infer_architecture",
+    "LAYOUTS", "Layout", "adapt_params", "build_parser", "convert_state_dict", "detect_layout", "infer_architecture",
     "load_checkpoint", "main", "matching_variants", "torch_key", "unwrap_state_dict",
 ]

@@ -156,3 +156,60 @@ def _torch_shape(flax_shape: tuple[int, ...], like: tuple[int, ...]) -> tuple[in
     i, o = flax_shape
     return (o, i, 1, 1) if len(like) == 4 else (o, i)
   return tuple(flax_shape)
+
+
+def adapt_params(source: Mapping[str, Any], target: Mapping[str, Any], *, use_global_context: bool = True) -> dict:
+  """`source` params (e.g. a classifier's) reshaped onto `target`'s tree (e.g. a detection
+  backbone's fresh init), as the official detection code initialises from classification weights:
+
+    - a depthwise focal kernel of another size is zero-padded at the centre (3 -> 9) or
+      centre-cropped, so a larger window computes what the smaller one did;
+    - `f`'s gate outputs follow the levels: existing gates are kept, the global-context gate
+      moves to the end, gates of new levels are zero (so new levels add nothing to Z^out);
+    - what only `target` has (new levels' kernels, `norm0..3`) keeps its value in `target`, and
+      what only `source` has (the head, the final norm) is dropped.
+
+  With the same focal levels and only larger windows, the result computes the classifier's stage
+  maps exactly. Extra levels change the global context (it pools the last level), so fine-tuning
+  starts close to, not at, the classifier's function.
+  """
+  from flax import traverse_util
+
+  src = traverse_util.flatten_dict(dict(source))
+  out = {}
+  for path, value in traverse_util.flatten_dict(dict(target)).items():
+    old = src.get(path)
+    shape = tuple(np.shape(value))
+    if old is None or tuple(np.shape(old)) == shape:
+      out[path] = np.asarray(value if old is None else old)
+    elif path[-1].startswith("focal_layers_"):
+      out[path] = _resize_kernel(np.asarray(old), shape[0])
+    elif path[-2] == "f":
+      channels = np.shape(src[path[:-1] + ("kernel",)])[0]
+      out[path] = _expand_gates(np.asarray(old), shape[-1], channels, use_global_context)
+    else:
+      raise ValueError(f"{'/'.join(path)}: source shape {np.shape(old)} cannot be adapted to {shape}.")
+  return traverse_util.unflatten_dict(out)
+
+
+def _resize_kernel(kernel: np.ndarray, size: int) -> np.ndarray:
+  """A (k, k, 1, C) kernel zero-padded or cropped about its centre to (size, size, 1, C)."""
+  k = kernel.shape[0]
+  if size >= k:
+    p = (size - k) // 2
+    return np.pad(kernel, ((p, p), (p, p), (0, 0), (0, 0)))
+  c = (k - size) // 2
+  return kernel[c:c + size, c:c + size]
+
+
+def _expand_gates(value: np.ndarray, width: int, channels: int, use_global_context: bool) -> np.ndarray:
+  """`f`'s kernel (C, 2C + G) or bias (2C + G), its G gate columns mapped onto `width - 2C`:
+  level gates kept (new ones zero), the global-context gate last."""
+  gates_old, gates_new = value.shape[-1] - 2 * channels, width - 2 * channels
+  glob = int(use_global_context)
+  keep = 2 * channels + min(gates_old, gates_new) - glob
+  new = np.zeros(value.shape[:-1] + (width,), value.dtype)
+  new[..., :keep] = value[..., :keep]
+  if glob:
+    new[..., -1] = value[..., -1]
+  return new
