@@ -3,8 +3,9 @@ from focalnet_jax.model.layers import DropPath, dense_init, gelu
 from focalnet_jax.model.modulation import FocalModulation
 from focalnet_jax.model.network import FocalNet, FocalNetBlock, FocalNetStage, nearest_multiples, per_stage
 from focalnet_jax.model.variants import create_model, default_image_size, list_models, model_kwargs
+from focalnet_jax.model.backbone import FeatureMaps, FocalNetBackbone, create_backbone  # after variants, which it uses
 
 __all__ = [
-    "DropPath", "FocalModulation", "FocalNet", "FocalNetBlock", "FocalNetStage", "create_model",
-    "default_image_size", "dense_init", "gelu", "list_models", "model_kwargs", "nearest_multiples", "per_stage",
+    "DropPath", "FeatureMaps", "FocalModulation", "FocalNet", "FocalNetBackbone", "FocalNetBlock", "FocalNetStage",
+    "create_backbone", "create_model", "default_image_size", "dense_init", "gelu", "list_models", "model_kwargs", "nearest_multiples", "per_stage",
 ]
