@@ -8,9 +8,10 @@ The train transform follows the official FocalNet recipe (timm's `create_transfo
 
 RandAugment uses timm's "increasing" op set (15 ops, `_RAND_INCREASING_TRANSFORMS`): each of
 `num_ops` layers picks an op uniformly (with replacement) and applies it with probability 0.5
-at a magnitude drawn from N(magnitude, magnitude_std) clipped to [0, 10]. Geometric ops fill
-with the dataset mean colour, as timm does; they resample bilinearly (TF's projective
-transform has no bicubic), where timm's FocalNet config uses bicubic.
+at a magnitude drawn from N(magnitude, magnitude_std) clipped to [0, 10]. Every op computes what
+PIL computes for timm, pixel for pixel (tests/test_augment_parity.py): the enhance ops blend
+in float32 and truncate, the geometric ops resample with PIL's own bicubic (or bilinear)
+transform written out in TensorFlow, filling with the dataset mean colour as timm does.
 
 Every function takes a stateless seed (an int32/int64 tensor of shape [2]), so a transformed
 example depends only on (image, seed). This module imports TensorFlow; import it lazily.
@@ -55,10 +56,11 @@ def rrc_window(seed, height, width, scale: Sequence[float], ratio: Sequence[floa
   first that fits wins; if none fits, the largest centre crop with aspect clamped into `ratio`.
   """
   s_area, s_ratio, s_top, s_left = _split(seed, 4)
-  h_f, w_f = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+  # Sizes in double precision from the float32 draws, as timm computes them in Python.
+  h_f, w_f = tf.cast(height, tf.float64), tf.cast(width, tf.float64)
   area = h_f * w_f
-  target = area * _uniform(s_area, [_TRIES], scale[0], scale[1])
-  aspect = tf.exp(_uniform(s_ratio, [_TRIES], math.log(ratio[0]), math.log(ratio[1])))
+  target = area * tf.cast(_uniform(s_area, [_TRIES], scale[0], scale[1]), tf.float64)
+  aspect = tf.exp(tf.cast(_uniform(s_ratio, [_TRIES], math.log(ratio[0]), math.log(ratio[1])), tf.float64))
   cw = tf.cast(tf.round(tf.sqrt(target * aspect)), tf.int32)
   ch = tf.cast(tf.round(tf.sqrt(target / aspect)), tf.int32)
   fits = (cw > 0) & (ch > 0) & (cw <= width) & (ch <= height)
@@ -151,30 +153,37 @@ def normalize(img: tf.Tensor, mean: Sequence[float], std: Sequence[float]) -> tf
 
 
 # ----------------------------------------------------------------------------------------
-# RandAugment ops: uint8 [H, W, 3] -> uint8 [H, W, 3]
+# RandAugment ops: uint8 [H, W, 3] -> uint8 [H, W, 3], each PIL's arithmetic as timm calls it
+# (checked pixel for pixel against timm's ops in tests/test_augment_parity.py).
 
 
 def _blend(degenerate: tf.Tensor, img: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
-  """PIL ImageEnhance: degenerate + factor * (img - degenerate), clipped to uint8."""
+  """PIL's Image.blend (ImageEnhance): degenerate + factor * (img - degenerate) in float32, truncated.
+
+  PIL computes in single precision and truncates towards zero (clipping first when the factor
+  extrapolates); rounding instead moves a third to a half of the pixels up by one level.
+  """
   d = tf.cast(degenerate, tf.float32)
-  out = d + factor * (tf.cast(img, tf.float32) - d)
-  return tf.cast(tf.clip_by_value(tf.round(out), 0.0, 255.0), tf.uint8)
+  out = d + tf.cast(factor, tf.float32) * (tf.cast(img, tf.float32) - d)
+  return tf.cast(tf.floor(tf.clip_by_value(out, 0.0, 255.0)), tf.uint8)
 
 
 def _gray(img: tf.Tensor) -> tf.Tensor:
-  """PIL's 'L' conversion (ITU-R 601-2 luma), float32 [H, W, 1]."""
-  x = tf.cast(img, tf.float32)
-  return tf.floor(x[..., :1] * 0.299 + x[..., 1:2] * 0.587 + x[..., 2:] * 0.114 + 0.5)
+  """PIL's 'L' conversion in its fixed point (ITU-R 601-2 luma, L24), int32 [H, W, 1]."""
+  x = tf.cast(img, tf.int32)
+  luma = x[..., :1] * 19595 + x[..., 1:2] * 38470 + x[..., 2:] * 7471 + 0x8000
+  return tf.bitwise.right_shift(luma, 16)
 
 
 def auto_contrast(img: tf.Tensor) -> tf.Tensor:
-  """Stretches each channel to the full [0, 255] range (channels with one value stay)."""
-  x = tf.cast(img, tf.float32)
+  """PIL ImageOps.autocontrast: each channel's [lo, hi] stretched to [0, 255] (one-valued channels stay)."""
+  x = tf.cast(img, tf.float64)
   lo = tf.reduce_min(x, axis=[0, 1], keepdims=True)
   hi = tf.reduce_max(x, axis=[0, 1], keepdims=True)
+  # PIL's lookup table, in double precision: int(ix * scale + offset), offset = -lo * scale.
   scale = tf.where(hi > lo, 255.0 / tf.maximum(hi - lo, 1.0), 1.0)
-  lo = tf.where(hi > lo, lo, 0.0)
-  return tf.cast(tf.clip_by_value(tf.floor((x - lo) * scale), 0.0, 255.0), tf.uint8)
+  offset = tf.where(hi > lo, -lo * scale, 0.0)
+  return tf.cast(tf.clip_by_value(tf.floor(x * scale + offset), 0.0, 255.0), tf.uint8)
 
 
 def equalize(img: tf.Tensor) -> tf.Tensor:
@@ -196,7 +205,11 @@ def invert(img: tf.Tensor) -> tf.Tensor:
 
 
 def posterize(img: tf.Tensor, bits: tf.Tensor) -> tf.Tensor:
-  """Keeps the `bits` most significant bits (0 bits: black)."""
+  """Keeps the `bits` most significant bits (0 bits: black).
+
+  0 bits is timm's PosterizeIncreasing at level 10; PIL before 11.3 gave black, newer PIL
+  refuses it with a ValueError. Black is kept here.
+  """
   # A mask in int32: shifting a uint8 by 8 (bits = 0) is undefined.
   mask = 256 - tf.bitwise.left_shift(1, 8 - tf.cast(bits, tf.int32))
   return tf.cast(tf.bitwise.bitwise_and(tf.cast(img, tf.int32), mask), tf.uint8)
@@ -220,8 +233,10 @@ def color(img: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
 
 
 def contrast(img: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
-  """Blends with the mean gray level (factor 0: flat gray, 1: unchanged)."""
-  mean = tf.floor(tf.reduce_mean(_gray(img)) + 0.5)
+  """Blends with the mean gray level, int(mean + 0.5) as PIL's ImageStat (factor 0: flat gray)."""
+  gray = _gray(img)
+  mean = tf.cast(tf.reduce_sum(gray), tf.float64) / tf.cast(tf.size(gray), tf.float64)
+  mean = tf.cast(tf.floor(mean + 0.5), tf.float32)
   return _blend(tf.fill(tf.shape(img), mean), img, factor)
 
 
@@ -232,107 +247,171 @@ def brightness(img: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
 
 def sharpness(img: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
   """Blends with PIL's SMOOTH-filtered image (border pixels kept), as ImageEnhance.Sharpness."""
-  x = tf.cast(img, tf.float32)[None]
-  k = tf.constant([[1, 1, 1], [1, 5, 1], [1, 1, 1]], tf.float32) / 13.0
-  k = tf.tile(k[:, :, None, None], [1, 1, 3, 1])
-  smooth = tf.nn.depthwise_conv2d(x, k, [1, 1, 1, 1], "VALID")[0]
-  smooth = tf.round(smooth)
+  x = tf.cast(img, tf.float32)
+  # PIL's 3x3 filter in its order and precision: float32 weights 1/13 and 5/13, the row below
+  # first, summed onto the rounding offset 0.5, then truncated.
+  k = tf.constant(1.0 / 13.0, tf.float32)
+  k5 = tf.constant(5.0 / 13.0, tf.float32)
+
+  def row(r, centre):
+    return r[:, :-2] * k + r[:, 1:-1] * centre + r[:, 2:] * k
+
+  ss = 0.5 + row(x[2:], k)
+  ss = ss + row(x[1:-1], k5)
+  ss = ss + row(x[:-2], k)
+  smooth = tf.floor(tf.clip_by_value(ss, 0.0, 255.0))
   padded = tf.pad(smooth, [[1, 1], [1, 1], [0, 0]])
   inner = tf.pad(tf.ones_like(smooth[..., :1]), [[1, 1], [1, 1], [0, 0]]) > 0
-  degenerate = tf.where(inner, padded, x[0])
+  degenerate = tf.where(inner, padded, x)
   return _blend(degenerate, img, factor)
 
 
-def affine(img: tf.Tensor, matrix: tf.Tensor, fill: Sequence[int]) -> tf.Tensor:
-  """Applies the affine map output (x, y) -> input (a x + b y + c, d x + e y + f), PIL's convention.
+def _cubic(p0, p1, p2, p3, d):
+  """PIL's transform bicubic (a = -1), with its operation order."""
+  q2 = -p0 + p2
+  q3 = 2.0 * (p0 - p1) + p2 - p3
+  q4 = -p0 + p1 - p2 + p3
+  return p1 + d * (q2 + d * (q3 + d * q4))
 
-  `matrix` is [a, b, c, d, e, f]; pixels from outside the image get the `fill` colour.
+
+def affine(img: tf.Tensor, matrix: tf.Tensor, fill: Sequence[int],
+           interpolation: str = "bicubic") -> tf.Tensor:
+  """PIL's Image.transform(AFFINE, matrix, resample, fillcolor=fill): output (x, y) samples input
+  (a x + b y + c, d x + e y + f) at pixel centres, with `matrix` = [a, b, c, d, e, f].
+
+  PIL's generic transform exactly, in double precision: an output pixel whose source lies
+  outside the image gets `fill`; inside, the 4 x 4 (bicubic, PIL's a = -1 kernel) or 2 x 2
+  (bilinear) neighbourhood with edge pixels repeated, clipped to [0, 255] and truncated.
   """
-  x = tf.cast(img, tf.float32)
-  # A ones channel tracks how much of each output pixel came from inside the image, so the
-  # per-channel fill colour can be blended in (the TF op fills with one scalar only).
-  x = tf.concat([x, tf.ones_like(x[..., :1])], axis=-1)
-  # PIL samples at pixel centres (i + 0.5); TF's op at integer coordinates. Shift accordingly.
-  a, b, c, d, e, f = tf.unstack(tf.cast(matrix, tf.float32))
-  c = c + 0.5 * (a + b - 1.0)
-  f = f + 0.5 * (d + e - 1.0)
-  transform = tf.stack([a, b, c, d, e, f, 0.0, 0.0])
-  out = tf.raw_ops.ImageProjectiveTransformV3(
-      images=x[None], transforms=transform[None], output_shape=tf.shape(img)[:2],
-      fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT")[0]
-  inside = out[..., 3:]
-  out = out[..., :3] + (1.0 - inside) * tf.constant(fill, tf.float32)
-  return tf.cast(tf.clip_by_value(tf.round(out), 0.0, 255.0), tf.uint8)
+  if interpolation not in ("bicubic", "bilinear"):
+    raise ValueError(f"interpolation must be 'bicubic' or 'bilinear', got {interpolation!r}")
+  shape = tf.shape(img)
+  h, w = shape[0], shape[1]
+  a, b, c, d, e, f = tf.unstack(tf.cast(matrix, tf.float64))
+  ys = tf.cast(tf.range(h), tf.float64)[:, None] + 0.5
+  xs = tf.cast(tf.range(w), tf.float64)[None, :] + 0.5
+  xin = a * xs + b * ys + c
+  yin = d * xs + e * ys + f
+  inside = ((xin >= 0.0) & (xin < tf.cast(w, tf.float64)) & (yin >= 0.0) & (yin < tf.cast(h, tf.float64)))
+  # Outside pixels sample the centre pixel, then are replaced by the fill colour.
+  xin = tf.where(inside, xin - 0.5, 0.0)
+  yin = tf.where(inside, yin - 0.5, 0.0)
+  x0, y0 = tf.floor(xin), tf.floor(yin)
+  dx, dy = (xin - x0)[..., None], (yin - y0)[..., None]
+  x0, y0 = tf.cast(x0, tf.int32), tf.cast(y0, tf.int32)
+  taps = range(-1, 3) if interpolation == "bicubic" else range(2)
+  cols = [tf.clip_by_value(x0 + t, 0, w - 1) for t in taps]
+  rows = [tf.clip_by_value(y0 + t, 0, h - 1) * w for t in taps]
+  flat = tf.reshape(tf.cast(img, tf.float64), [-1, 3])
+
+  def pixel(r, col):
+    return tf.gather(flat, r + col)
+
+  if interpolation == "bicubic":
+    lines = [_cubic(*[pixel(r, col) for col in cols], dx) for r in rows]
+    v = _cubic(*lines, dy)
+  else:
+    lines = []
+    for r in rows:
+      p0, p1 = pixel(r, cols[0]), pixel(r, cols[1])
+      lines.append(p0 + (p1 - p0) * dx)
+    v = lines[0] + (lines[1] - lines[0]) * dy
+  v = tf.floor(tf.clip_by_value(v, 0.0, 255.0))
+  out = tf.where(inside[..., None], v, tf.constant(fill, tf.float64))
+  return tf.cast(out, tf.uint8)
 
 
-def rotate(img: tf.Tensor, degrees: tf.Tensor, fill: Sequence[int]) -> tf.Tensor:
-  """Rotates counter-clockwise by `degrees` about the image centre (PIL Image.rotate)."""
-  shape = tf.cast(tf.shape(img), tf.float32)
+def rotate(img: tf.Tensor, degrees: tf.Tensor, fill: Sequence[int],
+           interpolation: str = "bicubic") -> tf.Tensor:
+  """Rotates counter-clockwise by `degrees` about the image centre (PIL Image.rotate, no expand)."""
+  shape = tf.cast(tf.shape(img), tf.float64)
   cy, cx = shape[0] / 2.0, shape[1] / 2.0  # PIL's centre, in its pixel-centre coordinates
-  a = -degrees * math.pi / 180.0
-  cos, sin = tf.cos(a), tf.sin(a)
-  # input = R (output - centre) + centre
-  matrix = tf.stack([cos, sin, cx - cos * cx - sin * cy, -sin, cos, cy + sin * cx - cos * cy])
-  return affine(img, matrix, fill)
+  a = -tf.math.floormod(tf.cast(degrees, tf.float64), 360.0) * (math.pi / 180.0)
+
+  def r15(v):  # PIL rounds the matrix to 15 decimals (cos 90 degrees becomes exactly 0).
+    return tf.round(v * 1e15) / 1e15
+
+  cos, sin = r15(tf.cos(a)), r15(tf.sin(a))
+  # PIL: input = R (output - centre) + centre, as (a x + b y + c) with c = a (-cx) + b (-cy) + cx.
+  matrix = tf.stack([cos, sin, cos * -cx + sin * -cy + cx, -sin, cos, -sin * -cx + cos * -cy + cy])
+  return affine(img, matrix, fill, interpolation)
 
 
-def shear_x(img, factor, fill):
-  return affine(img, tf.stack([1.0, factor, 0.0, 0.0, 1.0, 0.0]), fill)
+def shear_x(img, factor, fill, interpolation="bicubic"):
+  factor = tf.cast(factor, tf.float64)
+  return affine(img, tf.stack([1.0, factor, 0.0, 0.0, 1.0, 0.0]), fill, interpolation)
 
 
-def shear_y(img, factor, fill):
-  return affine(img, tf.stack([1.0, 0.0, 0.0, factor, 1.0, 0.0]), fill)
+def shear_y(img, factor, fill, interpolation="bicubic"):
+  factor = tf.cast(factor, tf.float64)
+  return affine(img, tf.stack([1.0, 0.0, 0.0, factor, 1.0, 0.0]), fill, interpolation)
 
 
-def translate_x(img, pixels, fill):
-  return affine(img, tf.stack([1.0, 0.0, pixels, 0.0, 1.0, 0.0]), fill)
+def translate_x(img, pixels, fill, interpolation="bicubic"):
+  pixels = tf.cast(pixels, tf.float64)
+  return affine(img, tf.stack([1.0, 0.0, pixels, 0.0, 1.0, 0.0]), fill, interpolation)
 
 
-def translate_y(img, pixels, fill):
-  return affine(img, tf.stack([1.0, 0.0, 0.0, 0.0, 1.0, pixels]), fill)
+def translate_y(img, pixels, fill, interpolation="bicubic"):
+  pixels = tf.cast(pixels, tf.float64)
+  return affine(img, tf.stack([1.0, 0.0, 0.0, 0.0, 1.0, pixels]), fill, interpolation)
 
 
-def randaugment_ops(fill: Sequence[int]) -> dict[str, Callable]:
+def randaugment_ops(fill: Sequence[int], interpolation: str = "bicubic") -> dict[str, Callable]:
   """timm's `_RAND_INCREASING_TRANSFORMS`, each as f(img, level, sign) with level in [0, 10].
 
-  `sign` is +-1 (timm negates signed arguments with probability 0.5); the level-to-argument
-  maps are timm's: e.g. Rotate +-3 degrees per level, Shear +-0.03, TranslateRel +-4.5% of the
-  side, enhance factors 1 +- 0.09 per level (at least 0.1), PosterizeIncreasing keeps
-  4 - int(0.4 level) bits, SolarizeIncreasing thresholds at 256 - int(25.6 level),
-  SolarizeAdd adds min(128, int(11 level)).
+  `sign` is +-1 (timm negates signed arguments with probability 0.5). The level-to-argument
+  maps are timm's (`timm.data.auto_augment.LEVEL_TO_ARG`), in double precision as timm computes
+  them: with m = level / 10, Rotate +-30 m degrees, Shear +-0.3 m, TranslateRel +-0.45 m of the
+  side, enhance factors max(0.1, 1 +- 0.9 m), PosterizeIncreasing keeps 4 - int(4 m) bits,
+  SolarizeIncreasing thresholds at 256 - min(256, int(256 m)), SolarizeAdd adds
+  min(128, int(110 m)). Geometric ops resample with `interpolation` (timm passes its
+  `interpolation` to RandAugment: bicubic in FocalNet's recipe).
   """
-  def enhance(fn):
-    return lambda img, level, sign: fn(img, tf.maximum(0.1, 1.0 + sign * level * 0.09))
+  def m(level):
+    return tf.cast(level, tf.float64) / _LEVEL_MAX
 
-  def size(img, axis):
-    return tf.cast(tf.shape(img)[axis], tf.float32)
+  def signed(level, sign, scale):
+    return tf.cast(sign, tf.float64) * (m(level) * scale)
+
+  def enhance(fn):
+    return lambda img, level, sign: fn(img, tf.maximum(0.1, 1.0 + signed(level, sign, 0.9)))
+
+  def geometric(fn, scale, side=None):
+    def op(img, level, sign):
+      arg = signed(level, sign, scale)
+      if side is not None:
+        arg = arg * tf.cast(tf.shape(img)[side], tf.float64)
+      return fn(img, arg, fill, interpolation)
+    return op
+
+  def to_int(v):
+    return tf.cast(tf.floor(v), tf.int32)  # Python's int() of a non-negative value
 
   return {
       "AutoContrast": lambda img, level, sign: auto_contrast(img),
       "Equalize": lambda img, level, sign: equalize(img),
       "Invert": lambda img, level, sign: invert(img),
-      "Rotate": lambda img, level, sign: rotate(img, sign * level * 3.0, fill),
-      "PosterizeIncreasing": lambda img, level, sign: posterize(
-          img, 4 - tf.cast(tf.floor(level * 0.4), tf.int32)),
+      "Rotate": geometric(rotate, 30.0),
+      "PosterizeIncreasing": lambda img, level, sign: posterize(img, 4 - to_int(m(level) * 4.0)),
       "SolarizeIncreasing": lambda img, level, sign: solarize(
-          img, 256 - tf.minimum(256, tf.cast(tf.floor(level * 25.6), tf.int32))),
-      "SolarizeAdd": lambda img, level, sign: solarize_add(
-          img, tf.minimum(128, tf.cast(tf.floor(level * 11.0), tf.int32))),
+          img, 256 - tf.minimum(256, to_int(m(level) * 256.0))),
+      "SolarizeAdd": lambda img, level, sign: solarize_add(img, tf.minimum(128, to_int(m(level) * 110.0))),
       "ColorIncreasing": enhance(color),
       "ContrastIncreasing": enhance(contrast),
       "BrightnessIncreasing": enhance(brightness),
       "SharpnessIncreasing": enhance(sharpness),
-      "ShearX": lambda img, level, sign: shear_x(img, sign * level * 0.03, fill),
-      "ShearY": lambda img, level, sign: shear_y(img, sign * level * 0.03, fill),
-      "TranslateXRel": lambda img, level, sign: translate_x(img, sign * level * 0.045 * size(img, 1), fill),
-      "TranslateYRel": lambda img, level, sign: translate_y(img, sign * level * 0.045 * size(img, 0), fill),
+      "ShearX": geometric(shear_x, 0.3),
+      "ShearY": geometric(shear_y, 0.3),
+      "TranslateXRel": geometric(translate_x, 0.45, side=1),
+      "TranslateYRel": geometric(translate_y, 0.45, side=0),
   }
 
 
 def randaugment(img: tf.Tensor, seed, num_ops: int, magnitude: float, magnitude_std: float,
-                fill: Sequence[int], prob: float = 0.5) -> tf.Tensor:
+                fill: Sequence[int], prob: float = 0.5, interpolation: str = "bicubic") -> tf.Tensor:
   """RandAugment (timm semantics): `num_ops` layers, each a uniformly chosen op applied with `prob`."""
-  ops = list(randaugment_ops(fill).values())
+  ops = list(randaugment_ops(fill, interpolation).values())
   for layer_seed in _split(seed, num_ops) if num_ops > 0 else []:
     s_op, s_apply, s_mag, s_sign = _split(layer_seed, 4)
     index = tf.random.stateless_uniform([], s_op, 0, len(ops), dtype=tf.int32)
@@ -388,7 +467,8 @@ def train_transform(data: tf.Tensor, seed, *, image_size: int, interpolation: st
     img = tf.where(_uniform(s_flip) < 0.5, img[:, ::-1], img)
   if randaug_num_ops > 0:
     fill = tuple(min(255, round(255 * m)) for m in mean)  # timm's img_mean fill colour
-    img = randaugment(img, s_ra, randaug_num_ops, randaug_magnitude, randaug_magnitude_std, fill)
+    img = randaugment(img, s_ra, randaug_num_ops, randaug_magnitude, randaug_magnitude_std, fill,
+                      interpolation=interpolation)
   x = normalize(img, mean, std)
   if random_erase_prob > 0:
     x = random_erase(x, s_erase, random_erase_prob)
