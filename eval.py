@@ -76,16 +76,20 @@ def main(argv: list[str]) -> None:
       for name, prob in top:
         print(f"  {prob:7.2%}  {name}")
     return
-  try:
-    report = evaluation.evaluate_checkpoint(loaded, config, ema=_EMA.value, output=_OUTPUT.value)
-  except OSError as e:  # the report's directory (beside the checkpoint by default) is not writable
-    raise SystemExit(f"eval.py: error: cannot write the report: {e}. Pass --output PATH in a writable "
-                     "directory.") from e
+  report = evaluation.evaluate_checkpoint(loaded, config, ema=_EMA.value, write=False)
+  # The metrics first: a report that cannot be written must not cost the evaluation.
   print(f"{report['model']} step {report['step']}{' (EMA)' if report['ema'] else ''} on "
         f"{report['dataset']}:{report['split']} at {report['image_size']}px: top-1 {report['top1']:.2%}  "
         f"top-{report.get('top_k', 5)} {report['top5']:.2%}  loss {report['loss']:.4f}  "
         + (f"ReaL top-1 {report['real_top1']:.2%}  " if "real_top1" in report else "")
         + f"({int(report['num_examples'])} images, {report['images_per_s']:.0f} img/s)")
+  output = _OUTPUT.value or evaluation.default_report_path(loaded, config, _EMA.value)
+  try:
+    report["output"] = evaluation.write_report(report, output)
+  except OSError as e:  # the report's directory (beside the checkpoint by default) is not writable
+    print(json.dumps(report))
+    raise SystemExit(f"eval.py: error: cannot write the report to {output}: {e}. The metrics are above; "
+                     "pass --output PATH in a writable directory to keep them as JSON.") from e
   print(json.dumps(report))
 
 

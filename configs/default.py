@@ -53,6 +53,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # picks the fastest for the backend when the model is created ('native' or 'shift' on CPU,
   # 'xla' on accelerators; see focalnet_jax.kernels.depthwise).
   c.model.depthwise_impl = config_dict.placeholder(str)
+  # The focal context Z^out of each modulation: None/'reference' is the paper's level loop under
+  # autodiff; 'fused' gives the same values and gradients from a custom VJP that stores only Z^0,
+  # the kernels and the gates and recomputes the levels in the backward pass (less activation
+  # memory in training; see focalnet_jax.kernels.focal_context).
+  c.model.focal_context_impl = config_dict.placeholder(str)
   # Inference (evaluation) runs each stage over chunks of the batch of at most this many
   # activation elements; 'auto': cache-sized chunks on CPU, whole batches on accelerators; 0: off.
   c.model.chunk_elements = config_dict.FieldReference("auto", field_type=object)
@@ -64,7 +69,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # --- data (the contract of focalnet_jax.data; see notes in its module docstring) ---------
   c.dataset = "imagenet2012"  # TFDS name, 'folder:/path', 'digits' or 'synthetic'
   c.data_dir = config_dict.placeholder(str)  # None: TFDS's default; for 'digits', <workdir>/data
-  c.train_split = "train"
+  c.train_split = "train"  # '' reads no train split (evaluation only)
   c.eval_split = "validation"
   c.image_size = 224
   c.crop_ratio = 0.875
@@ -74,6 +79,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.shuffle_buffer = 16_384
   c.data_threads = config_dict.placeholder(int)  # None: tf.data AUTOTUNE
   c.corrupt_images = "skip"
+  # Image folders: the class names that are label ids 0, 1, ... (None: the train split's class
+  # directories, sorted). Evaluation sets it to the checkpoint's label space.
+  c.class_names = config_dict.placeholder(tuple)
   c.digits_split_seed = 0
   c.aug = ml_collections.ConfigDict()
   c.aug.rrc_scale = (0.08, 1.0)

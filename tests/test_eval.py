@@ -214,3 +214,16 @@ def test_converted_pytorch_model_predicts_like_pytorch(tmp_path):
   np.testing.assert_allclose(got, want, atol=1e-4 * np.abs(want).max())
   preds = evaluation.predict_files(str(out), paths, config, k=1)
   assert [p[0][0] for p in preds] == [f"class_{i}" for i in want.argmax(1)]
+
+
+def test_a_folder_is_evaluated_in_the_models_label_space_without_a_train_split(tmp_path):
+  """Only val/ exists and it lacks one class: labels come from the checkpoint's class names, so
+  'green' is still label 1 and 'red' label 2, and no train split is listed or needed."""
+  ckpt, config = colour_recogniser(tmp_path)
+  for name in ("green", "red"):
+    os.makedirs(tmp_path / "data" / "val" / name)
+    Image.new("RGB", (40, 48), COLOURS[name]).save(tmp_path / "data" / "val" / name / "0.png")
+  config.update(dataset=f"folder:{tmp_path / 'data'}", eval_split="val")  # train_split stays 'train'
+  report = evaluation.evaluate_checkpoint(str(ckpt), config, write=False)
+  assert report["num_examples"] == 2 and report["top1"] == 1.0
+  assert not (tmp_path / "data" / "train").exists()

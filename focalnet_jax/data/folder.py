@@ -178,16 +178,25 @@ def scan_split(root: str, split: str, corrupt_images: str) -> FolderSplit:
   return FolderSplit(paths_np, labels_np, names, tuple(p for p, _ in bad))
 
 
-def labelled_split(root: str, split: str, train_split: str, corrupt_images: str) -> FolderSplit:
-  """`split` labelled with the class ids of `train_split` (its classes must be a subset)."""
+def labelled_split(root: str, split: str, train_split: str, corrupt_images: str,
+                   label_names: tuple[str, ...] | None = None) -> FolderSplit:
+  """`split` labelled with the class ids of `label_names` (e.g. a checkpoint's label space), else
+  of `train_split`'s class directories; the split's classes must be among them."""
   data = scan_split(root, split, corrupt_images)
-  if split == train_split:
+  if label_names is None:
+    if split == train_split:
+      return data
+    label_names = class_names(os.path.abspath(os.path.expanduser(root)), train_split)
+    where = f"the train split {train_split!r}"
+  else:
+    label_names = tuple(label_names)
+    where = "the model's class names"
+  if tuple(data.class_names) == label_names:
     return data
-  train_names = class_names(os.path.abspath(os.path.expanduser(root)), train_split)
-  index = {n: i for i, n in enumerate(train_names)}
+  index = {n: i for i, n in enumerate(label_names)}
   unknown = [n for n in data.class_names if n not in index]
   if unknown:
-    raise ValueError(f"Classes {unknown[:5]} of split {split!r} in {root!r} are not in the train split "
-                     f"{train_split!r}, so they have no label id.")
+    raise ValueError(f"Classes {unknown[:5]} of split {split!r} in {root!r} are not in {where}, "
+                     "so they have no label id.")
   remap = np.array([index[n] for n in data.class_names], np.int32)
-  return dataclasses.replace(data, labels=remap[data.labels], class_names=train_names)
+  return dataclasses.replace(data, labels=remap[data.labels], class_names=label_names)

@@ -60,16 +60,18 @@ def _source(config):
     root = digits.prepare_digits(config.data_dir, config.digits_split_seed)
     return sources.FolderSource(root, config.train_split, config.corrupt_images)
   if dataset.startswith("folder:"):
-    return sources.FolderSource(sources.folder_root(dataset), config.train_split, config.corrupt_images)
+    return sources.FolderSource(sources.folder_root(dataset), config.train_split, config.corrupt_images,
+                                label_names=tuple(config.class_names) if config.class_names else None)
   return sources.TfdsSource(dataset, config.data_dir, _options(config))
 
 
 def get_info(config) -> DatasetInfo:
-  """Class count and names, and the sizes of config.train_split and config.eval_split."""
+  """Class count and names, and the sizes of config.train_split and config.eval_split (an empty
+  train_split: evaluation only, the train split is neither listed nor opened)."""
   src = _source(config)
   names = src.class_names()
-  return DatasetInfo(len(names), src.num_examples(config.train_split), src.num_examples(config.eval_split),
-                     names)
+  num_train = src.num_examples(config.train_split) if config.train_split else 0
+  return DatasetInfo(len(names), num_train, src.num_examples(config.eval_split), names)
 
 
 def _aug_kwargs(config) -> dict[str, Any]:

@@ -30,17 +30,21 @@ def epoch_seed(seed: int, epoch: int, process_index: int) -> int:
 
 @dataclasses.dataclass
 class FolderSource:
-  """An image folder root/<split>/<class>/<image>."""
+  """An image folder root/<split>/<class>/<image>; labels are the indices of `label_names` (when
+  given, e.g. a checkpoint's classes) or of the train split's sorted class directories."""
   root: str
   train_split: str
   corrupt_images: str
+  label_names: tuple[str, ...] | None = None
   reads_files: bool = True  # records carry paths, read inside the parallel map
   has_real_labels: bool = False
 
   def split(self, split: str) -> folder.FolderSplit:
-    return folder.labelled_split(self.root, split, self.train_split, self.corrupt_images)
+    return folder.labelled_split(self.root, split, self.train_split, self.corrupt_images, self.label_names)
 
   def class_names(self) -> tuple[str, ...]:
+    if self.label_names is not None:
+      return tuple(self.label_names)
     return self.split(self.train_split).class_names
 
   def num_examples(self, split: str) -> int:

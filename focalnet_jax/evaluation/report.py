@@ -104,16 +104,36 @@ def settings_from_checkpoint(base: ml_collections.ConfigDict, meta: dict[str, An
   return config
 
 
-def _report_path(loaded: LoadedModel, config, ema: bool) -> str:
+def _label_folder_by_model(config: ml_collections.ConfigDict, meta: dict[str, Any],
+                           num_classes: int) -> ml_collections.ConfigDict:
+  """An image folder is labelled in the model's label space (its class names: the training data's,
+  or ImageNet-1K's wnids for a 1000-class head), so evaluating it neither lists nor needs a train
+  split; a model without class names labels the evaluated split by its own class directories."""
+  if not config.dataset.startswith("folder:"):
+    return config
+  config = config.copy_and_resolve_references()
+  names = meta.get("class_names")
+  if not (names and len(names) == num_classes) and num_classes == labels.IMAGENET1K_CLASSES:
+    names = labels.imagenet1k_wnids()
+  if names and len(names) == num_classes:
+    config.class_names, config.train_split = tuple(names), ""
+  else:
+    config.train_split = config.eval_split
+  return config
+
+
+def default_report_path(loaded: LoadedModel, config, ema: bool) -> str:
+  """Where a report goes unless told otherwise: beside the checkpoint, named by split, step and EMA."""
   name = config.dataset.replace("/", "_").replace(":", "_")
   return os.path.join(loaded.path, f"eval_{name}_{config.eval_split}_step{loaded.step}{'_ema' if ema else ''}.json")
 
 
 def evaluate_checkpoint(checkpoint_or_path: LoadedModel | str, config: ml_collections.ConfigDict, *,
                         step: int | None = None, ema: bool = False, dtype: str | None = None,
-                        output: str | None = None) -> dict[str, Any]:
+                        output: str | None = None, write: bool = True) -> dict[str, Any]:
   """Evaluates a checkpoint (a path, or one opened by `load_model`) on `config.dataset` /
-  `config.eval_split`; writes and returns a report."""
+  `config.eval_split` and returns the report; with `write` (process 0) it is also written as
+  JSON (`output`, default beside the checkpoint; see `write_report`)."""
   from focalnet_jax import data as data_lib  # noqa: PLC0415
 
   loaded = checkpoint_or_path
@@ -122,6 +142,7 @@ def evaluate_checkpoint(checkpoint_or_path: LoadedModel | str, config: ml_collec
   model, params = loaded.model, loaded.params
   model.check_image_size(config.image_size, config.image_size)
   n_model = num_classes_of(params)
+  config = _label_folder_by_model(config, loaded.meta, n_model)
   dataset = data_lib.from_config(config)
   info = dataset.info(config)
   subset = labels.subset_indices(config.dataset)
@@ -151,10 +172,14 @@ def evaluate_checkpoint(checkpoint_or_path: LoadedModel | str, config: ml_collec
   report["top_k"] = eval_lib.top_k_of(n_model if subset is None else len(subset))
   if subset is not None:
     report["class_subset"] = f"{len(subset)} classes of {config.dataset}"
-  if jax.process_index() == 0:
-    output = output or _report_path(loaded, config, ema)
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    with open(output, "w") as f:
-      json.dump(report, f, indent=2)
-    report["output"] = output
+  if write and jax.process_index() == 0:
+    report["output"] = write_report(report, output or default_report_path(loaded, config, ema))
   return report
+
+
+def write_report(report: dict[str, Any], output: str) -> str:
+  """Writes `report` as JSON to `output` (its directory created); returns the path."""
+  os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+  with open(output, "w") as f:
+    json.dump(report, f, indent=2)
+  return output
