@@ -11,8 +11,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from focalnet_jax.kernels import depthwise
-from focalnet_jax.model.layers import conv_bias_init, conv_init, dense_init, gelu, layer_norm
+from focalnet_jax.kernels import depthwise, focal_context
+from focalnet_jax.model.layers import conv_bias_init, conv_init, dense_init, layer_norm
 
 Dtype = Any
 
@@ -27,7 +27,8 @@ class FocalModulation(nn.Module):
   unweighted (and `f` emits no gate channels), `interaction='add'` uses q + M.
 
   `depthwise_impl` names a `kernels.depthwise` implementation; 'auto' is resolved to a
-  concrete name when the module is built.
+  concrete name when the module is built. `focal_context_impl` names a
+  `kernels.focal_context` implementation of Z^out ('reference' or 'fused').
   """
 
   focal_level: int
@@ -40,12 +41,14 @@ class FocalModulation(nn.Module):
   interaction: str = "multiply"
   drop_rate: float = 0.0
   depthwise_impl: str = "auto"
+  focal_context_impl: str = "reference"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   def __post_init__(self):
     # Resolved once here, not per call: the module then names what it runs.
     object.__setattr__(self, "depthwise_impl", depthwise.resolve(self.depthwise_impl))
+    focal_context.check(self.focal_context_impl)
     super().__post_init__()
 
   def num_gates(self) -> int:
@@ -59,29 +62,23 @@ class FocalModulation(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     c = x.shape[-1]
-    L = self.focal_level
     dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
     # One linear layer `f` fuses q, f_z and the gate projection: its output width is 2C + L + 1.
     x = dense(2 * c + self.num_gates(), kernel_init=dense_init, name="f")(x)
     # q = q(x);  Z^0 = f_z(x);  G = the gate projection of x (raw, no sigmoid or softmax).
     q, z, gates = jnp.split(x, [c, 2 * c], axis=-1)
 
-    def gated(term: jax.Array, level: int) -> jax.Array:  # G^l * Z^l, G^l broadcast over C
-      return term * gates[..., level : level + 1] if self.use_gating else term
-
-    z_out = jnp.zeros_like(z)
-    for level, k in enumerate(self.kernel_sizes()):
-      # Z^l = GELU(DWConv_l(Z^{l-1})), a k_l x k_l depthwise conv; Z^out += G^l * Z^l.
-      kernel = self.param(f"focal_layers_{level}", conv_init, (k, k, 1, c), self.param_dtype)
-      z = gelu(depthwise.depthwise_conv(z, kernel.astype(self.dtype), self.depthwise_impl))
-      z_out = z_out + gated(z, level)
-    if self.use_global_context:
-      # Z^{L+1} = GELU(GlobalAvgPool(Z^L)), the mean in float32; Z^out += G^{L+1} * Z^{L+1}.
-      mean = jnp.mean(z.astype(jnp.float32), axis=(1, 2), keepdims=True)
-      z_global = gelu(mean).astype(self.dtype)
-      z_out = z_out + gated(z_global, L)
-    if self.normalize_modulator:  # divide by the number of summed terms
-      z_out = z_out / (L + int(self.use_global_context))
+    # Z^l = GELU(DWConv_l(Z^{l-1})) for l = 1..L, k_l x k_l depthwise convs; the global context
+    # Z^{L+1} = GELU(GlobalAvgPool(Z^L)), the mean in float32; Z^out = sum_l G^l * Z^l (divided by
+    # the number of terms with `normalize_modulator`). One call: see kernels/focal_context.py.
+    kernels = [
+        self.param(f"focal_layers_{level}", conv_init, (k, k, 1, c), self.param_dtype).astype(self.dtype)
+        for level, k in enumerate(self.kernel_sizes())
+    ]
+    z_out = focal_context.focal_context(
+        z, kernels, gates if self.use_gating else None, use_global_context=self.use_global_context,
+        normalize_modulator=self.normalize_modulator, depthwise_impl=self.depthwise_impl,
+        impl=self.focal_context_impl)
 
     # M = h(Z^out), a 1x1 conv (PyTorch's conv init).
     modulator = dense(c, kernel_init=conv_init, bias_init=conv_bias_init(c), name="h")(z_out)

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from focalnet_jax.kernels import depthwise
+from focalnet_jax.kernels import depthwise, focal_context
 from focalnet_jax.model.layers import DropPath, Downsample, Mlp, dense_init, layer_norm
 from focalnet_jax.model.modulation import FocalModulation
 
@@ -70,6 +70,7 @@ class FocalNetBlock(nn.Module):
   use_gating: bool = True
   interaction: str = "multiply"
   depthwise_impl: str = "auto"
+  focal_context_impl: str = "reference"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -91,6 +92,7 @@ class FocalNetBlock(nn.Module):
         interaction=self.interaction,
         drop_rate=self.drop_rate,
         depthwise_impl=self.depthwise_impl,
+        focal_context_impl=self.focal_context_impl,
         dtype=self.dtype,
         param_dtype=self.param_dtype,
         name="modulation",
@@ -181,11 +183,13 @@ class FocalNet(nn.Module):
   use_global_context: bool = True
   use_gating: bool = True
   interaction: str = "multiply"
-  # Implementation: compute/storage dtypes, per-block rematerialisation, depthwise conv.
+  # Implementation: compute/storage dtypes, per-block rematerialisation, depthwise conv, and
+  # the focal context Z^out ('reference' or 'fused', see kernels/focal_context.py).
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   remat: bool = False
   depthwise_impl: str = "auto"
+  focal_context_impl: str = "reference"
 
   def __post_init__(self):
     validate(self)
@@ -255,6 +259,7 @@ class FocalNet(nn.Module):
           use_gating=self.use_gating,
           interaction=self.interaction,
           depthwise_impl=self.depthwise_impl,
+          focal_context_impl=self.focal_context_impl,
       )
       start = sum(self.depths[:i])
       stages.append(
@@ -353,6 +358,8 @@ def validate(model: FocalNet) -> None:
     )
   if model.mlp_ratio <= 0:
     raise ValueError(f"mlp_ratio={model.mlp_ratio} must be positive.")
+  if model.focal_context_impl not in focal_context.available():
+    raise ValueError(f"focal_context_impl={model.focal_context_impl!r} must be one of {focal_context.available()}.")
   if model.interaction not in ("multiply", "add"):
     raise ValueError(f"interaction={model.interaction!r} must be 'multiply' or 'add'.")
   if not model.use_global_context and min(levels) == 0:

@@ -1,0 +1,142 @@
+"""The focal context of focal modulation, Z^out, computed by a named implementation.
+
+Steps 2-4 of docs/model.md, "Focal modulation": from Z^0 = f_z(x), the L focal levels
+Z^l = GELU(DWConv_l(Z^{l-1})), the global context Z^{L+1} = GELU(mean(Z^L)) (the mean in
+float32) and the gated sum Z^out = sum_l G^l * Z^l. Two implementations compute the same
+values and gradients:
+
+- 'reference': the level loop as the paper writes it; autodiff keeps every level (and the
+  GELU inputs) of every block alive until the backward pass reaches it.
+- 'fused': the same forward in one `jax.custom_vjp` whose residuals are only Z^0, the
+  kernels and the gates; its backward recomputes the levels of its own block, so a training
+  step holds one block's levels at a time instead of all of them (a remat of exactly this
+  part of the block, leaving the matmuls' outputs stored).
+
+Both call `depthwise.depthwise_conv(..., depthwise_impl)` for the convolutions, so the
+fused backward differentiates the same depthwise implementation the reference does.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from focalnet_jax.kernels import depthwise
+from focalnet_jax.model.layers import gelu
+
+
+@dataclasses.dataclass(frozen=True)
+class ContextSpec:
+  """What the focal context computes besides its arrays (hashable: a static argument)."""
+
+  use_global_context: bool
+  normalize_modulator: bool
+  depthwise_impl: str
+
+
+# (spec, z0 (B, H, W, C), kernels ((k_l, k_l, 1, C) for each level), gates (B, H, W, n) or None)
+#   -> Z^out (B, H, W, C) in z0's dtype
+ContextFn = Callable[[ContextSpec, jax.Array, tuple[jax.Array, ...], jax.Array | None], jax.Array]
+
+_IMPLEMENTATIONS: dict[str, ContextFn] = {}
+
+
+def register(name: str) -> Callable[[ContextFn], ContextFn]:
+  """Registers a focal-context implementation under `name`."""
+
+  def wrap(fn: ContextFn) -> ContextFn:
+    _IMPLEMENTATIONS[name] = fn
+    return fn
+
+  return wrap
+
+
+def available() -> tuple[str, ...]:
+  """Names accepted by `focal_context(..., impl=...)`."""
+  return tuple(_IMPLEMENTATIONS)
+
+
+def check(impl: str) -> str:
+  """`impl` if it names an implementation; ValueError naming the choices otherwise."""
+  if impl not in _IMPLEMENTATIONS:
+    raise ValueError(f"focal_context_impl={impl!r} is not one of {available()}.")
+  return impl
+
+
+@register("reference")
+def focal_context_reference(spec: ContextSpec, z: jax.Array, kernels: tuple[jax.Array, ...],
+                            gates: jax.Array | None) -> jax.Array:
+  """The level loop of the paper, differentiated by autodiff."""
+
+  def gated(term: jax.Array, level: int) -> jax.Array:  # G^l * Z^l, G^l broadcast over C
+    return term if gates is None else term * gates[..., level : level + 1]
+
+  z_out = jnp.zeros_like(z)
+  for level, kernel in enumerate(kernels):
+    # Z^l = GELU(DWConv_l(Z^{l-1})), a k_l x k_l depthwise conv; Z^out += G^l * Z^l.
+    z = gelu(depthwise.depthwise_conv(z, kernel, spec.depthwise_impl))
+    z_out = z_out + gated(z, level)
+  if spec.use_global_context:
+    # Z^{L+1} = GELU(GlobalAvgPool(Z^L)), the mean in float32; Z^out += G^{L+1} * Z^{L+1}.
+    mean = jnp.mean(z.astype(jnp.float32), axis=(1, 2), keepdims=True)
+    z_global = gelu(mean).astype(z.dtype)
+    z_out = z_out + gated(z_global, len(kernels))
+  if spec.normalize_modulator:  # divide by the number of summed terms
+    z_out = z_out / (len(kernels) + int(spec.use_global_context))
+  return z_out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _fused(spec: ContextSpec, z0: jax.Array, kernels: tuple[jax.Array, ...],
+           gates: jax.Array | None) -> jax.Array:
+  return focal_context_reference(spec, z0, kernels, gates)
+
+
+def _fused_fwd(spec, z0, kernels, gates):
+  return focal_context_reference(spec, z0, kernels, gates), (z0, kernels, gates)
+
+
+def _fused_bwd(spec, residuals, g):
+  # Recompute the levels from Z^0 and the kernels and differentiate them here: the levels
+  # live only while this block's backward runs. The barrier (taking the cotangent too) keeps
+  # XLA from merging the recomputation with the forward pass (CSE), which would keep the
+  # forward's levels alive until here after all, and from scheduling it before it is needed.
+  residuals, g = lax.optimization_barrier((residuals, g))
+  _, vjp = jax.vjp(lambda *args: focal_context_reference(spec, *args), *residuals)
+  return vjp(g)
+
+
+_fused.defvjp(_fused_fwd, _fused_bwd)
+
+
+@register("fused")
+def focal_context_fused(spec: ContextSpec, z0: jax.Array, kernels: tuple[jax.Array, ...],
+                        gates: jax.Array | None) -> jax.Array:
+  """The reference forward in one custom VJP that stores Z^0, the kernels and the gates only."""
+  refs = (z0,) if gates is None else (z0, gates)
+  # Inside shard_map, replicated kernels enter with the batch's varying axes (as depthwise does).
+  kernels = tuple(depthwise._varying_like(k, *refs) for k in kernels)  # noqa: SLF001
+  gates = None if gates is None else depthwise._varying_like(gates, z0)  # noqa: SLF001
+  return _fused(spec, depthwise._varying_like(z0, *kernels), kernels, gates)  # noqa: SLF001
+
+
+def focal_context(z0: jax.Array, kernels: Sequence[jax.Array], gates: jax.Array | None, *,
+                  use_global_context: bool, normalize_modulator: bool, depthwise_impl: str,
+                  impl: str = "reference") -> jax.Array:
+  """Z^out = sum_{l=1}^{L} G^l * Z^l + G^{L+1} * Z^{L+1} (docs/model.md, "Focal modulation").
+
+  Args:
+    z0: Z^0 = f_z(x), (B, H, W, C), in the compute dtype.
+    kernels: the L depthwise kernels (k_l, k_l, 1, C), cast to z0's dtype when applied.
+    gates: (B, H, W, L + use_global_context), raw; None sums the terms unweighted (no gating).
+    use_global_context: add G^{L+1} * GELU(mean(Z^L)), the mean in float32.
+    normalize_modulator: divide Z^out by the number of summed terms.
+    depthwise_impl: a `depthwise.available()` name, already resolved (not 'auto').
+    impl: a name from `available()`.
+  """
+  spec = ContextSpec(bool(use_global_context), bool(normalize_modulator), depthwise_impl)
+  return _IMPLEMENTATIONS[check(impl)](spec, z0, tuple(kernels), gates)
