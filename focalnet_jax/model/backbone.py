@@ -132,6 +132,19 @@ def create_backbone(name: str, *, detection: bool = False, **overrides: Any) -> 
   return FocalNetBackbone(**kwargs)
 
 
+def backbone_from_meta(meta: dict[str, Any], **overrides: Any) -> FocalNetBackbone:
+  """The backbone a converted backbone checkpoint describes (`python -m focalnet_jax.convert
+  --backbone` writes `{'model', 'model_overrides', 'backbone': {out_indices, out_norms,
+  detection}}`), with `overrides` (e.g. `depthwise_impl`) applied last."""
+  if "backbone" not in meta:
+    raise ValueError(f"The checkpoint of {meta.get('model')!r} is not a backbone checkpoint (no 'backbone' in its "
+                     "meta): load it as a classifier and take classifier_params(params).")
+  settings = dict(meta["backbone"])
+  kwargs = {**meta.get("model_overrides", {}), "out_indices": tuple(settings["out_indices"]),
+            "out_norms": settings["out_norms"], **overrides}
+  return create_backbone(meta["model"], detection=settings.get("detection", False), **kwargs)
+
+
 def classifier_params(params: dict[str, Any]) -> dict[str, Any]:
   """A classifier's params without what a backbone lacks (the final `norm` and the `head`)."""
   return {k: v for k, v in params.items() if k not in ("norm", "head")}

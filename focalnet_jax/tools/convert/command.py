@@ -10,7 +10,8 @@ from typing import Any, Sequence
 from focalnet_jax.tools import cli
 from focalnet_jax.tools.convert.layouts import detect_layout
 from focalnet_jax.tools.convert.reading import load_checkpoint
-from focalnet_jax.tools.convert.to_flax import convert_state_dict
+from focalnet_jax.tools.convert.diagnose import compact
+from focalnet_jax.tools.convert.to_flax import backbone_conversion, convert_state_dict
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +37,16 @@ def build_parser() -> argparse.ArgumentParser:
       "--head-to-1k", action="store_true",
       help="cut a 21842-class ImageNet-22K head to its first 1000 rows (the ImageNet-1K classes)",
   )
+  dense = parser.add_argument_group(
+      "backbone", "write a FocalNetBackbone checkpoint (num_classes=0) for a detector or segmenter, e.g. from an "
+      "official mmdet detection checkpoint ({'state_dict': {'backbone.*', 'neck.*', ...}}: only the backbone is kept)")
+  dense.add_argument("--backbone", action="store_true", help="convert into a FocalNetBackbone; drops what it lacks")
+  dense.add_argument("--out-indices", type=_indices, default=None, metavar="I,J,...",
+                     help="the stages the backbone outputs (default: all four)")
+  dense.add_argument("--out-norms", action=argparse.BooleanOptionalAction, default=None,
+                     help="per-output LayerNorms norm0..norm3 (default: when the checkpoint has them)")
+  dense.add_argument("--detection", action="store_true",
+                     help="the official detection backbones' settings: focal window 9, conv stem padding 3")
   cli.add_override_argument(parser)
   parser.add_argument("--force", action="store_true", help="replace an existing non-empty output directory")
   parser.add_argument(
@@ -60,27 +71,56 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"error: {output} already exists and is not empty; refusing to overwrite it. "
         "Choose another --output, or pass --force to replace it."
     )
+  backbone = _backbone_args(args)
   try:
     state_dict = load_checkpoint(args.checkpoint, trust_pickle=args.trust_pickle)
     layout, _ = detect_layout(list(state_dict))
+    settings, dropped = None, {}
+    if args.backbone:
+      settings, dropped = backbone_conversion(
+          state_dict, args.model, **{k: v for k, v in backbone.items() if k != "backbone"}, **overrides)
     variables = convert_state_dict(
-        state_dict, args.model, drop_head=args.drop_head, head_to_1k=args.head_to_1k, **overrides
+        state_dict, args.model, drop_head=args.drop_head, head_to_1k=args.head_to_1k, **backbone, **overrides
     )
   except (ValueError, TypeError, FileNotFoundError, ImportError) as e:
     raise SystemExit(f"error: {e}") from e
 
   _write_then_swap(output, occupied, lambda path: checkpoint.save(
-      path, {"params": variables["params"]}, _meta(args, overrides, layout), step=0))
+      path, {"params": variables["params"]}, _meta(args, overrides, layout, settings), step=0))
   over = "".join(f" {k}={v}" for k, v in overrides.items())
-  print(
-      f"Converted {args.checkpoint} ({layout} layout) to {args.model}{over}: "
-      f"{num_params(variables['params']):,} parameters.\n"
-      f"Wrote {output} (step 0).\n"
-      f"Evaluate it:  python eval.py --config configs/<config>.py --checkpoint {output}\n"
-      f"Fine-tune it: python train.py --config configs/<config>.py --config.init_from={output} "
-      "--workdir runs/<name>"
-  )
+  what = f"a backbone of {args.model}{over} ({', '.join(f'{k}={v}' for k, v in settings.items())})" if settings \
+      else f"{args.model}{over}"
+  print(f"Converted {args.checkpoint} ({layout} layout) to {what}: "
+        f"{num_params(variables['params']):,} parameters.")
+  for reason, keys in dropped.items():
+    print(f"Dropped {reason} ({len(keys)} keys):" + compact(keys, limit=4))
+  print(f"Wrote {output} (step 0).")
+  if settings:
+    print("Rebuild it: focalnet_jax.model.backbone.backbone_from_meta(focalnet_jax.checkpoint.read_meta(path))")
+  else:
+    print(f"Evaluate it:  python eval.py --config configs/<config>.py --checkpoint {output}\n"
+          f"Fine-tune it: python train.py --config configs/<config>.py --config.init_from={output} "
+          "--workdir runs/<name>")
   return 0
+
+
+def _indices(text: str) -> tuple[int, ...]:
+  try:
+    return tuple(int(v) for v in text.split(","))
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"{text!r}: expected stage indices separated by commas, e.g. 1,2,3") from None
+
+
+def _backbone_args(args: argparse.Namespace) -> dict[str, Any]:
+  """convert_state_dict's backbone arguments from the command line (checked before reading)."""
+  given = {k: v for k, v in (("out_indices", args.out_indices), ("out_norms", args.out_norms)) if v is not None}
+  if not args.backbone:
+    if given or args.detection:
+      raise SystemExit("error: --out-indices, --out-norms and --detection describe a backbone: add --backbone.")
+    return {}
+  if args.drop_head or args.head_to_1k:
+    raise SystemExit("error: a backbone has no head: --backbone drops it already (no --drop-head/--head-to-1k).")
+  return {"backbone": True, "detection": args.detection, **given}
 
 
 def _remove(path: str) -> None:
@@ -112,11 +152,13 @@ def _write_then_swap(output: str, occupied: bool, write) -> None:
     _remove(old)
 
 
-def _meta(args: argparse.Namespace, overrides: dict[str, Any], layout: str) -> dict[str, Any]:
-  """What the checkpoint records about its model and where its weights came from."""
-  return {
+def _meta(args: argparse.Namespace, overrides: dict[str, Any], layout: str,
+          backbone: dict[str, Any] | None = None) -> dict[str, Any]:
+  """What the checkpoint records about its model and where its weights came from. A backbone
+  records num_classes=0 and its settings (`backbone_from_meta` rebuilds it)."""
+  meta = {
       "model": args.model,
-      "model_overrides": overrides,
+      "model_overrides": {**overrides, "num_classes": 0} if backbone else overrides,
       "source": {
           "path": os.path.abspath(args.checkpoint),
           "layout": layout,
@@ -124,3 +166,6 @@ def _meta(args: argparse.Namespace, overrides: dict[str, Any], layout: str) -> d
           "head_to_1k": bool(args.head_to_1k),
       },
   }
+  if backbone:
+    meta["backbone"] = backbone
+  return meta

@@ -12,6 +12,7 @@ from focalnet_jax.data.labels import IMAGENET1K_CLASSES, IMAGENET22K_CLASSES
 from focalnet_jax.tools.convert.layouts import Layout, get_layout
 
 _MAX_MISMATCHES = 8  # shape mismatches listed in an error; a wrong variant mismatches hundreds
+_BACKBONE_ONLY = ("out_indices", "out_norms", "conv_stem_padding")  # FocalNetBackbone's, not FocalNet's
 _COMPARED = ("use_conv_embed", "use_layerscale", "use_postln", "use_postln_in_modulation", "patch_size",
              "num_classes")
 
@@ -113,30 +114,47 @@ def _differences(arch: Mapping[str, Any], kwargs: Mapping[str, Any]) -> dict[str
   return {k: (arch[k], v) for k, v in model.items() if k in arch and arch[k] != v}
 
 
-def matching_variants(arch: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+def matching_variants(arch: Mapping[str, Any], detection: bool = False) -> list[tuple[str, dict[str, Any]]]:
   """Published variants whose architecture fits `arch`, with the overrides each would need
-  (only num_classes is allowed to differ)."""
+  (only num_classes is allowed to differ); `detection` applies the detection backbones'
+  settings (focal window 9) to every variant first."""
   from focalnet_jax.model.variants import list_models, model_kwargs
 
   found = []
   for name in list_models():
-    diff = _differences(arch, model_kwargs(name))
+    diff = _differences(arch, model_kwargs(name, **_detection_settings(detection)))
     if set(diff) <= {"num_classes"}:
       found.append((name, {k: got for k, (got, _) in diff.items()}))
   return found
 
 
-def describe(arch: Mapping[str, Any], model_name: str, overrides: Mapping[str, Any]) -> str:
+def _detection_settings(detection: bool) -> dict[str, Any]:
+  """The FocalNet fields the detection settings change (conv_stem_padding is the backbone's own)."""
+  from focalnet_jax.model.backbone import DETECTION_SETTINGS
+
+  return {k: v for k, v in DETECTION_SETTINGS.items() if k != "conv_stem_padding"} if detection else {}
+
+
+def describe(arch: Mapping[str, Any], model_name: str, overrides: Mapping[str, Any],
+             backbone: Mapping[str, Any] | None = None) -> str:
   """What, read off the checkpoint's keys, differs from the requested model, and which
-  variant would fit; '' when only the head differs (reported on its own)."""
+  variant would fit; '' when only the head differs (reported on its own). `backbone`: the
+  target backbone's settings (`out_indices`, `out_norms`, `detection`), None for a classifier."""
   from focalnet_jax.model.variants import model_kwargs
 
-  diff = _differences(arch, model_kwargs(model_name, **overrides))
+  detection = bool(backbone and backbone.get("detection"))
+  fields = {k: v for k, v in overrides.items() if k not in _BACKBONE_ONLY}
+  diff = _differences(arch, model_kwargs(model_name, **{**_detection_settings(detection), **fields}))
   diff.pop("num_classes", None)
   if not diff:
     return ""
   shown = ", ".join(f"{k}={got} (model: {want})" for k, (got, want) in diff.items())
-  fits = [n + "".join(f" with {k}={v}" for k, v in o.items()) for n, o in matching_variants(arch)]
+  if backbone is not None and not detection:
+    as_detector = _differences(arch, model_kwargs(model_name, **{**_detection_settings(True), **fields}))
+    if set(as_detector) <= {"num_classes"}:
+      return (f"The checkpoint has {shown}: it is the detection backbone of {model_name}, with the official "
+              "detection settings (focal window 9: kernels 9, 11, 13); convert with detection=True (CLI: --detection).")
+  fits = [n + "".join(f" with {k}={v}" for k, v in o.items()) for n, o in matching_variants(arch, detection)]
   if fits:
     return f"The checkpoint has {shown}: it looks like {' or '.join(fits)}."
   # In the --override syntax of every tool (focalnet_jax.tools.cli): JSON values.
@@ -157,11 +175,15 @@ def compact(keys: Sequence[str], limit: int = 12) -> str:
 
 
 def report(problems: Problems, state_dict: Mapping[str, Any], layout: str, prefix: str, model_name: str,
-           overrides: Mapping[str, Any], num_classes: int) -> str:
-  """The error message for a state dict that does not fit `model_name` with `overrides`."""
+           overrides: Mapping[str, Any], num_classes: int, *, backbone: Mapping[str, Any] | None = None) -> str:
+  """The error message for a state dict that does not fit `model_name` with `overrides` (as a
+  backbone with the settings `backbone`, if given: `out_indices`, `out_norms`, `detection`)."""
   table = get_layout(layout)
   target = model_name + "".join(f", {k}={v}" for k, v in overrides.items())
-  lines = [f"The {table.name}-layout checkpoint does not fit {target}:"]
+  if backbone is not None:
+    target = f"a backbone of {target}" + "".join(f", {k}={v}" for k, v in backbone.items() if k not in overrides)
+  where = f" (under {prefix!r})" if prefix else ""
+  lines = [f"The {table.name}-layout checkpoint{where} does not fit {target}:"]
   arch = infer_architecture(state_dict, table, prefix)
   mismatched = problems.mismatched
   if mismatched:
@@ -174,12 +196,24 @@ def report(problems: Problems, state_dict: Mapping[str, Any], layout: str, prefi
     lines.append(f"  missing from the checkpoint ({len(problems.missing)}):" + compact(problems.missing))
   if problems.unexpected:
     lines.append(f"  unexpected in the checkpoint ({len(problems.unexpected)}):" + compact(problems.unexpected))
-  if all(table.is_head_key(k) for k in problems.keys()):  # only the classifier differs
+  if backbone is not None:
+    lines.extend(_backbone_hints(problems, table, prefix))
+  elif all(table.is_head_key(k) for k in problems.keys()):  # only the classifier differs
     lines.append(_head_options(arch["num_classes"], num_classes))
-  hint = describe(arch, model_name, overrides)
+  hint = describe(arch, model_name, overrides, backbone)
   if hint:  # the most useful line goes first
     lines.insert(1, "  " + hint)
   return "\n".join(lines)
+
+
+def _backbone_hints(problems: Problems, table: Layout, prefix: str) -> list[str]:
+  """What a backbone conversion's missing keys usually mean."""
+  norm = re.compile(re.escape(prefix + table.output_norm).replace(r"\{i\}", r"\d+") + r"\.")
+  if not any(norm.match(k) for k in problems.missing):
+    return []
+  return ["  The checkpoint has no per-output norms for every output (only official detection checkpoints have "
+          "norm0..norm3; classifiers, timm and HF FocalNetBackbone have none): convert with out_norms=False "
+          "(CLI: --no-out-norms), or choose out_indices among the norms it has."]
 
 
 def _head_options(rows: int, num_classes: int) -> str:

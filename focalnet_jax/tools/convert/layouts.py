@@ -16,6 +16,10 @@
     projection_out/layernorm`, layerscale `gamma_1/gamma_2`, the downsample
     `encoder.stages.i.downsample.projection/norm.*` and `layernorm.*`; the head is
     `classifier.*`, outside the prefix.
+The official detection backbones (microsoft/FocalNet `detection/`, mmdet) use the official
+layout under `backbone.` inside an mmdet `{'state_dict': ...}`, beside `neck.`/`rpn_head.`/
+`decode_head.` keys, with no head or final `norm` but a LayerNorm `norm{i}` per output. Any
+prefix ending in '.' before a layout's stem key is recognised (`backbone.`, DINO's `backbone.0.`).
 All three share the focal convolutions `...modulation.focal_layers.l.0.weight` ([C, 1, k, k]) and
 the MLP names. Post-norm blocks are visible in timm's keys only: the official code and HF name
 pre- and post-norms alike.
@@ -52,6 +56,7 @@ class Layout:
   post_norm: str | None  # a post-norm block's norm n, if named apart from a pre-norm
   final_norm: str
   head: str  # the classifier's module, never prefixed
+  output_norm: str = "norm{i}"  # a detection backbone's LayerNorm on output i (official names)
 
   @property
   def stem_key(self) -> str:
@@ -75,6 +80,15 @@ class Layout:
     """The classifier's weight (or `leaf`), never prefixed."""
     return f"{self.head}.{leaf}"
 
+  def stage_of(self, key: str, prefix: str = "") -> int | None:
+    """The stage a block or downsample key belongs to (the stage the downsample ends), else None."""
+    m = self.block_pattern(prefix).match(key)
+    if m:
+      return int(m.group(1))
+    escaped = re.escape(prefix + self.downsample).replace(r"\{i\}", r"(\d+)").replace(r"\{sub\}", r"[^.]+")
+    m = re.match(escaped + r"\.", key)
+    return int(m.group(1)) - self.downsample_stage_offset if m else None
+
   def is_head_key(self, key: str) -> bool:
     """Whether `key` belongs to the classifier."""
     return key.startswith(self.head + ".")
@@ -83,7 +97,7 @@ class Layout:
 OFFICIAL = Layout(
     name="official",
     source="official microsoft/FocalNet",
-    prefixes=("",),
+    prefixes=("backbone.", ""),  # an mmdet detector's or segmenter's backbone, or the classifier
     stem={"proj": "patch_embed.proj", "norm": "patch_embed.norm"},
     block="layers.{i}.blocks.{j}",
     downsample="layers.{i}.downsample.{sub}",
@@ -98,6 +112,7 @@ OFFICIAL = Layout(
 TIMM = dataclasses.replace(
     OFFICIAL,
     name="timm",
+    prefixes=("",),
     source="timm",
     stem={"proj": "stem.proj", "norm": "stem.norm"},
     downsample_stage_offset=1,  # timm strides at the start of a stage
@@ -131,13 +146,18 @@ def get_layout(layout: str | Layout) -> Layout:
 
 
 def detect_layout(keys: Sequence[str]) -> tuple[str, str]:
-  """(layout name, prefix) of a state dict's keys, read off the stem key; prefix is the HF
-  backbone's 'focalnet.' when present, else ''."""
+  """(layout name, prefix) of a state dict's keys, read off the stem key. The prefix is one of
+  the layout's `prefixes` ('focalnet.' for HF, 'backbone.' for an mmdet detector) when present,
+  else the shortest dotted prefix found before a stem key (e.g. 'backbone.0.'), else ''."""
   keys = set(keys)
   for layout in LAYOUTS.values():
     for prefix in layout.prefixes:
       if prefix + layout.stem_key in keys:
         return layout.name, prefix
+  for layout in LAYOUTS.values():
+    found = sorted((k[: -len(layout.stem_key)] for k in keys if k.endswith("." + layout.stem_key)), key=len)
+    if found:
+      return layout.name, found[0]
   prefixes = collections.Counter(
       ".".join(k.split(".")[:2]) if k.startswith("focalnet.") else k.split(".")[0] for k in keys
   )
@@ -145,14 +165,15 @@ def detect_layout(keys: Sequence[str]) -> tuple[str, str]:
   stems = ", ".join(f"{l.prefixes[0] + l.stem_key!r} ({l.source})" for l in LAYOUTS.values())
   raise ValueError(
       f"Unknown checkpoint layout: found none of the stem keys {stems}. "
-      f"Key prefixes seen (count): {seen}. Is this a FocalNet classification checkpoint?"
+      f"Key prefixes seen (count): {seen}. Is this a FocalNet classification or detection checkpoint?"
   )
 
 
 def torch_key(path: tuple[str, ...], layout: str | Layout, *, postln: bool = False, prefix: str = "") -> str:
   """The state-dict key that our param at `path` (e.g. ('layers_0', 'blocks_1', 'mlp', 'fc1',
   'kernel')) comes from in `layout`. `postln` matters only where post-norms have their own
-  names (timm's `norm1_post`)."""
+  names (timm's `norm1_post`). A backbone's `norm{i}` is the official detection backbone's
+  `norm{i}` in every layout (only official detection checkpoints have them)."""
   table = get_layout(layout)
   first, *rest = path
   if first == "patch_embed":
@@ -162,6 +183,8 @@ def torch_key(path: tuple[str, ...], layout: str | Layout, *, postln: bool = Fal
     return f"{prefix}{table.final_norm}.{_LEAF[rest[0]]}"
   if first == "head":
     return table.head_key(_LEAF[rest[0]])
+  if re.fullmatch(r"norm\d+", first):  # a backbone's output norm
+    return f"{prefix}{table.output_norm.format(i=int(first[4:]))}.{_LEAF[rest[0]]}"
   i = int(first.split("_")[1])
   if rest[0] == "downsample":
     sub, leaf = rest[1:]

@@ -6,7 +6,9 @@ mis-shaped tensors are all reported together.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+import collections
+import re
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -25,10 +27,19 @@ def convert_state_dict(
     drop_head: bool = False,
     head_to_1k: bool = False,
     head_seed: int = 0,
+    backbone: bool = False,
+    detection: bool = False,
     **overrides: Any,
 ) -> dict[str, Any]:
   """Converts a PyTorch FocalNet state dict into `{'params': ...}` for `create_model(model_name,
   **overrides)`, as nested dicts of float32 numpy arrays.
+
+  `backbone=True` targets `create_backbone(model_name, detection=detection, **overrides)`
+  instead (a `FocalNetBackbone`; `overrides` may hold `out_indices`, `out_norms`,
+  `conv_stem_padding`): what the backbone does not use is dropped (`split_backbone` lists it:
+  an mmdet detector's neck and heads, a classifier's head and final norm, stages after the last
+  output, unselected output norms). `out_norms` defaults to whether the checkpoint has a
+  `norm{i}` for every output (official detection checkpoints do; classifiers and HF don't).
 
   `state_dict`: torch tensors or numpy arrays, in the official, timm or HF transformers layout
   (detected from the keys), possibly wrapped as {'model': ...} or {'state_dict': ...}.
@@ -48,10 +59,18 @@ def convert_state_dict(
 
   if drop_head and head_to_1k:
     raise ValueError("drop_head and head_to_1k exclude each other: drop the head, or cut it to 1K.")
-  state_dict = unwrap_state_dict(state_dict)
-  layout, prefix = detect_layout(list(state_dict))
+  if backbone and head_to_1k:
+    raise ValueError("head_to_1k cuts a classifier's head; a backbone (backbone=True) has none.")
+  if detection and not backbone:
+    raise ValueError("detection=True applies the detection backbones' settings: use it with backbone=True.")
+  full = unwrap_state_dict(state_dict)
+  layout, prefix = detect_layout(list(full))
   table = get_layout(layout)
-  model = create_model(model_name, **overrides)
+  if backbone:
+    model = _backbone_model(model_name, full, table, prefix, detection, overrides)
+    state_dict, _ = split_backbone(full, table, prefix, model.out_indices, model.out_norms)
+  else:
+    model, state_dict = create_model(model_name, **overrides), full
   targets = _target_shapes(model)
   if head_to_1k:
     _check_head_to_1k(state_dict, table, model.num_classes)
@@ -60,10 +79,75 @@ def convert_state_dict(
     wanted = {path: key for path, key in wanted.items() if path[0] != "head"}
   params, problems = _take(state_dict, wanted, targets, table, drop_head, head_to_1k)
   if problems:
-    raise ValueError(report(problems, state_dict, layout, prefix, model_name, overrides, model.num_classes))
+    settings = _backbone_settings(model, detection) if backbone else None
+    raise ValueError(report(problems, full, layout, prefix, model_name, overrides, model.num_classes,
+                            backbone=settings))
   if drop_head and ("head", "kernel") in targets:
     params.update(_new_head(targets, head_seed))
   return {"params": traverse_util.unflatten_dict(params)}
+
+
+BACKBONE_FIELDS = ("out_indices", "out_norms", "conv_stem_padding")  # FocalNetBackbone's own fields
+
+
+def _backbone_model(model_name: str, state_dict: Mapping[str, Any], table: Layout, prefix: str, detection: bool,
+                    overrides: Mapping[str, Any]) -> Any:
+  """The target FocalNetBackbone; `out_norms`, unless given, as the checkpoint has them."""
+  from focalnet_jax.model.backbone import create_backbone
+
+  kwargs = dict(overrides)
+  if "out_norms" not in kwargs:
+    outputs = create_backbone(model_name, detection=detection, **kwargs).out_indices
+    kwargs["out_norms"] = all(f"{prefix}{table.output_norm.format(i=i)}.weight" in state_dict for i in outputs)
+  return create_backbone(model_name, detection=detection, **kwargs)
+
+
+def backbone_conversion(state_dict: Mapping[str, Any], model_name: str, *, detection: bool = False,
+                        **overrides: Any) -> tuple[dict[str, Any], dict[str, list[str]]]:
+  """(settings, dropped) of `convert_state_dict(state_dict, model_name, backbone=True, ...)`:
+  the backbone settings a checkpoint records to be rebuilt (`out_indices`, `out_norms`,
+  `detection`), and what the conversion drops (`split_backbone`), for messages."""
+  full = unwrap_state_dict(state_dict)
+  layout, prefix = detect_layout(list(full))
+  model = _backbone_model(model_name, full, get_layout(layout), prefix, detection, overrides)
+  _, dropped = split_backbone(full, layout, prefix, model.out_indices, model.out_norms)
+  return _backbone_settings(model, detection), dropped
+
+
+def _backbone_settings(model: Any, detection: bool) -> dict[str, Any]:
+  """What a backbone checkpoint records to be rebuilt (besides the variant and its overrides)."""
+  return {"out_indices": list(model.out_indices), "out_norms": bool(model.out_norms), "detection": bool(detection)}
+
+
+def split_backbone(state_dict: Mapping[str, Any], layout: str | Layout, prefix: str, out_indices: Sequence[int],
+                   out_norms: bool) -> tuple[dict[str, Any], dict[str, list[str]]]:
+  """(the entries a backbone with `out_indices`/`out_norms` takes, {what: keys} it drops).
+
+  Dropped: keys outside the backbone's prefix (an mmdet `neck.`, `rpn_head.`, `decode_head.`,
+  ...; grouped by their first name), the classifier's head and final norm, stages after the last
+  output, and `norm{i}` of outputs not selected (or all of them without `out_norms`). Everything
+  else is kept, so a key that fits nowhere is still reported as unexpected.
+  """
+  table = get_layout(layout)
+  last = max(out_indices)
+  norm = re.compile(re.escape(prefix + table.output_norm).replace(r"\{i\}", r"(\d+)") + r"\.")
+  kept, dropped = {}, collections.defaultdict(list)
+  for key, value in state_dict.items():
+    m = norm.match(key)
+    stage = table.stage_of(key, prefix)
+    if table.is_head_key(key):
+      dropped["the classifier's head"].append(key)
+    elif not key.startswith(prefix):
+      dropped[f"outside the backbone: {key.split('.')[0]}"].append(key)
+    elif key.startswith(f"{prefix}{table.final_norm}."):
+      dropped["the classifier's final norm"].append(key)
+    elif m and not (out_norms and int(m.group(1)) in out_indices):
+      dropped["output norms not selected" if out_norms else "output norms (out_norms=False)"].append(key)
+    elif stage is not None and stage > last:
+      dropped[f"stages after the last output ({last})"].append(key)
+    else:
+      kept[key] = value
+  return kept, {reason: sorted(keys) for reason, keys in dropped.items()}
 
 
 def _target_shapes(model: Any) -> dict[Path, Any]:
@@ -129,6 +213,8 @@ def _check_head_to_1k(state_dict: Mapping[str, np.ndarray], table: Layout, num_c
 
 def _forward_order(path: Path) -> tuple[int, Path]:
   first = path[0]
+  if re.fullmatch(r"norm\d+", first):  # a backbone's output norm, after its stage
+    return (int(first[4:]) + 1, path)
   rank = {"patch_embed": 0, "norm": 1_000_000, "head": 1_000_001}.get(first)
   return (int(first.split("_")[1]) + 1 if rank is None else rank, path)
 
