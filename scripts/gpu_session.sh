@@ -60,10 +60,14 @@ check() {
   [ "$(losses "$OUT/qs_c")" == "$(losses "$OUT/qs_d")" ] && det=yes || det=no
   summary+=("same losses, same seed: default flags $same, --xla_gpu_deterministic_ops $det")
   # Kill (SIGTERM) after the step-220 checkpoint, rerun, compare with the uninterrupted run c.
-  XLA_FLAGS=--xla_gpu_deterministic_ops=true quickstart "$OUT/qs_kill" & pid=$!
+  # python itself in the background (not a shell function), so that the signal reaches it.
+  # shellcheck disable=SC2086
+  XLA_FLAGS=--xla_gpu_deterministic_ops=true python3 train.py --config configs/quickstart.py \
+      --workdir "$OUT/qs_kill" --config.model.dtype=bfloat16 ${QS_FLAGS:-} >"$OUT/qs_kill_first.log" 2>&1 &
+  pid=$!
   while [ ! -d "$OUT/qs_kill/checkpoints/220" ] && kill -0 $pid 2>/dev/null; do sleep 0.2; done
-  kill -TERM $pid; wait $pid; echo "first run exit $?" >>"$OUT/qs_kill.log"
-  mv "$OUT/qs_kill.log" "$OUT/qs_kill_first.log"
+  kill -TERM $pid; wait $pid; status=$?
+  summary+=("SIGTERM after the step-220 checkpoint: exit $status (75 = preempted, rerun to resume)")
   XLA_FLAGS=--xla_gpu_deterministic_ops=true quickstart "$OUT/qs_kill"
   final() { grep -o '"loss": [0-9.]*, "top1": [0-9.]*' "$1" | tail -1; }
   summary+=("kill+resume: $(final "$OUT/qs_kill.log") vs straight $(final "$OUT/qs_c.log")")
