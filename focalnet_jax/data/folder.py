@@ -17,23 +17,31 @@ WebP, CMYK JPEG, which are rare and usually small) is decoded by both PIL and Te
 the pixels compared, which catches the variants TensorFlow cannot decode (1-bit BMP, animated
 WebP) or decodes wrongly without an error (palette BMP). Bad files are skipped and counted,
 with a warning naming the first few (`corrupt_images='skip'`), or raise naming the file
-(`'error'`). TF is imported only for those rarer formats.
+(`'error'`). TF is imported only for those rarer formats. Verdicts are cached on disk
+(`focalnet_jax.cache`, keyed by path, size and modification time), so a second scan of a large
+folder lists it without decoding; a long check logs its progress with an ETA.
 """
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
 import functools
+import hashlib
+import json
 import logging
 import os
 
 import numpy as np
+
+from focalnet_jax.cache import cache_dir
+from focalnet_jax.progress import Progress
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 _JPEG_EOI = b"\xff\xd9"
 _JPEG_TAIL_BYTES = 64  # where the end-of-image marker is looked for (some files pad after it)
 _NAMES_IN_WARNING = 5
 _MAX_MEAN_PIXEL_DIFF = 3.0  # PIL vs TF on the same file: decoder rounding (CMYK JPEG: ~0.5) passes
+_CHECK_VERSION = 2  # bump when check_image's verdicts change: cached verdicts are then ignored
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,11 +141,60 @@ def check_image(path: str) -> str | None:
   return _tf_disagrees(path, reference, fmt)
 
 
-def _check_all(paths: list[str]) -> list[str | None]:
-  # PIL releases the GIL while reading and decoding, so threads help on large folders.
-  workers = min(32, (os.cpu_count() or 1) * 4)
-  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-    return list(pool.map(check_image, paths, chunksize=64))
+def _scan_cache_path(split_dir: str) -> str:
+  key = hashlib.sha1(f"{_CHECK_VERSION}:{split_dir}".encode()).hexdigest()[:20]
+  return os.path.join(cache_dir(), "folder_scans", f"{key}.json")
+
+
+def _stat_key(path: str) -> list[int]:
+  st = os.stat(path)
+  return [st.st_size, st.st_mtime_ns]
+
+
+def _load_verdicts(cache_path: str) -> dict:
+  try:
+    with open(cache_path) as f:
+      return json.load(f)
+  except (OSError, ValueError):  # no cache yet, or a damaged one: check afresh
+    return {}
+
+
+def _save_verdicts(cache_path: str, verdicts: dict) -> None:
+  """Atomically (write beside, rename); a cache that cannot be written is only slower next time."""
+  try:
+    os.makedirs(os.path.dirname(cache_path), exist_ok=True)
+    tmp = f"{cache_path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+      json.dump(verdicts, f)
+    os.replace(tmp, cache_path)
+  except OSError as e:
+    logging.info("Folder scan cache not written (%s); the next scan checks every image again.", e)
+
+
+def _check_all(paths: list[str], split_dir: str) -> list[str | None]:
+  """The check of every image, reusing the verdicts cached on disk for files whose size and
+  modification time are unchanged (a 50,000-image folder is then listed, not decoded, again)."""
+  cache_path = _scan_cache_path(split_dir)
+  cached = _load_verdicts(cache_path)
+  stats = [_stat_key(p) for p in paths]
+  verdicts: list = [None] * len(paths)
+  todo = []
+  for i, (path, stat) in enumerate(zip(paths, stats)):
+    hit = cached.get(path)
+    if hit is not None and hit[:2] == stat:
+      verdicts[i] = hit[2]
+    else:
+      todo.append(i)
+  if todo:
+    progress = Progress(f"Checking images in {split_dir}", len(todo))
+    # PIL releases the GIL while reading and decoding, so threads help on large folders.
+    workers = min(32, (os.cpu_count() or 1) * 4)
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+      for n, (i, why) in enumerate(zip(todo, pool.map(check_image, [paths[i] for i in todo], chunksize=64)), 1):
+        verdicts[i] = why
+        progress.update(n)
+    _save_verdicts(cache_path, {p: [*st, v] for p, st, v in zip(paths, stats, verdicts)})
+  return verdicts
 
 
 @functools.lru_cache(maxsize=16)
@@ -160,7 +217,7 @@ def scan_split(root: str, split: str, corrupt_images: str) -> FolderSplit:
     paths.extend(found)
     labels.extend([label] * len(found))
 
-  problems = _check_all(paths)
+  problems = _check_all(paths, os.path.join(root, split))
   bad = [(p, why) for p, why in zip(paths, problems) if why is not None]
   if bad and corrupt_images == "error":
     path, why = bad[0]

@@ -160,7 +160,8 @@ def evaluate_checkpoint(checkpoint_or_path: LoadedModel | str, config: ml_collec
   t0 = time.time()
   with jax.set_mesh(mesh):
     batches = dataset.eval_batches(config, process_index=jax.process_index(), process_count=jax.process_count())
-    result = eval_lib.evaluate(step_fn, params, batches, sharding.batch_sharding(mesh))
+    result = eval_lib.evaluate(step_fn, params, batches, sharding.batch_sharding(mesh),
+                               num_batches=-(-info.num_eval // config.eval_batch_size))
   elapsed = time.time() - t0
   report = {
       "checkpoint": loaded.path, "step": int(loaded.step), "ema": ema, "model": loaded.meta["model"],

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import jax
 
+from focalnet_jax.cache import cache_dir
+
 SOURCE = Path(__file__).parent / "csrc" / "depthwise_conv.cc"
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC")
 # XLA FFI target name -> symbol exported by the library.
@@ -46,13 +48,6 @@ _registered: list = []
 
 class NativeBuildError(RuntimeError):
   """The compiled kernels could not be built or loaded."""
-
-
-def cache_dir() -> Path:
-  if os.environ.get("FOCALNET_JAX_CACHE_DIR"):
-    return Path(os.environ["FOCALNET_JAX_CACHE_DIR"])
-  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-  return Path(base) / "focalnet_jax"
 
 
 def compiler() -> str | None:

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from focalnet_jax.kernels import chunking
+from focalnet_jax.progress import Progress
 from focalnet_jax.train import runlog, sharding
 
 LogitsFn = Callable[[Any, jax.Array], jax.Array]  # (params, images) -> logits
@@ -69,12 +70,16 @@ def make_eval_step(logits_fn: LogitsFn, num_classes: int, class_subset: Sequence
 
 
 def evaluate(eval_step, params, batches: Iterable[dict[str, np.ndarray]],
-             batch_sharding: jax.sharding.NamedSharding) -> dict[str, float]:
-  """One pass over `batches` (this process's share): averages and `num_examples`."""
+             batch_sharding: jax.sharding.NamedSharding, num_batches: int | None = None) -> dict[str, float]:
+  """One pass over `batches` (this process's share): averages and `num_examples`. With
+  `num_batches` (the pass's length), a long pass logs its progress with an ETA."""
   totals = None
-  for batch in batches:
+  progress = Progress("Evaluating", num_batches) if num_batches else None
+  for n, batch in enumerate(batches, 1):
     out = eval_step(params, sharding.to_global(batch, batch_sharding))
     totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+    if progress is not None:
+      progress.update(n)
   if totals is None:
     raise ValueError("The eval split yielded no batches.")
   totals = jax.device_get(totals)

@@ -1,0 +1,34 @@
+"""Progress lines with an ETA for long loops whose length is known (a folder scan, an evaluation).
+
+Silent for short work: the first line comes only after `quiet_s` seconds, then at most one line
+every `every_s` seconds, so small folders and test runs print nothing.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+
+def _duration(seconds: float) -> str:
+  minutes, secs = divmod(int(max(seconds, 0)), 60)
+  return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{secs:02d}s"
+
+
+class Progress:
+  """`update(done)` after each piece of `total`; logs 'what: done/total (pct), ETA ...'."""
+
+  def __init__(self, what: str, total: int, *, quiet_s: float = 10.0, every_s: float = 10.0):
+    self.what, self.total, self.quiet_s, self.every_s = what, max(int(total), 1), quiet_s, every_s
+    self.start = self.last = time.monotonic()
+
+  def update(self, done: int) -> str | None:
+    """Logs (and returns) a progress line when one is due, else returns None."""
+    now = time.monotonic()
+    if now - self.start < self.quiet_s or now - self.last < self.every_s or done <= 0:
+      return None
+    self.last = now
+    rate = done / (now - self.start)
+    line = (f"{self.what}: {done}/{self.total} ({done / self.total:.0%}), "
+            f"ETA {_duration((self.total - done) / max(rate, 1e-9))}")
+    logging.getLogger("focalnet_jax").info(line)
+    return line
