@@ -17,6 +17,7 @@ from focalnet_jax.model import FocalNet
 from test_model import images, random_variables, tiny_model, tree_allclose
 
 SHAPE = (2, 9, 7, 4)  # odd, unequal sides: padding and the mean see every edge
+IMPLS = [i for i in fc.available() if i != "reference"]  # each is checked against the reference
 
 
 def arrays(level: int, gating: bool, global_context: bool, dtype=jnp.float32, shape=SHAPE, seed=0):
@@ -65,7 +66,7 @@ CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("impl", [i for i in fc.available() if i != "reference"])
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("level,gating,global_context,normalize", CONFIGS)
 def test_values_and_gradients_equal_the_reference(impl, level, gating, global_context, normalize):
   args = arrays(level, gating, global_context)
@@ -73,7 +74,7 @@ def test_values_and_gradients_equal_the_reference(impl, level, gating, global_co
   assert_same(got, value_and_grads("reference", args, global_context, normalize))
 
 
-@pytest.mark.parametrize("impl", [i for i in fc.available() if i != "reference"])
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("depthwise_impl", ["shift", "native"])
 def test_every_depthwise_implementation_inside(impl, depthwise_impl):
   # 'shift' and 'native' carry custom VJPs of their own, differentiated inside the fused backward.
@@ -82,7 +83,7 @@ def test_every_depthwise_implementation_inside(impl, depthwise_impl):
   assert_same(got, value_and_grads("reference", args, True, False, depthwise_impl))
 
 
-@pytest.mark.parametrize("impl", [i for i in fc.available() if i != "reference"])
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("gating,normalize", [(True, False), (False, True)])
 def test_bfloat16_compute_keeps_dtypes_and_values(impl, gating, normalize):
   args = arrays(2, gating, True, dtype=jnp.bfloat16)
@@ -92,25 +93,27 @@ def test_bfloat16_compute_keeps_dtypes_and_values(impl, gating, normalize):
   assert_same(got, want, jnp.bfloat16)
 
 
-def test_vmap_of_per_example_gradients():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_vmap_of_per_example_gradients(impl):
   # vmap over a leading axis of (z0, gates, cot), the kernels shared: per-example gradients.
   z0, kernels, gates, cot = arrays(2, True, True)
   grads = {}
-  for impl in ("reference", "fused"):
-    f = context_fn(impl, True, False)
+  for name in ("reference", impl):
+    f = context_fn(name, True, False)
     per_example = jax.grad(lambda z, k, g, c: jnp.sum(f(z[None], k, g[None]) * c[None]), argnums=(0, 1, 2))
-    grads[impl] = jax.jit(jax.vmap(per_example, in_axes=(0, None, 0, 0)))(z0, kernels, gates, cot)
-  assert grads["fused"][1][0].shape == (SHAPE[0],) + kernels[0].shape
-  assert_same(grads["fused"], grads["reference"])
+    grads[name] = jax.jit(jax.vmap(per_example, in_axes=(0, None, 0, 0)))(z0, kernels, gates, cot)
+  assert grads[impl][1][0].shape == (SHAPE[0],) + kernels[0].shape
+  assert_same(grads[impl], grads["reference"])
 
 
-def test_sharded_batch_over_eight_devices():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_sharded_batch_over_eight_devices(impl):
   mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
   args = arrays(2, True, True, shape=(8, 6, 5, 4))
   batch = NamedSharding(mesh, P("data"))
   z0, kernels, gates, cot = args
   sharded = (jax.device_put(z0, batch), kernels, jax.device_put(gates, batch), jax.device_put(cot, batch))
-  out, grads = value_and_grads("fused", sharded, True, False)
+  out, grads = value_and_grads(impl, sharded, True, False)
   assert out.sharding.is_equivalent_to(batch, out.ndim)
   assert_same((out, grads), value_and_grads("reference", args, True, False))
 
@@ -161,10 +164,11 @@ def test_default_is_the_reference():
   assert tiny_model().focal_context_impl == "reference"
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("overrides", [dict(), dict(normalize_modulator=True, use_gating=False, focal_levels=(1, 2, 0, 3))])
-def test_whole_network_fused_equals_reference_in_logits_and_gradients(overrides):
+def test_whole_network_equals_the_reference_path_in_logits_and_gradients(impl, overrides):
   reference = tiny_model(depthwise_impl="xla", **overrides)
-  fused = reference.clone(focal_context_impl="fused")
+  fused = reference.clone(focal_context_impl=impl)
   variables = random_variables(reference)
   x = images(0, size=32)
   onehot = jax.nn.one_hot(jnp.arange(2), 10)

@@ -2,17 +2,21 @@
 
 Steps 2-4 of docs/model.md, "Focal modulation": from Z^0 = f_z(x), the L focal levels
 Z^l = GELU(DWConv_l(Z^{l-1})), the global context Z^{L+1} = GELU(mean(Z^L)) (the mean in
-float32) and the gated sum Z^out = sum_l G^l * Z^l. Two implementations compute the same
-values and gradients:
+float32) and the gated sum Z^out = sum_l G^l * Z^l. Every implementation computes the
+reference's values and gradients:
 
 - 'reference': the level loop as the paper writes it; autodiff keeps every level (and the
   GELU inputs) of every block alive until the backward pass reaches it.
 - 'fused': the same forward in one `jax.custom_vjp` whose residuals are only Z^0, the
   kernels and the gates; its backward recomputes the levels of its own block, so a training
   step holds one block's levels at a time instead of all of them (a remat of exactly this
-  part of the block, leaving the matmuls' outputs stored).
+  part of the block, leaving the matmuls' outputs stored). On XLA:CPU the saving is smaller
+  than the residuals suggest: its pipeline expands optimisation barriers before CSE, which
+  merges part of the recomputation back into the forward (jax.checkpoint fares the same).
+- 'pallas': the forward with each level's conv, GELU and gated accumulate in one Pallas
+  kernel (`pallas_focal_level.py`; interpreted on CPU, for tests only), the fused backward.
 
-Both call `depthwise.depthwise_conv(..., depthwise_impl)` for the convolutions, so the
+'reference' and 'fused' call `depthwise.depthwise_conv(..., depthwise_impl)` for the convolutions, so the
 fused backward differentiates the same depthwise implementation the reference does.
 """
 from __future__ import annotations
@@ -25,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from focalnet_jax.kernels import depthwise
+from focalnet_jax.kernels import depthwise, pallas_focal_level
 from focalnet_jax.model.layers import gelu
 
 
@@ -122,6 +126,42 @@ def focal_context_fused(spec: ContextSpec, z0: jax.Array, kernels: tuple[jax.Arr
   kernels = tuple(depthwise._varying_like(k, *refs) for k in kernels)  # noqa: SLF001
   gates = None if gates is None else depthwise._varying_like(gates, z0)  # noqa: SLF001
   return _fused(spec, depthwise._varying_like(z0, *kernels), kernels, gates)  # noqa: SLF001
+
+
+def _pallas_forward(spec: ContextSpec, z: jax.Array, kernels: tuple[jax.Array, ...],
+                    gates: jax.Array | None) -> jax.Array:
+  """The reference's forward with each level one Pallas kernel (interpreted on CPU)."""
+  interpret = jax.default_backend() == "cpu"
+  z_out = jnp.zeros_like(z)
+  for level, kernel in enumerate(kernels):
+    gate = None if gates is None else gates[..., level : level + 1]
+    z, z_out = pallas_focal_level.focal_level(z, kernel, gate, z_out, interpret=interpret)
+  if spec.use_global_context:
+    z_global = gelu(jnp.mean(z.astype(jnp.float32), axis=(1, 2), keepdims=True)).astype(z.dtype)
+    z_out = z_out + (z_global if gates is None else z_global * gates[..., len(kernels) :])
+  if spec.normalize_modulator:
+    z_out = z_out / (len(kernels) + int(spec.use_global_context))
+  return z_out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _pallas(spec, z0, kernels, gates):
+  return _pallas_forward(spec, z0, kernels, gates)
+
+
+_pallas.defvjp(lambda spec, *args: (_pallas_forward(spec, *args), args), _fused_bwd)
+
+
+@register("pallas")
+def focal_context_pallas(spec: ContextSpec, z0: jax.Array, kernels: tuple[jax.Array, ...],
+                         gates: jax.Array | None) -> jax.Array:
+  """Each level's conv, GELU and gated accumulate in one Pallas kernel; the fused path's backward.
+
+  Never chosen by default; on CPU the kernel is interpreted (slow: for tests only).
+  """
+  refs = (z0,) if gates is None else (z0, gates)
+  kernels = tuple(depthwise._varying_like(k, *refs) for k in kernels)  # noqa: SLF001
+  return _pallas(spec, z0, kernels, gates)
 
 
 def focal_context(z0: jax.Array, kernels: Sequence[jax.Array], gates: jax.Array | None, *,
