@@ -6,7 +6,7 @@ interpolations. Before they were rewritten after PIL's C code (issue #16), on th
 0/5/9/10: the enhance ops (rounding where PIL's blend truncates; Color also from a float luma) were off by
 one level (Color up to two) on 25-31% of the values, AutoContrast by one on 0.1%, and the geometric ops
 (TF's bilinear projective transform with a soft border, where timm asks PIL for its bicubic, a = -1, with
-a hard one) by a mean of 1.2-2.5 levels and up to 75. Bilinear alone, with PIL's border, is still a mean
+a hard one) by a mean of 1.1-2.5 levels and up to 75. Bilinear alone, with PIL's border, is still a mean
 of 1.1-2.7 levels and up to 51 from PIL's bicubic on these small, detailed photos.
 """
 import math
