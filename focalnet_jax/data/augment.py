@@ -375,7 +375,7 @@ def randaugment_ops(fill: Sequence[int], interpolation: str = "bicubic") -> dict
     return tf.cast(sign, tf.float64) * (m(level) * scale)
 
   def enhance(fn):
-    return lambda img, level, sign: fn(img, tf.maximum(0.1, 1.0 + signed(level, sign, 0.9)))
+    return lambda img, level, sign: fn(img, tf.maximum(tf.constant(0.1, tf.float64), 1.0 + signed(level, sign, 0.9)))
 
   def geometric(fn, scale, side=None):
     def op(img, level, sign):
