@@ -3,7 +3,7 @@ project (backbone + FPN + Semantic FPN head, pixel cross-entropy, AdamW, one jit
 benchmark. Swap `synthetic.squares_batch` for your dataset's batches and `init_backbone` for
 converted or adapted backbone weights.
 
-  python -m focalnet_jax.dense.train --config configs/segmentation_tiny.py
+  python -m focalnet_jax.dense.train --config configs/dense/segmentation_tiny.py
 """
 from __future__ import annotations
 
