@@ -94,6 +94,10 @@ PY
       --compare timm --torch-compile-modes default,max-autotune >"$OUT/bench_t_train.txt" 2>&1
   timeout 300 python3 -m focalnet_jax.benchmark --model focalnet_tiny_srf --mode infer --batch-size 128 "${common[@]}" \
       --compare timm --torch-compile-modes default,max-autotune >"$OUT/bench_t_infer.txt" 2>&1
+  for impl in fused pallas; do  # the focal-context paths against the reference row above
+    timeout 150 python3 -m focalnet_jax.benchmark --model focalnet_tiny_srf --mode train --batch-size 128 \
+        "${common[@]}" --focal-context-impl $impl >"$OUT/bench_t_train_$impl.txt" 2>&1
+  done
   for b in 256 512; do
     timeout 120 python3 -m focalnet_jax.benchmark --model focalnet_tiny_srf --mode train --batch-size $b "${common[@]}" \
         --compare timm --no-torch-compile >"$OUT/bench_t_train_b$b.txt" 2>&1

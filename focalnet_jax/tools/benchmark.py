@@ -85,6 +85,7 @@ def benchmark_config(args: argparse.Namespace, image_size: int, micro_batch_size
   config.model.name = args.model
   config.model.dtype = args.dtype
   config.model.depthwise_impl = args.depthwise_impl
+  config.model.focal_context_impl = args.focal_context_impl
   config.model.remat = args.remat
   config.model.chunk_elements = chunk_elements(args.chunk_elements)
   config.image_size = image_size
@@ -295,6 +296,8 @@ def parser() -> argparse.ArgumentParser:
                  help="train: keep an EMA of the weights in the step, as train.py does with "
                       "--config.ema_decay (default: the config's, 0 = none)")
   p.add_argument("--depthwise-impl", default="auto", help="depthwise conv implementation (focalnet_jax.kernels.depthwise)")
+  p.add_argument("--focal-context-impl", default="reference",
+                 help="focal context implementation (focalnet_jax.kernels.focal_context): reference, fused, pallas")
   p.add_argument("--remat", action="store_true", help="rematerialise each block in the backward pass")
   p.add_argument("--micro-batch-size", default="0",
                  help="train: run the step's forward/backward over micro-batches of this size and "

@@ -23,6 +23,7 @@ HARMLESS_ON_RESUME = frozenset({
     "log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "async_checkpoints",
     "eval_every_steps", "eval_batch_size", "eval_split", "crop_ratio", "data_threads", "data_dir",
     "nonfinite", "init_from", "allow_config_change", "model.chunk_elements", "model.depthwise_impl",
+    "model.focal_context_impl", "model.remat",
     "mesh.data", "mesh.fsdp", "fsdp_min_size",
 })
 

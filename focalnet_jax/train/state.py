@@ -22,21 +22,30 @@ from focalnet_jax.train import sharding
 
 State = dict[str, Any]
 HEAD_PREFIX = "head/"
-# config.model fields that choose how the model runs, not what it computes: not FocalNet fields.
-EXECUTION_FIELDS = ("name", "chunk_elements")
+# config.model fields that choose how the model runs, not what it computes. They are passed to the
+# model (the FocalNet fields among them) but not recorded as its architecture in checkpoints: a
+# checkpoint evaluated elsewhere runs the implementations that machine picks.
+EXECUTION_FIELDS = ("chunk_elements", "depthwise_impl", "focal_context_impl", "remat")
 
 
 def model_overrides(config: ml_collections.ConfigDict, num_classes: int) -> dict[str, Any]:
-  """The FocalNet fields the config sets (None = the variant's value), JSON-ready."""
-  overrides = {k: v for k, v in config.model.to_dict().items() if k not in EXECUTION_FIELDS and v is not None}
+  """The architecture fields the config sets (None = the variant's value), JSON-ready."""
+  overrides = {k: v for k, v in config.model.to_dict().items()
+               if k != "name" and k not in EXECUTION_FIELDS and v is not None}
   overrides.setdefault("num_classes", num_classes)
   return {k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()}
 
 
+def execution_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The FocalNet execution fields the config sets (how it runs here; not in model_overrides)."""
+  fields = FocalNet.__dataclass_fields__
+  return {k: config.model[k] for k in EXECUTION_FIELDS if k in fields and config.model.get(k) is not None}
+
+
 def build_model(config: ml_collections.ConfigDict, num_classes: int) -> tuple[FocalNet, dict[str, Any]]:
-  """(module, overrides) for the config's model with the dataset's class count."""
+  """(module, architecture overrides) for the config's model with the dataset's class count."""
   overrides = model_overrides(config, num_classes)
-  return variants.create_model(config.model.name, **overrides), overrides
+  return variants.create_model(config.model.name, **overrides, **execution_settings(config)), overrides
 
 
 def make_init_fn(model: FocalNet, tx: optax.GradientTransformation, image_size: int,
