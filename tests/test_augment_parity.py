@@ -77,20 +77,27 @@ def _timm_apply(timm_aa, monkeypatch, name, img, level, sign, interpolation):
 
 @pytest.mark.parametrize("name", list(augment.randaugment_ops(FILL)))
 def test_randaugment_op_gives_timms_pixels(name, photos, timm_aa, monkeypatch):
+  """Run as the pipeline runs it, in graphs (tf.function and tf.data map), where Grappler rewrites
+  arithmetic that eager mode leaves alone; the level in double precision, as timm has it."""
   interpolations = ("bicubic", "bilinear") if name in ("Rotate", "ShearX", "ShearY", "TranslateXRel",
                                                        "TranslateYRel") else ("bicubic",)
+  cases = [(level, sign) for level in LEVELS for sign in (1.0, -1.0)]
+  levels = tf.constant([c[0] for c in cases], tf.float64)
+  signs = tf.constant([c[1] for c in cases], tf.float32)
   for interpolation in interpolations:
     op = augment.randaugment_ops(FILL, interpolation)[name]
+    in_function = tf.function(op)
     for img in photos:
-      for level in LEVELS:
-        for sign in (1.0, -1.0):
-          want = _timm_apply(timm_aa, monkeypatch, name, img, level, sign, interpolation)
-          # The level in double precision, as timm has it (the pipeline draws it in float32).
-          got = op(tf.constant(img), tf.constant(level, tf.float64), tf.constant(sign)).numpy()
-          diff = np.abs(got.astype(int) - want.astype(int))
-          assert diff.max() == 0, (f"{name} {interpolation} level {level} sign {sign} on {img.shape}: "
-                                   f"{(diff > 0).mean():.2%} of values differ, mean {diff.mean():.3f}, "
-                                   f"max {diff.max()}")
+      in_data = tf.data.Dataset.from_tensor_slices((levels, signs)).map(
+          lambda l, s: op(tf.constant(img), l, s))
+      for (level, sign), from_data in zip(cases, in_data):
+        want = _timm_apply(timm_aa, monkeypatch, name, img, level, sign, interpolation)
+        from_function = in_function(tf.constant(img), tf.constant(level, tf.float64), tf.constant(sign))
+        for mode, got in (("tf.function", from_function), ("tf.data", from_data)):
+          diff = np.abs(got.numpy().astype(int) - want.astype(int))
+          assert diff.max() == 0, (f"{name} {interpolation} level {level} sign {sign} on {img.shape} in "
+                                   f"{mode}: {(diff > 0).mean():.2%} of values differ, mean "
+                                   f"{diff.mean():.3f}, max {diff.max()}")
 
 
 def test_rotate_by_a_quarter_turn_is_exact_on_a_square(photos, timm_aa, monkeypatch):

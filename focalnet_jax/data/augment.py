@@ -157,6 +157,27 @@ def normalize(img: tf.Tensor, mean: Sequence[float], std: Sequence[float]) -> tf
 # (checked pixel for pixel against timm's ops in tests/test_augment_parity.py).
 
 
+def _divide(x: tf.Tensor, y) -> tf.Tensor:
+  """x / y rounded as Python and C round it, also inside tf.function and tf.data graphs.
+
+  Grappler rewrites a division by a constant into a multiplication by its reciprocal, which is off
+  by one in the last bit for some values (3.7 / 10); PIL truncates its results, so that moves
+  whole levels. It leaves DivNoNan alone, which divides exactly (y is never 0 here).
+  """
+  y = tf.cast(y, x.dtype) if tf.is_tensor(y) else tf.constant(y, x.dtype)  # tf.cast(1e15) goes via float32
+  return tf.math.divide_no_nan(x, y)
+
+
+def _as_computed(x: tf.Tensor) -> tf.Tensor:
+  """`x`, kept as computed inside tf.function and tf.data graphs.
+
+  Grappler regroups sums and products (a x + b y + c as (a x + c) + b y, to broadcast less;
+  (x c1) c2 as x (c1 c2)), which rounds differently; PIL truncates its results, so a last-bit
+  change moves whole levels. It cannot see through a select on a condition known only at run time.
+  """
+  return tf.where(tf.math.is_nan(x), tf.zeros_like(x), x)
+
+
 def _blend(degenerate: tf.Tensor, img: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
   """PIL's Image.blend (ImageEnhance): degenerate + factor * (img - degenerate) in float32, truncated.
 
@@ -235,7 +256,7 @@ def color(img: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
 def contrast(img: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
   """Blends with the mean gray level, int(mean + 0.5) as PIL's ImageStat (factor 0: flat gray)."""
   gray = _gray(img)
-  mean = tf.cast(tf.reduce_sum(gray), tf.float64) / tf.cast(tf.size(gray), tf.float64)
+  mean = _divide(tf.cast(tf.reduce_sum(gray), tf.float64), tf.cast(tf.size(gray), tf.float64))
   mean = tf.cast(tf.floor(mean + 0.5), tf.float32)
   return _blend(tf.fill(tf.shape(img), mean), img, factor)
 
@@ -290,8 +311,9 @@ def affine(img: tf.Tensor, matrix: tf.Tensor, fill: Sequence[int],
   a, b, c, d, e, f = tf.unstack(tf.cast(matrix, tf.float64))
   ys = tf.cast(tf.range(h), tf.float64)[:, None] + 0.5
   xs = tf.cast(tf.range(w), tf.float64)[None, :] + 0.5
-  xin = a * xs + b * ys + c
-  yin = d * xs + e * ys + f
+  # PIL's order, (a x + b y) + c, kept in graphs too.
+  xin = _as_computed(_as_computed(a * xs + b * ys) + c)
+  yin = _as_computed(_as_computed(d * xs + e * ys) + f)
   inside = ((xin >= 0.0) & (xin < tf.cast(w, tf.float64)) & (yin >= 0.0) & (yin < tf.cast(h, tf.float64)))
   # Outside pixels sample the centre pixel, then are replaced by the fill colour.
   xin = tf.where(inside, xin - 0.5, 0.0)
@@ -329,11 +351,13 @@ def rotate(img: tf.Tensor, degrees: tf.Tensor, fill: Sequence[int],
   a = -tf.math.floormod(tf.cast(degrees, tf.float64), 360.0) * (math.pi / 180.0)
 
   def r15(v):  # PIL rounds the matrix to 15 decimals (cos 90 degrees becomes exactly 0).
-    return tf.round(v * 1e15) / 1e15
+    return _divide(tf.round(v * 1e15), 1e15)
 
   cos, sin = r15(tf.cos(a)), r15(tf.sin(a))
   # PIL: input = R (output - centre) + centre, as (a x + b y + c) with c = a (-cx) + b (-cy) + cx.
-  matrix = tf.stack([cos, sin, cos * -cx + sin * -cy + cx, -sin, cos, -sin * -cx + cos * -cy + cy])
+  c = _as_computed(cos * -cx + sin * -cy) + cx
+  f = _as_computed(-sin * -cx + cos * -cy) + cy
+  matrix = tf.stack([cos, sin, c, -sin, cos, f])
   return affine(img, matrix, fill, interpolation)
 
 
@@ -369,19 +393,20 @@ def randaugment_ops(fill: Sequence[int], interpolation: str = "bicubic") -> dict
   `interpolation` to RandAugment: bicubic in FocalNet's recipe).
   """
   def m(level):
-    return tf.cast(level, tf.float64) / _LEVEL_MAX
+    return _divide(tf.cast(level, tf.float64), _LEVEL_MAX)
 
   def signed(level, sign, scale):
-    return tf.cast(sign, tf.float64) * (m(level) * scale)
+    return _as_computed(tf.cast(sign, tf.float64) * _as_computed(m(level) * scale))
 
   def enhance(fn):
-    return lambda img, level, sign: fn(img, tf.maximum(tf.constant(0.1, tf.float64), 1.0 + signed(level, sign, 0.9)))
+    # The tensor first: a leading Python 0.1 becomes float32 in graph mode (tf.data), beside a float64.
+    return lambda img, level, sign: fn(img, tf.maximum(1.0 + signed(level, sign, 0.9), 0.1))
 
   def geometric(fn, scale, side=None):
     def op(img, level, sign):
       arg = signed(level, sign, scale)
       if side is not None:
-        arg = arg * tf.cast(tf.shape(img)[side], tf.float64)
+        arg = _as_computed(arg * tf.cast(tf.shape(img)[side], tf.float64))
       return fn(img, arg, fill, interpolation)
     return op
 
