@@ -8,7 +8,7 @@ variant config in this folder derives from this file and overrides only what dif
 (`--config.batch_size=256`); a misspelt field is an error.
 
 Values derived from others are computed by the trainer from the FINAL config, after
-command-line overrides (see `focalnet_jax.optim.resolve_schedule`):
+command-line overrides (see `focalnet_jax.train.optim.resolve_schedule`):
   steps_per_epoch = num_train // batch_size
   total_steps     = total_steps if > 0 else num_epochs * steps_per_epoch
   warmup_steps    = warmup_epochs * steps_per_epoch

@@ -1,7 +1,7 @@
 """The training transforms against timm's, on real photos: every RandAugment op at fixed magnitudes,
 RandomResizedCrop's window fed the same random draws, and Mixup/CutMix with a fixed lambda and box.
 
-The RandAugment ops (focalnet_jax/data/augment.py) give PIL's pixels exactly, both signs, both
+The RandAugment ops (focalnet_jax/data/randaugment.py) give PIL's pixels exactly, both signs, both
 interpolations. Before they were rewritten after PIL's C code (issue #16), on these photos at levels
 0/5/9/10: the enhance ops (rounding where PIL's blend truncates; Color also from a float luma) were off by
 one level (Color up to two) on 25-31% of the values, AutoContrast by one on 0.1%, and the geometric ops
@@ -19,7 +19,7 @@ from configs import default
 from torch_refs import import_timm
 
 tf = pytest.importorskip("tensorflow")
-from focalnet_jax.data import augment  # noqa: E402  (imports TF)
+from focalnet_jax.data import augment, randaugment, tf_random  # noqa: E402  (imports TF)
 
 # timm's fill colour for ImageNet's mean (`img_mean` in create_transform's RandAugment hparams).
 FILL = tuple(min(255, round(255 * m)) for m in default.IMAGENET_MEAN)
@@ -54,12 +54,12 @@ def test_the_op_set_and_policy_are_timms(timm_aa):
   policy = f"rand-m{config.aug.randaug_magnitude:g}-mstd{config.aug.randaug_magnitude_std:g}-inc1"
   assert policy == "rand-m9-mstd0.5-inc1"  # the official FocalNet recipe
   ra = timm_aa.rand_augment_transform(policy, _timm_hparams("bicubic"))
-  assert [op.name for op in ra.ops] == list(augment.randaugment_ops(FILL))
+  assert [op.name for op in ra.ops] == list(randaugment.randaugment_ops(FILL))
   assert ra.num_layers == config.aug.randaug_num_ops == 2
   for op in ra.ops:
     assert (op.prob, op.magnitude, op.magnitude_std) == (0.5, 9, 0.5)
     assert op.kwargs == dict(fillcolor=FILL, resample=Image.Resampling.BICUBIC)
-  assert timm_aa._LEVEL_DENOM == augment._LEVEL_MAX
+  assert timm_aa._LEVEL_DENOM == randaugment.LEVEL_MAX
 
 
 def _timm_apply(timm_aa, monkeypatch, name, img, level, sign, interpolation):
@@ -75,7 +75,7 @@ def _timm_apply(timm_aa, monkeypatch, name, img, level, sign, interpolation):
       return np.zeros_like(img)
 
 
-@pytest.mark.parametrize("name", list(augment.randaugment_ops(FILL)))
+@pytest.mark.parametrize("name", list(randaugment.randaugment_ops(FILL)))
 def test_randaugment_op_gives_timms_pixels(name, photos, timm_aa, monkeypatch):
   """Run as the pipeline runs it, in graphs (tf.function and tf.data map), where Grappler rewrites
   arithmetic that eager mode leaves alone; the level in double precision, as timm has it."""
@@ -85,7 +85,7 @@ def test_randaugment_op_gives_timms_pixels(name, photos, timm_aa, monkeypatch):
   levels = tf.constant([c[0] for c in cases], tf.float64)
   signs = tf.constant([c[1] for c in cases], tf.float32)
   for interpolation in interpolations:
-    op = augment.randaugment_ops(FILL, interpolation)[name]
+    op = randaugment.randaugment_ops(FILL, interpolation)[name]
     in_function = tf.function(op)
     for img in photos:
       in_data = tf.data.Dataset.from_tensor_slices((levels, signs)).map(
@@ -105,7 +105,7 @@ def test_rotate_by_a_quarter_turn_is_exact_on_a_square(photos, timm_aa, monkeypa
   img = photos[1]
   for degrees in (90.0, -90.0, 180.0):
     want = np.asarray(Image.fromarray(img).rotate(degrees, resample=Image.Resampling.BICUBIC, fillcolor=FILL))
-    got = augment.rotate(tf.constant(img), tf.constant(degrees), FILL).numpy()
+    got = randaugment.rotate(tf.constant(img), tf.constant(degrees), FILL).numpy()
     np.testing.assert_array_equal(got, want)
 
 
@@ -120,9 +120,9 @@ def _our_draws(seeds, height, width, scale, ratio):
   """rrc_window's windows and the uniforms it drew (the same stateless streams), for many seeds."""
   @tf.function
   def one(seed):
-    s_area, s_ratio, _, _ = augment._split(seed, 4)
-    areas = augment._uniform(s_area, [augment._TRIES], scale[0], scale[1])
-    log_ratios = augment._uniform(s_ratio, [augment._TRIES], math.log(ratio[0]), math.log(ratio[1]))
+    s_area, s_ratio, _, _ = tf_random.split(seed, 4)
+    areas = tf_random.uniform(s_area, [augment._TRIES], scale[0], scale[1])
+    log_ratios = tf_random.uniform(s_ratio, [augment._TRIES], math.log(ratio[0]), math.log(ratio[1]))
     return augment.rrc_window(seed, height, width, scale, ratio), areas, log_ratios
   out = [one(tf.constant([s, 11])) for s in seeds]
   return [tuple(t.numpy() for t in o) for o in out]

@@ -15,7 +15,7 @@ from focalnet_jax import data
 from focalnet_jax.data import digits, folder
 
 tf = pytest.importorskip("tensorflow")
-from focalnet_jax.data import augment  # noqa: E402  (imports TF)
+from focalnet_jax.data import augment, randaugment  # noqa: E402  (imports TF)
 
 MEAN, STD = default.IMAGENET_MEAN, default.IMAGENET_STD
 
@@ -93,7 +93,7 @@ assert 'tensorflow' not in sys.modules, 'synthetic data imported TF'
 
 def test_every_randaugment_op_keeps_shape_and_dtype():
   img = tf.constant(np.asarray(_image(0, 20, 28)))
-  ops = augment.randaugment_ops((124, 116, 104))
+  ops = randaugment.randaugment_ops((124, 116, 104))
   assert len(ops) == 15  # timm's increasing set
   for name, op in ops.items():
     for level, sign in ((0.0, 1.0), (9.0, -1.0), (10.0, 1.0)):
@@ -106,7 +106,7 @@ def test_every_randaugment_op_keeps_shape_and_dtype():
 
 def test_rotate_fills_with_the_mean_colour():
   img = tf.fill([20, 20, 3], tf.constant(200, tf.uint8))
-  out = augment.rotate(img, tf.constant(45.0), (10, 20, 30)).numpy()
+  out = randaugment.rotate(img, tf.constant(45.0), (10, 20, 30)).numpy()
   assert tuple(out[0, 0]) == (10, 20, 30)  # corner rotated out of the image
   assert tuple(out[10, 10]) == (200, 200, 200)
 

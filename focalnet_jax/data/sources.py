@@ -134,7 +134,7 @@ class TfdsSource:
     label = self.builder.info.features[self.label_key]
     names = tuple(label.names)
     if self.name.split(":")[0] == "imagenet2012" and len(names) == 1000:
-      from focalnet_jax import labels  # WordNet lemmas instead of the wnids TFDS gives
+      from focalnet_jax.data import labels  # WordNet lemmas instead of the wnids TFDS gives
       names = labels.imagenet_class_names(1000) or names
     return names
 
