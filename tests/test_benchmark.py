@@ -15,12 +15,12 @@ from focalnet_jax.train import step as step_lib
 from torch_refs import import_timm
 
 
-def test_train_benchmark_prints_one_row_per_micro_batch_size_and_timm(capsys):
+def test_train_benchmark_prints_one_row_per_micro_batch_size_and_timm(capsys, tiny_config):
   import_timm()
-  benchmark.main([
-      "--model", "focalnet_tiny_srf", "--batch-size", "2", "--image-size", "32", "--mode", "train",
-      "--micro-batch-size", "0,1", "--compare", "timm", "--no-torch-compile", "--no-memory",
-      "--rounds", "1", "--steps", "1",
+  benchmark.main([  # our rows on a width-8 model (seconds to compile), timm's full FocalNet-T
+      "--model", "focalnet_tiny_srf", "--config", tiny_config, "--batch-size", "2", "--image-size", "32",
+      "--mode", "train", "--micro-batch-size", "0,1", "--compare", "timm", "--no-torch-compile", "--no-memory",
+      "--peak-tflops", "none", "--rounds", "1", "--steps", "1",
   ])
   out = capsys.readouterr().out
   rows = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith("| framework")]
@@ -30,7 +30,7 @@ def test_train_benchmark_prints_one_row_per_micro_batch_size_and_timm(capsys):
   for row in rows:
     img_s, ms = (float(v) for v in row.split("|")[2:4])
     assert img_s > 0 and ms > 0
-    assert abs(img_s - 2 / (ms / 1e3)) / img_s < 0.02  # img/s is the batch over the step time
+    assert abs(2 / img_s * 1e3 - ms) <= 0.5 + 0.02 * ms  # img/s is the batch over the step time (ms rounded)
   assert re.search(r"train, float32, batch 2, 32 px", out)
 
 
