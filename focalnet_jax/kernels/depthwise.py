@@ -16,26 +16,18 @@ import jax.numpy as jnp
 from jax import lax
 
 from focalnet_jax.kernels import native
+from focalnet_jax.kernels.registry import Registry
 
 # (x: (B, H, W, C), kernel: (k, k, 1, C)) -> (B, H, W, C)
 DepthwiseFn = Callable[[jax.Array, jax.Array], jax.Array]
 
-_IMPLEMENTATIONS: dict[str, DepthwiseFn] = {}
-
-
-def register(name: str) -> Callable[[DepthwiseFn], DepthwiseFn]:
-  """Registers a depthwise-conv implementation under `name`."""
-
-  def wrap(fn: DepthwiseFn) -> DepthwiseFn:
-    _IMPLEMENTATIONS[name] = fn
-    return fn
-
-  return wrap
+_IMPLEMENTATIONS: Registry[DepthwiseFn] = Registry("depthwise_impl")
+register = _IMPLEMENTATIONS.register
 
 
 def available() -> tuple[str, ...]:
   """Names accepted by `depthwise_conv(..., impl=...)`, plus 'auto'."""
-  return ("auto",) + tuple(_IMPLEMENTATIONS)
+  return ("auto",) + _IMPLEMENTATIONS.names()
 
 
 @register("xla")
@@ -199,9 +191,7 @@ def resolve(impl: str) -> str:
   """
   if impl == "auto":
     return default_impl()
-  if impl not in _IMPLEMENTATIONS:
-    raise ValueError(f"depthwise_impl={impl!r} is not one of {available()}.")
-  return impl
+  return _IMPLEMENTATIONS.check(impl, available())
 
 
 def depthwise_conv(x: jax.Array, kernel: jax.Array, impl: str = "auto") -> jax.Array:

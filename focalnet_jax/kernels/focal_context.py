@@ -30,6 +30,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from focalnet_jax.kernels import depthwise, pallas_focal_level
+from focalnet_jax.kernels.registry import Registry
 from focalnet_jax.model.layers import gelu
 
 
@@ -46,29 +47,18 @@ class ContextSpec:
 #   -> Z^out (B, H, W, C) in z0's dtype
 ContextFn = Callable[[ContextSpec, jax.Array, tuple[jax.Array, ...], jax.Array | None], jax.Array]
 
-_IMPLEMENTATIONS: dict[str, ContextFn] = {}
-
-
-def register(name: str) -> Callable[[ContextFn], ContextFn]:
-  """Registers a focal-context implementation under `name`."""
-
-  def wrap(fn: ContextFn) -> ContextFn:
-    _IMPLEMENTATIONS[name] = fn
-    return fn
-
-  return wrap
+_IMPLEMENTATIONS: Registry[ContextFn] = Registry("focal_context_impl")
+register = _IMPLEMENTATIONS.register
 
 
 def available() -> tuple[str, ...]:
   """Names accepted by `focal_context(..., impl=...)`."""
-  return tuple(_IMPLEMENTATIONS)
+  return _IMPLEMENTATIONS.names()
 
 
 def check(impl: str) -> str:
   """`impl` if it names an implementation; ValueError naming the choices otherwise."""
-  if impl not in _IMPLEMENTATIONS:
-    raise ValueError(f"focal_context_impl={impl!r} is not one of {available()}.")
-  return impl
+  return _IMPLEMENTATIONS.check(impl)
 
 
 @register("reference")
