@@ -1,13 +1,17 @@
-"""Two processes on localhost (4 CPU devices each) train exactly like one process with 8."""
+"""Two processes on localhost (4 CPU devices each) train exactly like one process with 8, and stop
+together, at the same step, when one of them gets SIGTERM or Ctrl-C."""
 from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 import train_utils
 
@@ -37,9 +41,9 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _launch(workdir, devices, extra=()):
+def _launch(workdir, devices, extra=(), **overrides):
   args = [f"--config={os.path.join(train_utils.ROOT, 'configs', 'default.py')}", f"--workdir={workdir}"]
-  args += [f"--config.{k}={v}" for k, v in OVERRIDES.items()] + list(extra)
+  args += [f"--config.{k}={v}" for k, v in {**OVERRIDES, **overrides}.items()] + list(extra)
   code = WORKER.format(root=train_utils.ROOT, tests=os.path.dirname(__file__), devices=devices, args=args)
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
   env.pop("XLA_FLAGS", None)
@@ -55,23 +59,30 @@ def _train_losses(workdir):
   return [train[s] for s in sorted(train)], evals[-1]
 
 
-def test_two_processes_match_one(tmp_path):
+def _pair(workdir, **overrides):
   port = _free_port()
-  multi = str(tmp_path / "multi")
-  procs = [
-      _launch(multi, 4, [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"])
-      for i in range(2)
-  ]
-  procs.append(_launch(str(tmp_path / "single"), 8))
+  return [_launch(workdir, 4, [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
+                  **overrides) for i in range(2)]
+
+
+def _outputs(procs, timeout=420):
   outputs = []
   for p in procs:
     try:
-      out, _ = p.communicate(timeout=420)
+      out, _ = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
       for q in procs:
         q.kill()
       raise
     outputs.append(out)
+  return outputs
+
+
+def test_two_processes_match_one(tmp_path):
+  multi = str(tmp_path / "multi")
+  procs = _pair(multi) + [_launch(str(tmp_path / "single"), 8)]
+  outputs = _outputs(procs)
+  for p, out in zip(procs, outputs):
     assert p.returncode == 0, out[-4000:]
   assert "Process 1/2, 4 local / 8 global devices" in outputs[1]
   multi_losses, multi_eval = _train_losses(multi)
@@ -80,3 +91,26 @@ def test_two_processes_match_one(tmp_path):
   np.testing.assert_allclose(multi_losses, single_losses, rtol=1e-5)
   np.testing.assert_allclose(multi_eval["loss"], single_eval["loss"], rtol=1e-5)
   assert multi_eval["num_examples"] == single_eval["num_examples"] == train_utils.NUM_EVAL
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_one_signalled_process_stops_both_at_the_same_step(tmp_path, signum):
+  # Logging and checkpoint intervals far beyond where the run is stopped: the processes must agree
+  # on a step without the log-step all-gather (JAX's preemption service does it).
+  workdir = str(tmp_path / "multi")
+  total = 100_000
+  procs = _pair(workdir, total_steps=total, log_every_steps=total, checkpoint_every_steps=total)
+  head = []
+  for line in procs[1].stdout:  # signal process 1 once its train step is compiled
+    head.append(line)
+    if "Compiled the train step" in line:
+      break
+  procs[1].send_signal(signum)
+  outputs = _outputs(procs)
+  outputs[1] = "".join(head) + outputs[1]
+  saved = []
+  for p, out in zip(procs, outputs):
+    assert p.returncode == 75, out[-4000:]  # preempted: a distinct exit status on both processes
+    saved += [int(s) for s in re.findall(r"saved step (\d+) to", out)]
+  assert len(saved) == 2 and saved[0] == saved[1] and 0 < saved[0] < total, outputs[0][-3000:]
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == [str(saved[0])]

@@ -12,8 +12,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import signal
-import threading
 import time
 from typing import Any, Iterator
 
@@ -22,36 +20,18 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
-from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from focalnet_jax import checkpoint
 from focalnet_jax import data as data_lib
 from focalnet_jax.train import eval_step as eval_lib
-from focalnet_jax.train import config_check, optim, runlog, sharding
+from focalnet_jax.train import config_check, optim, runlog, sharding, stopping
 from focalnet_jax.train import state as state_lib
 from focalnet_jax.train import step as step_lib
 from focalnet_jax.train import workdir as workdir_lib
 
-# Set by the SIGTERM/SIGINT handler; the loop then saves a checkpoint and returns.
-_STOP = threading.Event()
-# train.py's exit status for a run stopped by SIGTERM or Ctrl-C before its last step (EX_TEMPFAIL):
-# schedulers can requeue it, and `train.py && eval.py` does not evaluate an unfinished model.
-PREEMPTED_EXIT_CODE = 75
-_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-
-def request_stop(signum: int = signal.SIGTERM, *_: Any) -> None:
-  """Asks the running loop to save and stop (the first SIGTERM or Ctrl-C). A second signal exits
-  at once: orbax commits each step atomically, so the last committed step stays intact."""
-  if _STOP.is_set():
-    logging.warning("Second %s: exiting now without saving; rerun the same command to resume from the last "
-                    "committed checkpoint.", signal.Signals(signum).name)
-    logging.flush()
-    os._exit(128 + signum)
-  logging.warning("%s: saving after this step, then stopping (press Ctrl-C again to exit at once).",
-                  signal.Signals(signum).name)
-  _STOP.set()
+# train.py's exit status for a run stopped early (kept here, where train.py looks for it).
+PREEMPTED_EXIT_CODE = stopping.PREEMPTED_EXIT_CODE
 
 
 def compile_step(step_fn, state_sh, batch_sh, metric_names, abstract_sh, config):
@@ -187,14 +167,6 @@ class Run:
                    time.time() - t,
                    " ".join(f"{k} {v:.4f}" for k, v in self.last_eval.items() if k != "num_examples"))
 
-  def _should_stop(self, step: int) -> bool:
-    stop = _STOP.is_set()
-    if jax.process_count() > 1:
-      # Every process must take the same decision, at the same step: agree at log steps.
-      stop = step % self.config.log_every_steps == 0 and bool(
-          np.any(multihost_utils.process_allgather(np.asarray(stop))))
-    return stop
-
   def train(self, start_step: int, rng: jax.Array) -> bool:
     """Trains from `start_step` to the end (or a SIGTERM or Ctrl-C: then saves and returns True)."""
     config, total = self.config, self.sched.total_steps
@@ -202,6 +174,7 @@ class Run:
     batches = self.data.train_batches(config, start_step=start_step, process_index=jax.process_index(),
                                       process_count=jax.process_count())
     self.clock = (time.time(), start_step)
+    should_stop = stopping.StopAgreement(start_step, stopping.preemption_service_running())
     step = start_step
     while step < total:
       batch = sharding.to_global(next(batches), self.batch_sh, ("image", "label"))
@@ -209,7 +182,7 @@ class Run:
       step += 1
       self.check_saves()
       self.pending.append((step, metrics))
-      stop = self._should_stop(step)
+      stop = should_stop(step, config.log_every_steps)
       save_now = step % config.checkpoint_every_steps == 0 or step == total or stop
       if step % config.log_every_steps == 0 or save_now:
         self.flush(step)  # also checks the loss is finite before anything is saved
@@ -298,21 +271,6 @@ def _absolute_folder(config: ml_collections.ConfigDict) -> ml_collections.Config
 
 
 @contextlib.contextmanager
-def _stop_signals() -> Iterator[None]:
-  """SIGTERM and Ctrl-C ask the loop to save and stop (a second one exits at once)."""
-  _STOP.clear()
-  if threading.current_thread() is not threading.main_thread():
-    yield
-    return
-  old = {sig: signal.signal(sig, request_stop) for sig in _STOP_SIGNALS}
-  try:
-    yield
-  finally:
-    for sig, handler in old.items():
-      signal.signal(sig, handler)
-
-
-@contextlib.contextmanager
 def open_run(config: ml_collections.ConfigDict, workdir: str,
              data: data_lib.Dataset | None = None) -> Iterator[tuple[Run, int, jax.Array]]:
   """(run, start step, train rng) of a run set up in `workdir` (created, or resumed from its
@@ -325,7 +283,7 @@ def open_run(config: ml_collections.ConfigDict, workdir: str,
   data = data if data is not None else data_lib.from_config(config)
   config = _absolute_folder(data_lib.resolve_data_dir(config, workdir))  # digits data lives with its run
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
-  with workdir_lib.locked(workdir, enabled=jax.process_index() == 0), _stop_signals(), jax.set_mesh(mesh):
+  with workdir_lib.locked(workdir, enabled=jax.process_index() == 0), stopping.stop_signals(), jax.set_mesh(mesh):
     run, start_step, rng = _start(config, workdir, data, mesh)
     try:
       yield run, start_step, rng
