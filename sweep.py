@@ -15,11 +15,13 @@ point, for a cluster; --aggregate_only then collects their results.
 from __future__ import annotations
 
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from focalnet_jax.train import runlog
+from focalnet_jax.train.stopping import PREEMPTED_EXIT_CODE
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Sweep config file[:quickstart].", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "The sweep's directory: one subdirectory per point.")
@@ -56,8 +58,10 @@ def main(argv: list[str]) -> None:
     print(f.read())
   logging.info("%d point(s) with results; wrote %s/results.{csv,md,png}.", len(rows), workdir)
   if report and (report["failed"] or report["stopped"]):
-    raise SystemExit(f"Unfinished points: failed {report['failed']}, stopped {report['stopped']}; "
-                     "rerun the same command to retry or resume them.")
+    logging.error("Unfinished points: failed %s, stopped %s; rerun the same command to retry or resume them.",
+                  report["failed"], report["stopped"])
+    # Like train.py: a sweep stopped early (and nothing failed) exits 75, so schedulers requeue it.
+    sys.exit(1 if report["failed"] else PREEMPTED_EXIT_CODE)
 
 
 if __name__ == "__main__":

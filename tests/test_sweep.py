@@ -5,6 +5,7 @@ import csv
 import glob
 import json
 import os
+import signal
 import shlex
 import subprocess
 import sys
@@ -123,6 +124,33 @@ def test_run_sweep_skips_finished_and_resumes_interrupted(tmp_path):
   report = sweep.run_sweep(runs, workdir, fake)
   assert [c[0] for c in fake.calls] == ["fl2"] and report["stopped"] == ["fl2"]
   assert not (tmp_path / "fl2" / "result.json").exists()
+
+
+class CtrlCAfter(FakeTrain):
+  """A point whose training returns, then a real Ctrl-C (SIGINT) outside the trainer's handler."""
+
+  def __init__(self, name):
+    super().__init__()
+    self.name = name
+
+  def __call__(self, config, workdir):
+    metrics = super().__call__(config, workdir)
+    if os.path.basename(workdir) == self.name:
+      os.kill(os.getpid(), signal.SIGINT)  # delivered before the next bytecode: inside run_sweep
+    return metrics
+
+
+def test_ctrl_c_outside_the_trainer_stops_the_sweep_and_a_rerun_resumes(tmp_path):
+  runs = runs_of(FL + ":quickstart", only=["fl0", "fl1", "fl2"])
+  fake = CtrlCAfter("fl0")
+  report = sweep.run_sweep(runs, str(tmp_path), fake)
+  assert [c[0] for c in fake.calls] == ["fl0"]  # the sweep stopped: fl1 never started
+  assert report["stopped"] == ["fl0"] and not report["ran"]
+  assert not (tmp_path / "fl0" / "result.json").exists()  # the point's marker was never half-written
+  assert not list(tmp_path.glob("fl0/*.tmp"))
+  fake = FakeTrain()
+  report = sweep.run_sweep(runs, str(tmp_path), fake)  # rerunning the same command finishes the sweep
+  assert [c[0] for c in fake.calls] == ["fl0", "fl1", "fl2"] and report["ran"] == ["fl0", "fl1", "fl2"]
 
 
 # --- launch commands --------------------------------------------------------------------------

@@ -165,46 +165,54 @@ def run_sweep(runs: Sequence[Run], workdir: str, train_fn: TrainFn | None = None
 
   Finished runs (with result.json) are skipped; an interrupted one resumes from its checkpoints
   (the trainer does that). A run that raises is logged and the sweep goes on; a run stopped by
-  SIGTERM or Ctrl-C (`preempted`) stops the sweep, unfinished. Returns {'ran', 'skipped', 'failed',
-  'stopped'} lists of names.
+  SIGTERM or Ctrl-C (`preempted`), or a Ctrl-C between runs, stops the sweep, unfinished. Returns
+  {'ran', 'skipped', 'failed', 'stopped'} lists of names.
   """
   train_fn = train_fn or _default_train_fn
   report: dict[str, list[str]] = {"ran": [], "skipped": [], "failed": [], "stopped": []}
   for i, run in enumerate(runs):
-    point_dir = os.path.join(workdir, run.name)
-    if is_finished(workdir, run.name):
-      logging.info("[%d/%d] %s: finished already, skipping.", i + 1, len(runs), run.name)
-      report["skipped"].append(run.name)
-      continue
-    logging.info("[%d/%d] %s: %s%s", i + 1, len(runs), run.name, format_overrides(run.overrides) or "the base config",
-                 " (resuming)" if os.path.isdir(os.path.join(point_dir, "checkpoints")) else "")
-    os.makedirs(point_dir, exist_ok=True)
-    t0 = time.time()
     try:
-      metrics = train_fn(run.config, point_dir)
+      status = _run_point(f"[{i + 1}/{len(runs)}]", run, workdir, train_fn)
     except KeyboardInterrupt:  # Ctrl-C outside the trainer's own handler (which saves and stops)
-      logging.warning("%s was interrupted (Ctrl-C); rerun the same command to resume the sweep.", run.name)
-      report["stopped"].append(run.name)
+      logging.warning("Interrupted (Ctrl-C) at %s; rerun the same command to resume the sweep.", run.name)
+      report["ran" if is_finished(workdir, run.name) else "stopped"].append(run.name)
       break
-    except Exception:  # noqa: BLE001 - one failed point must not lose the others
-      logging.error("%s failed:\n%s", run.name, traceback.format_exc())
-      report["failed"].append(run.name)
-      continue
-    finally:
-      gc.collect()
-      _clear_jax_caches()
-    if metrics.get("preempted"):
-      logging.warning("%s was stopped (SIGTERM or Ctrl-C) before finishing; rerun the same command to resume it.",
-                      run.name)
-      report["stopped"].append(run.name)
+    report[status].append(run.name)
+    if status == "stopped":
       break
-    meta = checkpoint_meta(point_dir) or {}
-    _write_json(result_path(workdir, run.name), {
-        "name": run.name, "overrides": run.overrides, "metrics": metrics,
-        "num_classes": meta.get("num_classes"), "wall_s": time.time() - t0, "finished_at": time.time(),
-    })
-    report["ran"].append(run.name)
   return report
+
+
+def _run_point(counter: str, run: Run, workdir: str, train_fn: TrainFn) -> str:
+  """Trains one point; returns 'ran', 'skipped', 'failed' or 'stopped' (SIGTERM or Ctrl-C)."""
+  point_dir = os.path.join(workdir, run.name)
+  if is_finished(workdir, run.name):
+    logging.info("%s %s: finished already, skipping.", counter, run.name)
+    return "skipped"
+  logging.info("%s %s: %s%s", counter, run.name, format_overrides(run.overrides) or "the base config",
+               " (resuming)" if os.path.isdir(os.path.join(point_dir, "checkpoints")) else "")
+  os.makedirs(point_dir, exist_ok=True)
+  t0 = time.time()
+  try:
+    metrics = train_fn(run.config, point_dir)
+  except KeyboardInterrupt:
+    raise
+  except Exception:  # noqa: BLE001 - one failed point must not lose the others
+    logging.error("%s failed:\n%s", run.name, traceback.format_exc())
+    return "failed"
+  finally:
+    gc.collect()
+    _clear_jax_caches()
+  if metrics.get("preempted"):
+    logging.warning("%s was stopped (SIGTERM or Ctrl-C) before finishing; rerun the same command to resume it.",
+                    run.name)
+    return "stopped"
+  meta = checkpoint_meta(point_dir) or {}
+  _write_json(result_path(workdir, run.name), {  # atomic: the marker exists whole or not at all
+      "name": run.name, "overrides": run.overrides, "metrics": metrics,
+      "num_classes": meta.get("num_classes"), "wall_s": time.time() - t0, "finished_at": time.time(),
+  })
+  return "ran"
 
 
 def _clear_jax_caches() -> None:
