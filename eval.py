@@ -82,7 +82,7 @@ def main(argv: list[str]) -> None:
         f"{report['dataset']}:{report['split']} at {report['image_size']}px: top-1 {report['top1']:.2%}  "
         f"top-{report.get('top_k', 5)} {report['top5']:.2%}  loss {report['loss']:.4f}  "
         + (f"ReaL top-1 {report['real_top1']:.2%}  " if "real_top1" in report else "")
-        + f"({int(report['num_examples'])} images, {report['images_per_s']:.0f} img/s)")
+        + f"({int(report['num_examples'])} images, {report['images_per_s']:.0f} img/s)", flush=True)
   output = _OUTPUT.value or evaluation.default_report_path(loaded, config, _EMA.value)
   try:
     report["output"] = evaluation.write_report(report, output)

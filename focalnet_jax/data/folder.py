@@ -109,7 +109,9 @@ def _list_images(class_dir: str) -> list[str]:
 
 def _tf_disagrees(path: str, reference: np.ndarray, fmt: str) -> str | None:
   """Why TensorFlow's decoder (the one training uses) cannot be trusted with this file, if so."""
-  import tensorflow as tf  # only for the rarer formats; folders are read by the tf.data pipeline
+  from focalnet_jax.data.tf_import import import_tf  # only for the rarer formats
+
+  tf = import_tf()
   try:
     img = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False, dtype=tf.uint8).numpy()
   except Exception as e:  # noqa: BLE001 - tf raises InvalidArgumentError and others

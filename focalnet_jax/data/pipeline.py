@@ -27,17 +27,7 @@ import numpy as np
 
 from focalnet_jax.data.batches import local_batch
 from focalnet_jax.data.info import DatasetInfo
-
-
-@functools.cache
-def import_tf():
-  """Imports TensorFlow for input pipelines only: no GPU memory, no competing with JAX for it."""
-  import tensorflow as tf
-  try:
-    tf.config.set_visible_devices([], "GPU")
-  except RuntimeError:  # TF already initialised its devices elsewhere in this process
-    pass
-  return tf
+from focalnet_jax.data.tf_import import import_tf
 
 
 def _options(config):

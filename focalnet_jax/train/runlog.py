@@ -27,8 +27,11 @@ class _QuietLibraries(std_logging.Filter):
 
 
 def quiet_library_logs() -> None:
-  """Installs the filter on absl's handler (call once, from an entry point's main)."""
+  """Installs the filter on absl's handler (call once, from an entry point's main, before
+  TensorFlow is imported), and hides TensorFlow's C++ INFO lines (the oneDNN notice on import)
+  unless TF_CPP_MIN_LOG_LEVEL is set."""
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 
 def average(sums: Mapping[str, Any]) -> dict[str, float]:
