@@ -156,6 +156,27 @@ def test_reading_a_checkpoint_never_creates_a_directory(tmp_path):
   assert not (tmp_path / "typo").exists()
 
 
+def test_empty_dirs_missing_steps_and_unreadable_metadata_are_named(tmp_path):
+  import numpy as np
+
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  for read in (checkpoint.load_params, checkpoint.read_meta, evaluation.load_model):
+    with pytest.raises(FileNotFoundError, match=r"No checkpoint found in .*empty.*Check the path"):
+      read(str(empty))
+  ckpts = tmp_path / "ckpts"
+  for step in (2, 4):
+    checkpoint.save(ckpts, {"params": {"w": np.full(2, step, np.float32)}}, {"model": "m"}, step=step)
+  with pytest.raises(FileNotFoundError, match=r"has no step 7; it has steps \[2, 4\]"):
+    checkpoint.read_meta(ckpts, step=7)
+  with pytest.raises(FileNotFoundError, match=r"has no step 7; it has steps \[2, 4\]"):
+    checkpoint.load_params(str(ckpts), step=7)
+  (ckpts / "4" / "meta" / "metadata").write_text('{"model": ')  # an interrupted copy of the JSON
+  with pytest.raises(ValueError, match=r"step 4 has no readable metadata \(.*\)\. It may be truncated"):
+    checkpoint.read_meta(ckpts)
+  assert checkpoint.read_meta(ckpts, step=2) == {"model": "m"}  # the other step is untouched and readable
+
+
 def test_a_latest_step_rotated_away_while_it_is_read_is_retried_on_the_new_latest(tmp_path, monkeypatch):
   import shutil
 
