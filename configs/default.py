@@ -64,7 +64,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Mixed precision: bfloat16 compute, float32 parameters (the master weights).
   c.model.dtype = "bfloat16"
   c.model.param_dtype = "float32"
-  c.model.remat = False  # rematerialise each block in the backward pass (saves memory)
+  # What each block keeps for the backward pass (kernels/remat.py): 'none' (all; fastest while it
+  # fits), 'block' (only its input: least memory) or 'dots' (its matmul outputs; elementwise work
+  # is recomputed). True / False mean 'block' / 'none'.
+  c.model.remat = config_dict.FieldReference("none", field_type=object)
 
   # --- data (the contract of focalnet_jax.data; see notes in its module docstring) ---------
   c.dataset = "imagenet2012"  # TFDS name, 'folder:/path', 'digits' or 'synthetic'

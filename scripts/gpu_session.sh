@@ -98,6 +98,10 @@ PY
     timeout 150 python3 -m focalnet_jax.benchmark --model focalnet_tiny_srf --mode train --batch-size 128 \
         "${common[@]}" --focal-context-impl $impl >"$OUT/bench_t_train_$impl.txt" 2>&1
   done
+  for remat in dots block; do  # what each block keeps for the backward pass (kernels/remat.py)
+    timeout 150 python3 -m focalnet_jax.benchmark --model focalnet_tiny_srf --mode train --batch-size 128 \
+        "${common[@]}" --remat $remat >"$OUT/bench_t_train_remat_$remat.txt" 2>&1
+  done
   for b in 256 512; do
     timeout 120 python3 -m focalnet_jax.benchmark --model focalnet_tiny_srf --mode train --batch-size $b "${common[@]}" \
         --compare timm --no-torch-compile >"$OUT/bench_t_train_b$b.txt" 2>&1

@@ -192,10 +192,12 @@ def test_isotropic_model_runs_at_other_sizes(iso):
   assert [m.shape for m in maps] == [(2, 3, 3, 16)]
 
 
-def test_remat_gives_identical_outputs_and_gradients(iso):
+@pytest.mark.parametrize("policy", ["block", "dots", True])
+def test_remat_gives_identical_outputs_and_gradients(iso, policy):
   model, variables = iso
   x = images(3, size=32)
-  remat = model.clone(remat=True)
+  remat = model.clone(remat=policy)
+  assert remat.remat == ("block" if policy is True else policy) and model.remat == "none"
   assert jax.tree_util.tree_structure(abstract_variables(remat)) == jax.tree_util.tree_structure(variables)
 
   def loss(m):
@@ -205,6 +207,25 @@ def test_remat_gives_identical_outputs_and_gradients(iso):
   l2, g2 = jax.value_and_grad(loss(remat))(variables["params"])
   np.testing.assert_allclose(l1, l2, rtol=1e-6)
   tree_allclose(g1, g2, rtol=1e-5, atol=1e-6)
+
+
+def test_remat_policies_keep_what_they_say(iso):
+  """'block' keeps each block's input only; 'dots' also keeps its matmul outputs; 'none' keeps
+  everything, the elementwise results too."""
+  model, variables = iso
+  x = images(3, size=32)
+
+  def residual_bytes(policy):
+    m = model.clone(remat=policy)
+    # The vjp function carries the residuals its backward pass reads, as its pytree leaves.
+    _, backward = jax.vjp(lambda p: jnp.sum(m.apply({"params": p}, x) ** 2), variables["params"])
+    # Activations only (a leading batch axis): the parameters are kept under every policy.
+    return sum(leaf.nbytes for leaf in jax.tree.leaves(backward) if leaf.shape[:1] == x.shape[:1])
+
+  none, dots, block = (residual_bytes(p) for p in ("none", "dots", "block"))
+  assert block < dots < none, (block, dots, none)
+  with pytest.raises(ValueError, match=r"model.remat='matmuls' is not one of \('none', 'block', 'dots'\)"):
+    model.clone(remat="matmuls")
 
 
 def test_intermediates_expose_modulator_and_gates(iso):

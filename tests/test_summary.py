@@ -186,7 +186,7 @@ def test_cli_override_false_is_false(capsys):
         ("dtype=bfloat16", ("dtype", "bfloat16")),
         ("interaction=add", ("interaction", "add")),
         ('interaction="add"', ("interaction", "add")),
-        ("remat=true", ("remat", True)),
+        ("remat=dots", ("remat", "dots")),
     ],
 )
 def test_override_values_are_json_or_a_bare_word(text, expected):

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from focalnet_jax.kernels import depthwise, focal_context
+from focalnet_jax.kernels import remat as remat_lib
 from focalnet_jax.model.layers import DropPath, Downsample, Mlp, dense_init, layer_norm
 from focalnet_jax.model.modulation import FocalModulation
 
@@ -130,12 +131,12 @@ class FocalNetStage(nn.Module):
   block_kwargs: dict
   drop_path_rates: Sequence[float]
   use_conv_embed: bool = False
-  remat: bool = False
+  remat: str = "none"  # a kernels.remat policy
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   def setup(self):
-    block_cls = nn.remat(FocalNetBlock, static_argnums=(2,)) if self.remat else FocalNetBlock
+    block_cls = remat_lib.wrap(FocalNetBlock, remat_lib.resolve(self.remat), static_argnums=(2,))
     self.blocks = [
         block_cls(drop_path_rate=self.drop_path_rates[j], dtype=self.dtype,
                   param_dtype=self.param_dtype, **self.block_kwargs)
@@ -183,11 +184,12 @@ class FocalNet(nn.Module):
   use_global_context: bool = True
   use_gating: bool = True
   interaction: str = "multiply"
-  # Implementation: compute/storage dtypes, per-block rematerialisation, depthwise conv, and
-  # the focal context Z^out ('reference' or 'fused', see kernels/focal_context.py).
+  # Implementation: compute/storage dtypes, what each block keeps for the backward pass
+  # ('none', 'block', 'dots': kernels/remat.py), depthwise conv, and the focal context Z^out
+  # ('reference', 'fused' or 'pallas', see kernels/focal_context.py).
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
-  remat: bool = False
+  remat: str = "none"
   depthwise_impl: str = "auto"
   focal_context_impl: str = "reference"
 
@@ -195,6 +197,7 @@ class FocalNet(nn.Module):
     validate(self)
     # Resolved once here, not per call: the model then names what it runs.
     object.__setattr__(self, "depthwise_impl", depthwise.resolve(self.depthwise_impl))
+    object.__setattr__(self, "remat", remat_lib.resolve(self.remat))
     super().__post_init__()
 
   @property

@@ -298,7 +298,9 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--depthwise-impl", default="auto", help="depthwise conv implementation (focalnet_jax.kernels.depthwise)")
   p.add_argument("--focal-context-impl", default="reference",
                  help="focal context implementation (focalnet_jax.kernels.focal_context): reference, fused, pallas")
-  p.add_argument("--remat", action="store_true", help="rematerialise each block in the backward pass")
+  p.add_argument("--remat", nargs="?", const="block", default="none", choices=("none", "block", "dots"),
+                 help="what each block keeps for the backward pass (focalnet_jax.kernels.remat); "
+                      "--remat alone means 'block'")
   p.add_argument("--micro-batch-size", default="0",
                  help="train: run the step's forward/backward over micro-batches of this size and "
                       "accumulate (the update is the whole batch's; the config's grad_accum_steps); "

@@ -121,7 +121,7 @@ class JaxRunner(Runner):
     self.batch_size = config.batch_size
     self.model, _ = train_state.build_model(config, num_classes)
     # A built model has resolved 'auto': the row names the depthwise conv it runs.
-    self.details = [self.model.depthwise_impl] + (["remat"] if config.model.remat else []) + (
+    self.details = [self.model.depthwise_impl] + ([f"remat {self.model.remat}"] if self.model.remat != "none" else []) + (
         [f"{self.model.focal_context_impl} focal context"] if self.model.focal_context_impl != "reference" else [])
     size = config.image_size
     rng = np.random.default_rng(0)
