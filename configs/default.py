@@ -68,6 +68,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # fits), 'block' (only its input: least memory) or 'dots' (its matmul outputs; elementwise work
   # is recomputed). True / False mean 'block' / 'none'.
   c.model.remat = config_dict.FieldReference("none", field_type=object)
+  # Execution choice: the layout f's matmul writes, q, f_z, gates at multiples of this (same params).
+  c.model.f_align = 1
 
   # --- data (the contract of focalnet_jax.data; see notes in its module docstring) ---------
   c.dataset = "imagenet2012"  # TFDS name, 'folder:/path', 'digits' or 'synthetic'

@@ -102,6 +102,10 @@ PY
     timeout 150 python3 -m focalnet_jax.benchmark --model focalnet_tiny_srf --mode train --batch-size 128 \
         "${common[@]}" --remat $remat >"$OUT/bench_t_train_remat_$remat.txt" 2>&1
   done
+  for align in 8; do  # f's matmul writing q, f_z, gates at aligned offsets (kernels/aligned_projection.py)
+    timeout 150 python3 -m focalnet_jax.benchmark --model focalnet_tiny_srf --mode train --batch-size 128 \
+        "${common[@]}" --f-align $align >"$OUT/bench_t_train_f_align$align.txt" 2>&1
+  done
   for b in 256 512; do
     timeout 120 python3 -m focalnet_jax.benchmark --model focalnet_tiny_srf --mode train --batch-size $b "${common[@]}" \
         --compare timm --no-torch-compile >"$OUT/bench_t_train_b$b.txt" 2>&1

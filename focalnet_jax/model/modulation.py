@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from focalnet_jax.kernels import depthwise, focal_context
+from focalnet_jax.kernels import aligned_projection, depthwise, focal_context
 from focalnet_jax.model.layers import conv_bias_init, conv_init, dense_init, layer_norm
 
 Dtype = Any
@@ -28,7 +28,9 @@ class FocalModulation(nn.Module):
 
   `depthwise_impl` names a `kernels.depthwise` implementation; 'auto' is resolved to a
   concrete name when the module is built. `focal_context_impl` names a
-  `kernels.focal_context` implementation of Z^out ('reference' or 'fused').
+  `kernels.focal_context` implementation of Z^out ('reference' or 'fused'). `f_align` > 1 has
+  `f`'s matmul write each of q, f_z and the gates at a multiple of that many channels (same
+  parameters, same values; `kernels/aligned_projection.py`); 1 is the plain nn.Dense.
   """
 
   focal_level: int
@@ -42,6 +44,7 @@ class FocalModulation(nn.Module):
   drop_rate: float = 0.0
   depthwise_impl: str = "auto"
   focal_context_impl: str = "reference"
+  f_align: int = 1
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -49,6 +52,7 @@ class FocalModulation(nn.Module):
     # Resolved once here, not per call: the module then names what it runs.
     object.__setattr__(self, "depthwise_impl", depthwise.resolve(self.depthwise_impl))
     focal_context.check(self.focal_context_impl)
+    aligned_projection.check_align(self.f_align)
     super().__post_init__()
 
   def num_gates(self) -> int:
@@ -64,9 +68,14 @@ class FocalModulation(nn.Module):
     c = x.shape[-1]
     dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
     # One linear layer `f` fuses q, f_z and the gate projection: its output width is 2C + L + 1.
-    x = dense(2 * c + self.num_gates(), kernel_init=dense_init, name="f")(x)
     # q = q(x);  Z^0 = f_z(x);  G = the gate projection of x (raw, no sigmoid or softmax).
-    q, z, gates = jnp.split(x, [c, 2 * c], axis=-1)
+    if self.f_align == 1:
+      x = dense(2 * c + self.num_gates(), kernel_init=dense_init, name="f")(x)
+      q, z, gates = jnp.split(x, [c, 2 * c], axis=-1)
+    else:  # the same `f`, its matmul writing each of q, Z^0, G at a multiple of f_align channels
+      q, z, gates = aligned_projection.AlignedSplitDense(
+          (c, c, self.num_gates()), self.f_align, kernel_init=dense_init, dtype=self.dtype,
+          param_dtype=self.param_dtype, name="f")(x)
 
     # Z^l = GELU(DWConv_l(Z^{l-1})) for l = 1..L, k_l x k_l depthwise convs; the global context
     # Z^{L+1} = GELU(GlobalAvgPool(Z^L)), the mean in float32; Z^out = sum_l G^l * Z^l (divided by

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from focalnet_jax.kernels import depthwise, focal_context
+from focalnet_jax.kernels import aligned_projection, depthwise, focal_context
 from focalnet_jax.kernels import remat as remat_lib
 from focalnet_jax.model.layers import DropPath, Downsample, Mlp, dense_init, layer_norm
 from focalnet_jax.model.modulation import FocalModulation
@@ -72,6 +72,7 @@ class FocalNetBlock(nn.Module):
   interaction: str = "multiply"
   depthwise_impl: str = "auto"
   focal_context_impl: str = "reference"
+  f_align: int = 1
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -94,6 +95,7 @@ class FocalNetBlock(nn.Module):
         drop_rate=self.drop_rate,
         depthwise_impl=self.depthwise_impl,
         focal_context_impl=self.focal_context_impl,
+        f_align=self.f_align,
         dtype=self.dtype,
         param_dtype=self.param_dtype,
         name="modulation",
@@ -186,18 +188,21 @@ class FocalNet(nn.Module):
   interaction: str = "multiply"
   # Implementation: compute/storage dtypes, what each block keeps for the backward pass
   # ('none', 'block', 'dots': kernels/remat.py), depthwise conv, and the focal context Z^out
-  # ('reference', 'fused' or 'pallas', see kernels/focal_context.py).
+  # ('reference', 'fused' or 'pallas', see kernels/focal_context.py), and the channel multiple
+  # at which the fused `f` matmul writes q, f_z and the gates (kernels/aligned_projection.py).
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   remat: str = "none"
   depthwise_impl: str = "auto"
   focal_context_impl: str = "reference"
+  f_align: int = 1
 
   def __post_init__(self):
     validate(self)
     # Resolved once here, not per call: the model then names what it runs.
     object.__setattr__(self, "depthwise_impl", depthwise.resolve(self.depthwise_impl))
     object.__setattr__(self, "remat", remat_lib.resolve(self.remat))
+    object.__setattr__(self, "f_align", aligned_projection.check_align(self.f_align))
     super().__post_init__()
 
   @property
@@ -263,6 +268,7 @@ class FocalNet(nn.Module):
           interaction=self.interaction,
           depthwise_impl=self.depthwise_impl,
           focal_context_impl=self.focal_context_impl,
+          f_align=self.f_align,
       )
       start = sum(self.depths[:i])
       stages.append(

@@ -87,6 +87,7 @@ def benchmark_config(args: argparse.Namespace, image_size: int, micro_batch_size
   config.model.depthwise_impl = args.depthwise_impl
   config.model.focal_context_impl = args.focal_context_impl
   config.model.remat = args.remat
+  config.model.f_align = args.f_align
   config.model.chunk_elements = chunk_elements(args.chunk_elements)
   config.image_size = image_size
   config.batch_size = args.batch_size
@@ -301,6 +302,9 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--remat", nargs="?", const="block", default="none", choices=("none", "block", "dots"),
                  help="what each block keeps for the backward pass (focalnet_jax.kernels.remat); "
                       "--remat alone means 'block'")
+  p.add_argument("--f-align", type=int, default=1,
+                 help="write each segment (q, f_z, gates) of the modulation's fused f matmul at a multiple "
+                      "of this many channels (focalnet_jax.kernels.aligned_projection; same parameters)")
   p.add_argument("--micro-batch-size", default="0",
                  help="train: run the step's forward/backward over micro-batches of this size and "
                       "accumulate (the update is the whole batch's; the config's grad_accum_steps); "

@@ -23,7 +23,7 @@ HARMLESS_ON_RESUME = frozenset({
     "log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "async_checkpoints",
     "eval_every_steps", "eval_batch_size", "eval_split", "crop_ratio", "data_threads", "data_dir",
     "nonfinite", "init_from", "allow_config_change", "model.chunk_elements", "model.depthwise_impl",
-    "model.focal_context_impl", "model.remat",
+    "model.focal_context_impl", "model.remat", "model.f_align",
     "mesh.data", "mesh.fsdp", "fsdp_min_size",
 })
 
@@ -108,7 +108,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "model.depths": _optional(_positive_ints), "model.embed_dim": _optional(_int(1)),
     "model.patch_size": _optional(_int(1)), "model.num_classes": _optional(_int(1)),
     "model.drop_rate": _optional(_BELOW_ONE), "model.drop_path_rate": _optional(_BELOW_ONE),
-    "model.mlp_ratio": _optional(_POSITIVE),
+    "model.mlp_ratio": _optional(_POSITIVE), "model.f_align": _int(1),
 }
 
 

@@ -251,7 +251,7 @@ def _start(config, workdir: str, data: data_lib.Dataset, mesh) -> tuple[Run, int
   logits_fn = eval_lib.model_logits_fn(model, config.model.chunk_elements)
   eval_step = jax.jit(eval_lib.make_eval_step(logits_fn, info.num_classes), out_shardings=sharding.replicated(mesh))
   execution = {"depthwise_impl": model.depthwise_impl, "focal_context_impl": model.focal_context_impl,
-               "remat": model.remat, "chunk_elements": config.model.chunk_elements}
+               "remat": model.remat, "f_align": model.f_align, "chunk_elements": config.model.chunk_elements}
   meta = {"model": config.model.name, "model_overrides": overrides, "execution": execution,
           "config": json.loads(config.to_json_best_effort()), "image_size": config.image_size,
           "num_classes": info.num_classes, "class_names": list(info.class_names),

@@ -25,7 +25,7 @@ HEAD_PREFIX = "head/"
 # config.model fields that choose how the model runs, not what it computes. They are passed to the
 # model (the FocalNet fields among them) but not recorded as its architecture in checkpoints: a
 # checkpoint evaluated elsewhere runs the implementations that machine picks.
-EXECUTION_FIELDS = ("chunk_elements", "depthwise_impl", "focal_context_impl", "remat")
+EXECUTION_FIELDS = ("chunk_elements", "depthwise_impl", "f_align", "focal_context_impl", "remat")
 
 
 def model_overrides(config: ml_collections.ConfigDict, num_classes: int) -> dict[str, Any]:
