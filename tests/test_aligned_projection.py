@@ -12,10 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from absl import flags
-from ml_collections import config_flags
 
 import train_utils
+from test_configs import load
 from test_model import images, random_variables, tree_allclose
 from focalnet_jax.kernels import aligned_projection
 from focalnet_jax.model import FocalModulation
@@ -28,15 +27,6 @@ from focalnet_jax.train.state import build_model
 SMALL = dict(embed_dim=12, depths=(1, 1), num_classes=10, depthwise_impl="xla", drop_path_rate=0.0)
 ABLATIONS = {"default": {}, "no_gating": {"use_gating": False},
              "no_global_context": {"use_global_context": False}}
-
-
-def load(path, *overrides):
-  """The config as train.py parses it (locked, command-line overrides applied)."""
-  argv = ["train.py", f"--config={path}", *overrides]
-  fv = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, flag_values=fv, lock_config=True, sys_argv=argv)
-  fv(argv)
-  return fv.config
 
 
 def small_model(**overrides):

@@ -89,12 +89,13 @@ def without_erf(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def portable_model(model: Any) -> Any:
   """`model` with the implementations every backend runs: 'xla' depthwise convs and the reference
-  focal context (no CPU custom calls, no Pallas kernels)."""
+  focal context (no CPU custom calls, no Pallas kernels), and `f` in the checkpoint's own layout
+  (no padded columns in the exported graph)."""
   from focalnet_jax.model import FocalNet
 
   if not isinstance(model, FocalNet):
     raise TypeError(f"export takes a FocalNet classifier, got {type(model).__name__}.")
-  return model.clone(depthwise_impl="xla", focal_context_impl="reference")
+  return model.clone(depthwise_impl="xla", focal_context_impl="reference", f_align=1)
 
 
 def _image_spec(model: Any, image_size: int | Sequence[int], batch_size: int | None) -> jax.ShapeDtypeStruct:
