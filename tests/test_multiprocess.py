@@ -41,11 +41,11 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _launch(workdir, devices, extra=(), **overrides):
+def _launch(workdir, devices, extra=(), env=None, **overrides):
   args = [f"--config={os.path.join(train_utils.ROOT, 'configs', 'default.py')}", f"--workdir={workdir}"]
   args += [f"--config.{k}={v}" for k, v in {**OVERRIDES, **overrides}.items()] + list(extra)
   code = WORKER.format(root=train_utils.ROOT, tests=os.path.dirname(__file__), devices=devices, args=args)
-  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
   env.pop("XLA_FLAGS", None)
   return subprocess.Popen([sys.executable, "-c", code], env=env, cwd=train_utils.ROOT,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -59,10 +59,10 @@ def _train_losses(workdir):
   return [train[s] for s in sorted(train)], evals[-1]
 
 
-def _pair(workdir, **overrides):
+def _pair(workdir, env=None, **overrides):
   port = _free_port()
   return [_launch(workdir, 4, [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
-                  **overrides) for i in range(2)]
+                  env, **overrides) for i in range(2)]
 
 
 def _outputs(procs, timeout=420):
@@ -93,15 +93,12 @@ def test_two_processes_match_one(tmp_path):
   assert multi_eval["num_examples"] == single_eval["num_examples"] == train_utils.NUM_EVAL
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_one_signalled_process_stops_both_at_the_same_step(tmp_path, signum):
-  # Logging and checkpoint intervals far beyond where the run is stopped: the processes must agree
-  # on a step without the log-step all-gather (JAX's preemption service does it).
-  workdir = str(tmp_path / "multi")
-  total = 100_000
-  procs = _pair(workdir, total_steps=total, log_every_steps=total, checkpoint_every_steps=total)
+def _signal_one_of_two(workdir, signum, env=None, **overrides):
+  """Runs two processes, signals process 1 once its train step is compiled; returns the step both
+  saved (checking both exit 75 and that this step is the only checkpoint)."""
+  procs = _pair(workdir, env, **overrides)
   head = []
-  for line in procs[1].stdout:  # signal process 1 once its train step is compiled
+  for line in procs[1].stdout:
     head.append(line)
     if "Compiled the train step" in line:
       break
@@ -112,5 +109,24 @@ def test_one_signalled_process_stops_both_at_the_same_step(tmp_path, signum):
   for p, out in zip(procs, outputs):
     assert p.returncode == 75, out[-4000:]  # preempted: a distinct exit status on both processes
     saved += [int(s) for s in re.findall(r"saved step (\d+) to", out)]
-  assert len(saved) == 2 and saved[0] == saved[1] and 0 < saved[0] < total, outputs[0][-3000:]
+  assert len(saved) == 2 and saved[0] == saved[1], outputs[0][-3000:]
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == [str(saved[0])]
+  return saved[0]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_one_signalled_process_stops_both_at_the_same_step(tmp_path, signum):
+  # Logging and checkpoint intervals far beyond where the run is stopped: the processes must agree
+  # on a step without the log-step all-gather (JAX's preemption service does it).
+  total = 100_000
+  step = _signal_one_of_two(str(tmp_path / "multi"), signum, total_steps=total, log_every_steps=total,
+                            checkpoint_every_steps=total)
+  assert 0 < step < total
+
+
+def test_without_the_preemption_service_both_stop_at_a_log_step(tmp_path):
+  # The service switched off: Python handles SIGTERM and the processes agree at log steps.
+  total = 100_000
+  step = _signal_one_of_two(str(tmp_path / "multi"), signal.SIGTERM, {"JAX_ENABLE_PREEMPTION_SERVICE": "false"},
+                            total_steps=total, log_every_steps=7, checkpoint_every_steps=total)
+  assert 0 < step < total and step % 7 == 0
