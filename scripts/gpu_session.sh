@@ -51,7 +51,7 @@ check() {
   versions >"$OUT/versions.txt" 2>&1; cat "$OUT/versions.txt"
   # Tests that need no TensorFlow and no 8-device mesh; the GPU is the default backend.
   JAX_PLATFORMS=${TEST_PLATFORMS:-cuda,cpu} timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_network.py \
-      tests/test_step.py tests/test_arrays.py tests/test_summary.py >"$OUT/tests.txt" 2>&1
+      tests/test_step.py tests/test_arrays.py tests/test_summary.py tests/test_aligned_projection.py >"$OUT/tests.txt" 2>&1
   summary+=("tests: $(tail -n 1 "$OUT/tests.txt")")
   for run in a b; do quickstart "$OUT/qs_$run"; done
   for run in c d; do XLA_FLAGS=--xla_gpu_deterministic_ops=true quickstart "$OUT/qs_$run"; done
