@@ -9,9 +9,12 @@ import logging
 import time
 
 
-def _duration(seconds: float) -> str:
-  minutes, secs = divmod(int(max(seconds, 0)), 60)
-  return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{secs:02d}s"
+def format_duration(seconds: float) -> str:
+  """'4m05s', or '1h02m05s' from an hour on (ETAs here and in the training log)."""
+  seconds = int(max(seconds, 0))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
 class Progress:
@@ -29,6 +32,6 @@ class Progress:
     self.last = now
     rate = done / (now - self.start)
     line = (f"{self.what}: {done}/{self.total} ({done / self.total:.0%}), "
-            f"ETA {_duration((self.total - done) / max(rate, 1e-9))}")
+            f"ETA {format_duration((self.total - done) / max(rate, 1e-9))}")
     logging.getLogger("focalnet_jax").info(line)
     return line

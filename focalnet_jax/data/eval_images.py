@@ -38,14 +38,22 @@ def crop_offsets(height: int, width: int, image_size: int) -> tuple[int, int]:
   return int(round((height - image_size) / 2.0)), int(round((width - image_size) / 2.0))
 
 
+def resample_filter(interpolation: str):
+  """PIL's resampling filter for `interpolation` ('bicubic' or 'bilinear'); ValueError otherwise."""
+  from PIL import Image
+
+  filters = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+  if interpolation not in filters:
+    raise ValueError(f"interpolation must be 'bicubic' or 'bilinear', got {interpolation!r}.")
+  return filters[interpolation]
+
+
 def eval_pixels(path: str, image_size: int = 224, crop_ratio: float = 0.875,
                 interpolation: str = "bicubic") -> np.ndarray:
   """One image file -> its resized, centre-cropped uint8 RGB pixels (image_size, image_size, 3)."""
   from PIL import Image, UnidentifiedImageError
 
-  resample = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}.get(interpolation)
-  if resample is None:
-    raise ValueError(f"interpolation must be 'bicubic' or 'bilinear', got {interpolation!r}.")
+  resample = resample_filter(interpolation)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"No image file at {path!r}.")
   try:

@@ -92,8 +92,10 @@ def _list_images(class_dir: str) -> list[str]:
   for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
     keep = []
     for d in sorted(dirnames):
+      if d.startswith("."):
+        continue
       real = os.path.realpath(os.path.join(dirpath, _checked_name(dirpath, d)))
-      if d.startswith(".") or real in seen:
+      if real in seen:
         continue
       if not (real + os.sep).startswith(top + os.sep):
         logging.warning("Not following %s: it links outside its class directory %s (to %s).",

@@ -19,7 +19,6 @@ from focalnet_jax.data import eval_images
 from focalnet_jax.data.eval_images import normalize
 
 _TRIES = 10
-_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
 
 def check_supported(config) -> None:
@@ -30,8 +29,7 @@ def check_supported(config) -> None:
         f"RandAugment (aug.randaug_num_ops={a.randaug_num_ops}) and random erasing (aug.random_erase_prob="
         f"{a.random_erase_prob}) run only in the tf.data pipeline, which needs TensorFlow; set both to 0 to "
         "train on an in-memory dataset, or install TensorFlow (requirements.txt).")
-  if config.interpolation not in _FILTERS:
-    raise ValueError(f"interpolation must be 'bicubic' or 'bilinear', got {config.interpolation!r}.")
+  eval_images.resample_filter(config.interpolation)  # a ValueError naming the choices
 
 
 def rrc_window(rng: np.random.Generator, height: int, width: int, scale: Sequence[float],
@@ -66,7 +64,7 @@ def train_transform(image: np.ndarray, rng: np.random.Generator, config) -> np.n
   a, size = config.aug, config.image_size
   img = _rgb(image)
   top, left, h, w = rrc_window(rng, img.height, img.width, a.rrc_scale, a.rrc_ratio)
-  img = img.resize((size, size), _FILTERS[config.interpolation], box=(left, top, left + w, top + h))
+  img = img.resize((size, size), eval_images.resample_filter(config.interpolation), box=(left, top, left + w, top + h))
   out = np.asarray(img)
   if a.hflip and rng.uniform() < 0.5:
     out = out[:, ::-1]
@@ -77,5 +75,5 @@ def eval_transform(image: np.ndarray, config) -> np.ndarray:
   """uint8 (H, W[, 3]) -> normalised float32 (S, S, 3): resize the shorter side, centre crop, with
   the rounding of `eval_images` (torchvision's)."""
   pixels = eval_images.resize_and_crop(_rgb(image), config.image_size, config.crop_ratio,
-                                       _FILTERS[config.interpolation])
+                                       eval_images.resample_filter(config.interpolation))
   return normalize(pixels, config.aug.mean, config.aug.std)

@@ -15,6 +15,8 @@ from typing import Any, Mapping
 import numpy as np
 from absl import logging
 
+from focalnet_jax.progress import format_duration
+
 
 METRICS_FILE = "metrics.jsonl"  # one JSON record per log or eval step; `read_metrics` reads it back
 
@@ -28,8 +30,8 @@ class _QuietLibraries(std_logging.Filter):
 
 def quiet_library_logs() -> None:
   """Installs the filter on absl's handler (call once, from an entry point's main, before
-  TensorFlow is imported), and hides TensorFlow's C++ INFO lines (the oneDNN notice on import)
-  unless TF_CPP_MIN_LOG_LEVEL is set."""
+  TensorFlow is imported), and hides the C++ INFO lines TensorFlow logs once it runs, unless
+  TF_CPP_MIN_LOG_LEVEL is set (the lines it prints on import are `data.tf_import`'s to drop)."""
   logging.get_absl_handler().addFilter(_QuietLibraries())
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
@@ -44,13 +46,6 @@ def average(sums: Mapping[str, Any]) -> dict[str, float]:
     else:
       out[key] = float(np.asarray(value))
   return out
-
-
-def format_duration(seconds: float) -> str:
-  seconds = int(max(seconds, 0))
-  h, rem = divmod(seconds, 3600)
-  m, s = divmod(rem, 60)
-  return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
 class Writer:
