@@ -74,13 +74,19 @@ def focal_context_reference(spec: ContextSpec, z: jax.Array, kernels: tuple[jax.
     # Z^l = GELU(DWConv_l(Z^{l-1})), a k_l x k_l depthwise conv; Z^out += G^l * Z^l.
     z = gelu(depthwise.depthwise_conv(z, kernel, spec.depthwise_impl))
     z_out = z_out + gated(z, level)
+  return _add_global_context(spec, z, z_out, gates, len(kernels))
+
+
+def _add_global_context(spec: ContextSpec, z_last: jax.Array, z_out: jax.Array, gates: jax.Array | None,
+                        num_levels: int) -> jax.Array:
+  """Z^out after the levels -> the final Z^out: the global term, then the optional normalisation."""
   if spec.use_global_context:
     # Z^{L+1} = GELU(GlobalAvgPool(Z^L)), the mean in float32; Z^out += G^{L+1} * Z^{L+1}.
-    mean = jnp.mean(z.astype(jnp.float32), axis=(1, 2), keepdims=True)
-    z_global = gelu(mean).astype(z.dtype)
-    z_out = z_out + gated(z_global, len(kernels))
+    mean = jnp.mean(z_last.astype(jnp.float32), axis=(1, 2), keepdims=True)
+    z_global = gelu(mean).astype(z_last.dtype)
+    z_out = z_out + (z_global if gates is None else z_global * gates[..., num_levels : num_levels + 1])
   if spec.normalize_modulator:  # divide by the number of summed terms
-    z_out = z_out / (len(kernels) + int(spec.use_global_context))
+    z_out = z_out / (num_levels + int(spec.use_global_context))
   return z_out
 
 
@@ -126,12 +132,7 @@ def _pallas_forward(spec: ContextSpec, z: jax.Array, kernels: tuple[jax.Array, .
   for level, kernel in enumerate(kernels):
     gate = None if gates is None else gates[..., level : level + 1]
     z, z_out = pallas_focal_level.focal_level(z, kernel, gate, z_out, interpret=interpret)
-  if spec.use_global_context:
-    z_global = gelu(jnp.mean(z.astype(jnp.float32), axis=(1, 2), keepdims=True)).astype(z.dtype)
-    z_out = z_out + (z_global if gates is None else z_global * gates[..., len(kernels) :])
-  if spec.normalize_modulator:
-    z_out = z_out / (len(kernels) + int(spec.use_global_context))
-  return z_out
+  return _add_global_context(spec, z, z_out, gates, len(kernels))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))

@@ -222,6 +222,11 @@ class FocalNet(nn.Module):
     """Total downsampling: input sides must be multiples of this."""
     return self.patch_size * 2 ** (self.num_stages - 1)
 
+  def with_reference_execution(self) -> "FocalNet":
+    """The same network run the plain way every backend supports (same parameters and values):
+    'xla' depthwise convs, the reference focal context, no remat, `f` in its own layout."""
+    return self.clone(depthwise_impl="xla", focal_context_impl="reference", remat="none", f_align=1)
+
   def check_image_size(self, height: int, width: int) -> None:
     """Raises ValueError, with the nearest valid sides, unless both sides are multiples of `stride`."""
     s = self.stride
@@ -367,8 +372,7 @@ def validate(model: FocalNet) -> None:
     )
   if model.mlp_ratio <= 0:
     raise ValueError(f"mlp_ratio={model.mlp_ratio} must be positive.")
-  if model.focal_context_impl not in focal_context.available():
-    raise ValueError(f"focal_context_impl={model.focal_context_impl!r} must be one of {focal_context.available()}.")
+  focal_context.check(model.focal_context_impl)
   if model.interaction not in ("multiply", "add"):
     raise ValueError(f"interaction={model.interaction!r} must be 'multiply' or 'add'.")
   if not model.use_global_context and min(levels) == 0:

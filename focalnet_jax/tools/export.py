@@ -95,7 +95,7 @@ def portable_model(model: Any) -> Any:
 
   if not isinstance(model, FocalNet):
     raise TypeError(f"export takes a FocalNet classifier, got {type(model).__name__}.")
-  return model.clone(depthwise_impl="xla", focal_context_impl="reference", f_align=1)
+  return model.with_reference_execution()
 
 
 def _image_spec(model: Any, image_size: int | Sequence[int], batch_size: int | None) -> jax.ShapeDtypeStruct:

@@ -40,8 +40,9 @@ def _abstract_images(model: FocalNet, image_size: int | None) -> jax.ShapeDtypeS
 
 def _for_tracing(model: FocalNet) -> FocalNet:
   # Same parameters and values, fewer equations: the 'shift' depthwise conv traces k*k ops
-  # per focal level (slow to trace for the big models) and hides the conv's MACs.
-  return model.clone(depthwise_impl="xla", remat=False)
+  # per focal level (slow to trace for the big models) and hides the conv's MACs, as a Pallas
+  # focal context would; `f_align` would count the padded columns of `f`'s matmul.
+  return model.with_reference_execution()
 
 
 def abstract_variables(model: FocalNet, image_size: int | None = None) -> Any:

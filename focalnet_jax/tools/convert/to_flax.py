@@ -87,7 +87,6 @@ def convert_state_dict(
   return {"params": traverse_util.unflatten_dict(params)}
 
 
-BACKBONE_FIELDS = ("out_indices", "out_norms", "conv_stem_padding")  # FocalNetBackbone's own fields
 
 
 def _backbone_model(model_name: str, state_dict: Mapping[str, Any], table: Layout, prefix: str, detection: bool,
