@@ -51,13 +51,13 @@ def main(argv: list[str], data=None) -> None:
     )
   logging.info("Process %d/%d, %d local / %d global devices.", jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count())
-  from focalnet_jax.train import loop, train_and_evaluate
+  from focalnet_jax.train import stopping, train_and_evaluate
 
   result = train_and_evaluate(_CONFIG.value, _WORKDIR.value, data=data)
   if jax.process_index() == 0:
     print(json.dumps({"final": result}))
   if result.get("preempted"):
-    sys.exit(loop.PREEMPTED_EXIT_CODE)
+    sys.exit(stopping.PREEMPTED_EXIT_CODE)
 
 
 if __name__ == "__main__":

@@ -80,12 +80,18 @@ def from_config(config) -> Dataset:
 
 
 def resolve_data_dir(config, workdir: str):
-  """`config` with its data_dir made explicit: a 'digits' run keeps its data with the run
-  (`<workdir>/data`) unless told otherwise; other datasets keep theirs (None: TFDS's default)."""
-  if config.dataset != "digits" or config.data_dir is not None:
+  """`config` with its data's location made explicit, so that the saved config still names the
+  data from another directory: a 'digits' run keeps its data with the run (`<workdir>/data`)
+  unless told otherwise (other datasets keep their data_dir; None: TFDS's default), and a
+  `folder:` path is made absolute."""
+  folder = config.dataset[len("folder:"):] if config.dataset.startswith("folder:") else ""
+  if not folder and (config.dataset != "digits" or config.data_dir is not None):
     return config
   config = config.copy_and_resolve_references()
-  config.data_dir = os.path.join(os.path.abspath(workdir), "data")
+  if folder:
+    config.dataset = "folder:" + os.path.abspath(os.path.expanduser(folder))
+  else:
+    config.data_dir = os.path.join(os.path.abspath(workdir), "data")
   return config
 
 

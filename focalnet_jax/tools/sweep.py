@@ -195,8 +195,6 @@ def _run_point(counter: str, run: Run, workdir: str, train_fn: TrainFn) -> str:
   t0 = time.time()
   try:
     metrics = train_fn(run.config, point_dir)
-  except KeyboardInterrupt:
-    raise
   except Exception:  # noqa: BLE001 - one failed point must not lose the others
     logging.error("%s failed:\n%s", run.name, traceback.format_exc())
     return "failed"

@@ -17,18 +17,21 @@ import ml_collections
 
 from focalnet_jax.model import nearest_multiples
 
+# config.model fields that choose how the model runs, not what it computes. They are passed to the
+# model (the FocalNet fields among them) but not recorded as its architecture in checkpoints: a
+# checkpoint evaluated elsewhere runs the implementations that machine picks.
+EXECUTION_FIELDS = ("chunk_elements", "depthwise_impl", "f_align", "focal_context_impl", "remat")
+
 # Fields a resumed run may change freely: they decide what is logged, saved, evaluated or how
 # fast it runs, never the sequence of states the run goes through.
 HARMLESS_ON_RESUME = frozenset({
     "log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "async_checkpoints",
     "eval_every_steps", "eval_batch_size", "eval_split", "crop_ratio", "data_threads", "data_dir",
-    "nonfinite", "init_from", "allow_config_change", "model.chunk_elements", "model.depthwise_impl",
-    "model.focal_context_impl", "model.remat", "model.f_align",
-    "mesh.data", "mesh.fsdp", "fsdp_min_size",
-})
+    "nonfinite", "init_from", "allow_config_change", "mesh.data", "mesh.fsdp", "fsdp_min_size",
+} | {f"model.{name}" for name in EXECUTION_FIELDS})
 
 
-def _is_int(v: Any) -> bool:
+def is_int(v: Any) -> bool:
   return isinstance(v, int) and not isinstance(v, bool)
 
 
@@ -41,7 +44,7 @@ def _rule(kind: Callable[[Any], bool], ok: Callable[[Any], bool], need: str):
 
 
 def _int(lo: int, need: str = ""):
-  return _rule(_is_int, lambda v: v >= lo, need or f"an int >= {lo}")
+  return _rule(is_int, lambda v: v >= lo, need or f"an int >= {lo}")
 
 
 def _num(ok: Callable[[float], bool], need: str):
@@ -57,7 +60,7 @@ def _optional(rule):
 
 
 def _positive_ints(v: Any) -> str | None:
-  if isinstance(v, Sequence) and not isinstance(v, str) and v and all(_is_int(x) and x > 0 for x in v):
+  if isinstance(v, Sequence) and not isinstance(v, str) and v and all(is_int(x) and x > 0 for x in v):
     return None
   return "a non-empty sequence of positive ints, one per stage, e.g. (2, 2, 6, 2)"
 
@@ -86,7 +89,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "log_every_steps": _int(1), "checkpoint_every_steps": _int(1),
     "keep_checkpoints": _int(1, "an int >= 1 (0 would delete every checkpoint, the final one too)"),
     "eval_every_steps": _int(-1, "an int: > 0 every that many steps, -1 once per epoch, 0 only at the end"),
-    "total_steps": _rule(_is_int, lambda v: v == -1 or v > 0, "an int > 0, or -1 to use num_epochs"),
+    "total_steps": _rule(is_int, lambda v: v == -1 or v > 0, "an int > 0, or -1 to use num_epochs"),
     "num_epochs": _num(lambda v: v >= 0, "a number > 0 (or set total_steps > 0)"),
     "base_lr": _num(lambda v: v > 0, "a number > 0 (a negative rate runs gradient ascent)"),
     "warmup_lr": _NON_NEGATIVE, "min_lr": _NON_NEGATIVE, "lr_base_batch_size": _int(1),
@@ -99,7 +102,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "interpolation": _choice("bicubic", "bilinear"), "shuffle_buffer": _int(1),
     "data_threads": _optional(_int(1)), "corrupt_images": _choice("skip", "error"),
     "digits_split_seed": _int(0), "seed": _int(0), "fsdp_min_size": _int(0),
-    "mesh.data": _rule(_is_int, lambda v: v == -1 or v > 0, "an int > 0, or -1 for the remaining devices"),
+    "mesh.data": _rule(is_int, lambda v: v == -1 or v > 0, "an int > 0, or -1 for the remaining devices"),
     "mesh.fsdp": _int(1), "async_checkpoints": _BOOL, "allow_config_change": _BOOL,
     "dataset": _rule(lambda v: isinstance(v, str) and bool(v), bool, "a non-empty string"),
     "aug.rrc_scale": _pair_in_unit, "aug.rrc_ratio": _positive_pair, "aug.random_erase_prob": _UNIT,

@@ -30,10 +30,6 @@ from focalnet_jax.train import state as state_lib
 from focalnet_jax.train import step as step_lib
 from focalnet_jax.train import workdir as workdir_lib
 
-# train.py's exit status for a run stopped early (kept here, where train.py looks for it).
-PREEMPTED_EXIT_CODE = stopping.PREEMPTED_EXIT_CODE
-
-
 def compile_step(step_fn, state_sh, batch_sh, metric_names, abstract_sh, config):
   """The train step jitted over the mesh (state donated) and compiled ahead of the first batch."""
   repl = NamedSharding(batch_sh.mesh, P())
@@ -79,6 +75,7 @@ class Run:
   skipped_total: int = 0  # updates skipped (nonfinite='skip') since this process started
   clock: tuple[float, int] = (0.0, 0)  # (time, step) of the last log line
   intact: int | None = None  # the last step known committed to disk
+  preemption_service: bool = False  # JAX's preemption service decides multi-process stops
 
   def __post_init__(self):
     self.is_main = jax.process_index() == 0
@@ -174,7 +171,7 @@ class Run:
     batches = self.data.train_batches(config, start_step=start_step, process_index=jax.process_index(),
                                       process_count=jax.process_count())
     self.clock = (time.time(), start_step)
-    should_stop = stopping.StopAgreement(start_step, stopping.preemption_service_running())
+    should_stop = stopping.StopAgreement(start_step, self.preemption_service)
     step = start_step
     while step < total:
       batch = sharding.to_global(next(batches), self.batch_sh, ("image", "label"))
@@ -250,8 +247,8 @@ def _start(config, workdir: str, data: data_lib.Dataset, mesh) -> tuple[Run, int
   train_step = compile_step(step_fn, state_sh, batch_sh, step_lib.metric_names(config), abstract_sh, config)
   logits_fn = eval_lib.model_logits_fn(model, config.model.chunk_elements)
   eval_step = jax.jit(eval_lib.make_eval_step(logits_fn, info.num_classes), out_shardings=sharding.replicated(mesh))
-  execution = {"depthwise_impl": model.depthwise_impl, "focal_context_impl": model.focal_context_impl,
-               "remat": model.remat, "f_align": model.f_align, "chunk_elements": config.model.chunk_elements}
+  # The model's resolved values ('auto' made concrete); chunking is not a model field.
+  execution = {k: getattr(model, k, config.model.get(k)) for k in config_check.EXECUTION_FIELDS}
   meta = {"model": config.model.name, "model_overrides": overrides, "execution": execution,
           "config": json.loads(config.to_json_best_effort()), "image_size": config.image_size,
           "num_classes": info.num_classes, "class_names": list(info.class_names),
@@ -259,15 +256,6 @@ def _start(config, workdir: str, data: data_lib.Dataset, mesh) -> tuple[Run, int
   run = Run(config, data, sched, mngr, runlog.Writer(workdir, enabled=jax.process_index() == 0),
             state, train_step, eval_step, batch_sh, meta, last_saved=latest, intact=latest)
   return run, int(jax.device_get(state["step"])), train_rng
-
-
-def _absolute_folder(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """`folder:` paths made absolute, so the saved config still names the data from another cwd."""
-  if not config.dataset.startswith("folder:") or len(config.dataset) == len("folder:"):
-    return config
-  config = config.copy_and_resolve_references()
-  config.dataset = "folder:" + os.path.abspath(os.path.expanduser(config.dataset[len("folder:"):]))
-  return config
 
 
 @contextlib.contextmanager
@@ -281,10 +269,12 @@ def open_run(config: ml_collections.ConfigDict, workdir: str,
   config_check.check_values(config)
   workdir = os.path.abspath(workdir)
   data = data if data is not None else data_lib.from_config(config)
-  config = _absolute_folder(data_lib.resolve_data_dir(config, workdir))  # digits data lives with its run
+  config = data_lib.resolve_data_dir(config, workdir)  # digits data lives with its run; folders absolute
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
-  with workdir_lib.locked(workdir, enabled=jax.process_index() == 0), stopping.stop_signals(), jax.set_mesh(mesh):
+  with workdir_lib.locked(workdir, enabled=jax.process_index() == 0), stopping.stop_signals() as service, \
+      jax.set_mesh(mesh):
     run, start_step, rng = _start(config, workdir, data, mesh)
+    run.preemption_service = service
     try:
       yield run, start_step, rng
       run.check_saves(wait=True)  # a failed last save is an error, not a silent exit 0

@@ -18,16 +18,10 @@ from absl import logging
 
 from focalnet_jax import checkpoint
 from focalnet_jax.model import FocalNet, variants
-from focalnet_jax.train import sharding
+from focalnet_jax.train.config_check import EXECUTION_FIELDS
 
 State = dict[str, Any]
 HEAD_PREFIX = "head/"
-# config.model fields that choose how the model runs, not what it computes. They are passed to the
-# model (the FocalNet fields among them) but not recorded as its architecture in checkpoints: a
-# checkpoint evaluated elsewhere runs the implementations that machine picks.
-EXECUTION_FIELDS = ("chunk_elements", "depthwise_impl", "f_align", "focal_context_impl", "remat")
-
-
 def model_overrides(config: ml_collections.ConfigDict, num_classes: int) -> dict[str, Any]:
   """The architecture fields the config sets (None = the variant's value), JSON-ready."""
   overrides = {k: v for k, v in config.model.to_dict().items()

@@ -77,10 +77,10 @@ class StopAgreement:
   run is still restoring or compiling settles on the first step instead of a step already past."""
 
   def __init__(self, start_step: int, service: bool) -> None:
-    self.start_step, self.service = start_step, service
+    self.start_step, self.service, self.single = start_step, service, jax.process_count() == 1
 
   def __call__(self, step: int, log_every_steps: int) -> bool:
-    if jax.process_count() == 1:
+    if self.single:
       return _STOP.is_set()
     if self.service:  # a local check when nothing happened, no communication
       return multihost_utils.reached_preemption_sync_point(step - self.start_step)
@@ -89,18 +89,20 @@ class StopAgreement:
 
 
 @contextlib.contextmanager
-def stop_signals() -> Iterator[None]:
-  """SIGTERM and Ctrl-C ask the loop to save and stop while the block runs (in the main thread)."""
+def stop_signals() -> Iterator[bool]:
+  """SIGTERM and Ctrl-C ask the loop to save and stop while the block runs (in the main thread).
+  Yields whether JAX's preemption service runs (then it owns SIGTERM; see `StopAgreement`)."""
   _STOP.clear()
+  service = preemption_service_running()
   if threading.current_thread() is not threading.main_thread():
-    yield
+    yield service
     return
   handlers = {signal.SIGINT: request_stop, signal.SIGTERM: request_stop}
-  if preemption_service_running():
+  if service:
     handlers = {signal.SIGINT: _hand_to_service}  # SIGTERM stays with JAX's preemption service
   old = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
   try:
-    yield
+    yield service
   finally:
     for sig, handler in old.items():
       signal.signal(sig, handler)

@@ -23,6 +23,8 @@ from typing import Iterator
 
 from absl import logging
 
+from focalnet_jax.train.config_check import is_int
+
 LOCK = "run.lock"
 HISTORY = "config_history.jsonl"
 
@@ -87,7 +89,7 @@ def acquire(workdir: str) -> str:
     held = _read(path)
     if held is None:
       continue
-    if held.get("host") == me["host"] and _is_int(held.get("pid")) and not _alive(held["pid"], held.get("pid_start")):
+    if held.get("host") == me["host"] and is_int(held.get("pid")) and not _alive(held["pid"], held.get("pid_start")):
       logging.warning("Taking over the lock of a run that is no longer running (%s).", _describe(held))
       with contextlib.suppress(FileNotFoundError):
         os.remove(path)
@@ -102,10 +104,6 @@ def acquire(workdir: str) -> str:
         "would overwrite each other's checkpoints and logs. If that run is still going, pass another "
         f"--workdir. If it is not (it crashed or its machine is gone), delete {path} and rerun.")
   raise RuntimeError(f"Could not take the lock {path}: other runs keep taking it. Pass another --workdir.")
-
-
-def _is_int(v) -> bool:
-  return isinstance(v, int) and not isinstance(v, bool)
 
 
 def release(path: str) -> None:
