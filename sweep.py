@@ -36,6 +36,9 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   runlog.quiet_library_logs()
   from focalnet_jax.tools import sweep, sweep_report
+  from focalnet_jax.train import config_check
+
+  config_check.check_sequence_flags(sys.argv)  # --config.model.depths=3 would build one-stage points
 
   spec = config_flags.get_config_filename(flags.FLAGS["config"])
   _, points = sweep.load_sweep(spec)

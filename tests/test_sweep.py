@@ -194,6 +194,15 @@ def test_cli_print_commands_writes_commands_sh(tmp_path):
   assert not (tmp_path / "baseline").exists()  # nothing trained
 
 
+def test_cli_refuses_a_bare_number_for_a_per_stage_field(tmp_path):
+  out = subprocess.run(
+      [sys.executable, "sweep.py", "--config=configs/ablations/depths.py:quickstart", f"--workdir={tmp_path}",
+       "--print_commands", "--config.model.depths=3"],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert out.returncode != 0 and "model.depths takes one value per stage" in out.stderr, out.stderr[-2000:]
+  assert not (tmp_path / "commands.sh").exists()
+
+
 # --- aggregation ------------------------------------------------------------------------------
 
 
