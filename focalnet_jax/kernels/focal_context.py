@@ -127,11 +127,15 @@ def focal_context_fused(spec: ContextSpec, z0: jax.Array, kernels: tuple[jax.Arr
 def _pallas_forward(spec: ContextSpec, z: jax.Array, kernels: tuple[jax.Array, ...],
                     gates: jax.Array | None) -> jax.Array:
   """The reference's forward with each level one Pallas kernel (interpreted on CPU)."""
-  interpret = jax.default_backend() == "cpu"
   z_out = jnp.zeros_like(z)
   for level, kernel in enumerate(kernels):
     gate = None if gates is None else gates[..., level : level + 1]
-    z, z_out = pallas_focal_level.focal_level(z, kernel, gate, z_out, interpret=interpret)
+    # Chosen by the platform the program is lowered for, not the default backend, so that a
+    # program compiled ahead of time for a GPU (tools.aot) gets the compiled kernel.
+    z, z_out = jax.lax.platform_dependent(
+        z, kernel, gate, z_out,
+        cpu=functools.partial(pallas_focal_level.focal_level, interpret=True),
+        default=functools.partial(pallas_focal_level.focal_level, interpret=False))
   return _add_global_context(spec, z, z_out, gates, len(kernels))
 
 
