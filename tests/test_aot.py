@@ -114,3 +114,16 @@ def _cuda_plugin_installed() -> bool:
 def test_without_the_cuda_plugin_the_tool_says_what_to_install(capsys):
   with pytest.raises(SystemExit, match=r'pip install "jax\[cuda13\]==' + jax.__version__):
     aot.main(["--variant", "depthwise=xla"])
+
+
+def test_kernels_are_attributed_to_the_model_scope_they_come_from():
+  fwd = "jit(step_fn)/jvp(FocalNet)/FocalNet._forward/FocalNet.run_stage/layers_0/blocks_1/norm1/reduce_sum"
+  bwd = "jit(step_fn)/transpose(jvp(FocalNet))/FocalNet._forward/FocalNet.run_stage/layers_2/blocks_0/mlp/fc1/dot_general"
+  assert hlo_traffic.scope(fwd) == "forward blocks/norm1"
+  assert hlo_traffic.scope(bwd) == "backward blocks/mlp/fc1"
+  assert hlo_traffic.scope("jit(step_fn)/add").startswith("other")
+  text = _GPU_HLO.replace('custom_call_target="__cudnn$convForward"',
+                          f'custom_call_target="__cudnn$convForward", metadata={{op_name="{bwd}"}}')
+  by_scope = {s: (n, b) for s, n, b in hlo_traffic.traffic_by_scope(text)}
+  assert by_scope["backward blocks/mlp/fc1"] == (1, 256 + 288 + 256)  # the conv, now tagged
+  assert sum(b for _, b in by_scope.values()) == sum(b for _, b in hlo_traffic.kernel_traffic(text).values())

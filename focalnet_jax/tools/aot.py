@@ -79,6 +79,7 @@ class Compiled:
   traffic: dict[str, tuple[float, float]]  # kind -> (launches, bytes), from hlo_traffic
   device_bytes: int
   error: str = ""
+  scopes: list[tuple[str, float, float]] = dataclasses.field(default_factory=list)  # hlo_traffic.traffic_by_scope
 
   def launches(self, *kinds: str) -> int:
     return int(sum(n for k, (n, _) in self.traffic.items() if not kinds or k in kinds))
@@ -143,8 +144,9 @@ def compile_variant(args: argparse.Namespace, spec: str, device: Any) -> Compile
   stats = compiled.memory_analysis()
   device_bytes = stats.argument_size_in_bytes + stats.temp_size_in_bytes + (
       stats.output_size_in_bytes - stats.alias_size_in_bytes)
-  return Compiled(spec, details, time.perf_counter() - t0, hlo_traffic.kernel_traffic(compiled.as_text()),
-                  device_bytes)
+  text = compiled.as_text()
+  return Compiled(spec, details, time.perf_counter() - t0, hlo_traffic.kernel_traffic(text), device_bytes,
+                  scopes=hlo_traffic.traffic_by_scope(text))
 
 
 def format_table(rows: list[Compiled], batch: int, hbm_tbps: float) -> str:
@@ -164,6 +166,15 @@ def format_table(rows: list[Compiled], batch: int, hbm_tbps: float) -> str:
   return "\n".join(lines)
 
 
+def format_scopes(row: Compiled, top: int, hbm_tbps: float) -> str:
+  """Where one variant's traffic goes: the `top` model scopes (forward/backward, module path)."""
+  total = row.traffic_bytes()
+  lines = [f"Traffic by scope, {row.details}:", "| scope | launches | GB/step | share | floor ms |", "|---|---|---|---|---|"]
+  for name, n, b in row.scopes[:top]:
+    lines.append(f"| {name} | {n:.0f} | {b / 1e9:.2f} | {b / total:.1%} | {b / (hbm_tbps * 1e12) * 1e3:.2f} |")
+  return "\n".join(lines)
+
+
 def parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--target", default="h200", help="a bundled GPU (h100, h200) or a GpuTargetConfig .txtpb file")
@@ -180,6 +191,8 @@ def parser() -> argparse.ArgumentParser:
                       + "; ".join(DEFAULT_VARIANTS))
   p.add_argument("--hbm-tbps", type=float, default=DEFAULT_HBM_TBPS,
                  help="device-memory bandwidth for the floor time (default: the H200's measured copy rate)")
+  p.add_argument("--by-scope", type=int, default=0, metavar="N",
+                 help="also print the N model scopes (forward/backward, module) moving most bytes, per variant")
   return p
 
 
@@ -203,6 +216,9 @@ def main(argv: list[str] | None = None) -> None:
         f"{device.device_kind} without a GPU (jax {jax.__version__}, {time.strftime('%Y-%m-%d')}); floor = "
         f"traffic / {args.hbm_tbps} TB/s")
   print(format_table(rows, args.batch_size, args.hbm_tbps))
+  for row in rows if args.by_scope else ():
+    if not row.error:
+      print("\n" + format_scopes(row, args.by_scope, args.hbm_tbps))
 
 
 if __name__ == "__main__":

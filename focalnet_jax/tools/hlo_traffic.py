@@ -152,14 +152,29 @@ def _result_bytes(instr: Instruction) -> float:
   return element_bytes(instr.shape)
 
 
-def kernel_traffic(text: str) -> dict[str, tuple[float, float]]:
-  """kind -> (launches, bytes read + written) of one run of the program in `text`."""
+@dataclasses.dataclass(frozen=True)
+class Kernel:
+  """One kernel of the program: its kind, how often one run launches it, the bytes each launch moves."""
+  kind: str
+  launches: float
+  bytes: float
+  op_name: str  # the JAX op it came from (XLA's metadata), e.g. 'jit(f)/FocalNet.../mlp/fc1/dot_general'
+
+
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+
+
+def kernels(text: str) -> list[Kernel]:
+  """Every kernel of one run of the program in `text`, loop bodies counted by their trip count."""
   computations, entry = parse(text)
-  totals: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0])
+  found: list[Kernel] = []
+
+  def cost(comp: str) -> float:
+    return sum(element_bytes(i.shape) for i in computations.get(comp, []) if i.opcode not in _BOOKKEEPING)
 
   def walk(name: str, times: float) -> None:
     instrs = computations.get(name, [])
-    shapes = {i.name: i for i in instrs}
+    by_name = {i.name: i for i in instrs}
     for instr in instrs:
       if instr.opcode in _BOOKKEEPING:
         continue
@@ -171,20 +186,49 @@ def kernel_traffic(text: str) -> dict[str, tuple[float, float]]:
           for attr, comp in called:
             walk(comp, n + (times if attr == "condition" else 0))
         elif instr.opcode == "conditional":  # one branch runs: count the costliest
-          costs = [(_cost(comp), comp) for _, comp in called]
-          if costs:
-            walk(max(costs)[1], times)
+          if called:
+            walk(max((cost(comp), comp) for _, comp in called)[1], times)
         else:
           for _, comp in called:
             walk(comp, times)
         continue
-      operand_bytes = sum(_result_bytes(shapes[o]) if o in shapes else 0.0 for o in instr.operands)
-      entry_ = totals[kernel_kind(instr)]
-      entry_[0] += times
-      entry_[1] += times * (operand_bytes + _result_bytes(instr))
-
-  def _cost(comp: str) -> float:
-    return sum(element_bytes(i.shape) for i in computations.get(comp, []) if i.opcode not in _BOOKKEEPING)
+      operand_bytes = sum(_result_bytes(by_name[o]) for o in instr.operands if o in by_name)
+      op_name = _OP_NAME.search(instr.attributes)
+      found.append(Kernel(kernel_kind(instr), times, operand_bytes + _result_bytes(instr),
+                          op_name.group(1) if op_name else ""))
 
   walk(entry, 1.0)
-  return {k: (v[0], v[1]) for k, v in totals.items()}
+  return found
+
+
+def kernel_traffic(text: str) -> dict[str, tuple[float, float]]:
+  """kind -> (launches, bytes read + written) of one run of the program in `text`."""
+  totals: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0])
+  for k in kernels(text):
+    totals[k.kind][0] += k.launches
+    totals[k.kind][1] += k.launches * k.bytes
+  return {kind: (n, b) for kind, (n, b) in totals.items()}
+
+
+_MODULE = re.compile(r"^[A-Z][\w]*\.|^[a-z_]+_\d+$")
+
+
+def scope(op_name: str) -> str:
+  """Where a kernel comes from: 'forward'/'backward' and the model's module path without indices,
+  e.g. 'backward blocks/mlp/fc1'; the optimizer and other non-model work as 'other'."""
+  direction = "backward" if "transpose(" in op_name else "forward"
+  parts = [p for p in op_name.split("/") if p]
+  if not any(p.startswith("FocalNet") for p in parts):
+    return "other (optimizer, mixup, loss)"
+  path = [re.sub(r"_\d+$", "", p) for p in parts[1:-1] if not p.startswith(("jit(", "jvp(", "transpose(", "FocalNet"))]
+  path = [p for p in path if p != "layers" and "->" not in p]  # no einsum specs
+  return f"{direction} {'/'.join(path[-3:]) or 'FocalNet'}"
+
+
+def traffic_by_scope(text: str) -> list[tuple[str, float, float]]:
+  """(scope, launches, bytes) per `scope`, most bytes first."""
+  totals: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0])
+  for k in kernels(text):
+    totals[scope(k.op_name)][0] += k.launches
+    totals[scope(k.op_name)][1] += k.launches * k.bytes
+  return sorted(((s, n, b) for s, (n, b) in totals.items()), key=lambda r: -r[2])
