@@ -8,7 +8,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 from PIL import Image
 
 from configs import default
@@ -53,6 +52,7 @@ def colour_folder(tmp_path):
 
 
 def test_folder_accuracy_and_loss_match_a_hand_computation(colour_folder):
+  pytest.importorskip("tensorflow")  # folders are read by the tf.data pipeline
   config = eval_config(dataset=f"folder:{colour_folder}", train_split="val", eval_split="val")
   result = run(mean_rgb_logits, 3, config)
   assert result["num_examples"] == 7  # 7 real examples in one padded batch of 8
@@ -66,6 +66,7 @@ def test_folder_accuracy_and_loss_match_a_hand_computation(colour_folder):
 
 def test_mock_imagenet_counts_every_example_once():
   """13 examples, global batch 8 on 8 devices: 2 batches, 3 padded rows that must not count."""
+  tfds = pytest.importorskip("tensorflow_datasets")
   config = eval_config(dataset="imagenet2012", eval_split="validation", train_split="validation")
   w = np.random.default_rng(0).standard_normal((3, 1000)).astype(np.float32)
 
@@ -115,6 +116,7 @@ def test_real_labels_and_class_subsets_on_known_examples():
 
 
 def test_imagenet_label_spaces():
+  tfds = pytest.importorskip("tensorflow_datasets")
   # Our 1K order is TFDS imagenet2012's (sorted wnids), which imagenet_a/_r/_v2/_real share.
   tfds_wnids = tfds.builder("imagenet2012").info.features["label"].names
   assert tuple(tfds_wnids) == labels.imagenet1k_wnids()
@@ -166,6 +168,7 @@ def test_single_image_prediction_names_the_right_class(tmp_path):
 
 
 def test_evaluate_checkpoint_writes_a_report_and_checks_the_label_space(tmp_path, colour_folder):
+  tfds = pytest.importorskip("tensorflow_datasets")
   ckpt, config = colour_recogniser(tmp_path)
   config.update(dataset=f"folder:{colour_folder}", train_split="val", eval_split="val")
   report = evaluation.evaluate_checkpoint(str(ckpt), config)
@@ -219,6 +222,7 @@ def test_converted_pytorch_model_predicts_like_pytorch(tmp_path):
 def test_a_folder_is_evaluated_in_the_models_label_space_without_a_train_split(tmp_path):
   """Only val/ exists and it lacks one class: labels come from the checkpoint's class names, so
   'green' is still label 1 and 'red' label 2, and no train split is listed or needed."""
+  pytest.importorskip("tensorflow")  # folders are read by the tf.data pipeline
   ckpt, config = colour_recogniser(tmp_path)
   for name in ("green", "red"):
     os.makedirs(tmp_path / "data" / "val" / name)

@@ -50,6 +50,7 @@ def levels(x: np.ndarray) -> np.ndarray:
 
 
 def tf_eval_images(paths, image_size, crop_ratio, interpolation) -> np.ndarray:
+  pytest.importorskip("tensorflow")  # the tf.data pipeline compared here
   from focalnet_jax.data import augment
   from focalnet_jax.data.pipeline import import_tf
 

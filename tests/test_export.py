@@ -60,6 +60,7 @@ def test_portable_erf_is_stablehlos_erf():
 
 
 def test_both_formats_give_the_models_logits_in_a_fresh_process(trained, tmp_path):
+  pytest.importorskip("tensorflow")  # the SavedModel is written and served by TensorFlow
   model, variables, images = trained
   reference = np.asarray(model.apply(variables, images))  # the model as trained, 'auto' depthwise
   stablehlo = str(tmp_path / "model.stablehlo")
