@@ -152,7 +152,8 @@ def focal_context_pallas(spec: ContextSpec, z0: jax.Array, kernels: tuple[jax.Ar
                          gates: jax.Array | None) -> jax.Array:
   """Each level's conv, GELU and gated accumulate in one Pallas kernel; the fused path's backward.
 
-  Never chosen by default; on CPU the kernel is interpreted (slow: for tests only).
+  Never chosen by default; on CPU the kernel is interpreted (slow: for tests only). It does not
+  yet lower for a GPU (see `pallas_focal_level`).
   """
   refs = (z0,) if gates is None else (z0, gates)
   kernels = tuple(depthwise._varying_like(k, *refs) for k in kernels)  # noqa: SLF001

@@ -7,9 +7,14 @@ so the conv output never goes to memory before the GELU and the accumulate. The 
 k*k taps in float32 and writes both outputs in the input's dtype.
 
 Written against the portable `pl.pallas_call` block API; on CPU it runs with `interpret=True`
-(the tests), and a GPU session still has to lower and time it (Mosaic GPU from jax 0.11, where
-the Triton backend is deprecated). The backward is not here: `kernels.focal_context` wraps the
-forward in a custom VJP whose backward is the reference's.
+(the tests). It does not lower for a GPU as written (checked by compiling for an H200 without
+one, `focalnet_jax.tools.aot`): jax 0.10 sends it to Mosaic GPU, where one grid step's blocks
+(a whole padded 58x58x96 map and four 56x56x96 maps at stage 1) need 2.4 MB of shared memory
+against an SM's 227 KiB; jax 0.11 sends a `pallas_call` without compiler params to Triton, which
+wants power-of-2 blocks. A GPU kernel has to tile rows with a halo (Mosaic GPU takes only
+`Blocked` block specs: overlapping row blocks, or a manual copy from GMEM) and, on jax 0.11, be
+written against `plgpu.kernel` / `plgpu.emit_pipeline`. The backward is not here:
+`kernels.focal_context` wraps the forward in a custom VJP whose backward is the reference's.
 """
 from __future__ import annotations
 
