@@ -127,3 +127,9 @@ def test_kernels_are_attributed_to_the_model_scope_they_come_from():
   by_scope = {s: (n, b) for s, n, b in hlo_traffic.traffic_by_scope(text)}
   assert by_scope["backward blocks/mlp/fc1"] == (1, 256 + 288 + 256)  # the conv, now tagged
   assert sum(b for _, b in by_scope.values()) == sum(b for _, b in hlo_traffic.kernel_traffic(text).values())
+
+
+def test_a_known_compile_failure_says_how_to_get_around_it():
+  tiling = RuntimeError("INTERNAL: Couldn't find output tile sizes that satisfy hlo: %dot.431 = bf16[6272,1539]\nmore")
+  assert aot.failure(tiling).endswith("--xla_gpu_enable_triton_gemm=false: GEMMs through cuBLAS)")
+  assert aot.failure(ValueError("other\ndetail")) == "ValueError: other"
