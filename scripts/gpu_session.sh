@@ -24,6 +24,7 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=3
 summary=()
+common=(--dtype bfloat16 --rounds 5 --steps 5)  # every timed row of bench and variants
 
 versions() {
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv
@@ -91,7 +92,6 @@ for (h, c, k) in ((56, 96, 3), (56, 96, 5), (28, 192, 3), (14, 384, 3), (7, 768,
     jax.block_until_ready(out); print(f"{h}x{h}x{c} k{k} {impl}: {(time.perf_counter() - t) / 20 * 1e3:.3f} ms")
 PY
   summary+=("depthwise: $(tr '\n' ';' <"$OUT/depthwise.txt")")
-  local common=(--dtype bfloat16 --rounds 5 --steps 5)
   timeout 420 python3 -m focalnet_jax.benchmark --model focalnet_tiny_srf --mode train --batch-size 128 "${common[@]}" \
       --compare timm --torch-compile-modes default,max-autotune >"$OUT/bench_t_train.txt" 2>&1
   timeout 300 python3 -m focalnet_jax.benchmark --model focalnet_tiny_srf --mode infer --batch-size 128 "${common[@]}" \
@@ -100,7 +100,6 @@ PY
 }
 
 variants() {  # each execution choice against bench's rows; larger batches and models
-  local common=(--dtype bfloat16 --rounds 5 --steps 5)
   # The compiler's plan for the same step (no device needed): its traffic floor beside the measured ms.
   timeout 200 python3 -m focalnet_jax.aot --target h200 --variant depthwise=xla --by-scope 12 \
       >"$OUT/aot_t_train.txt" 2>&1

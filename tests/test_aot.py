@@ -62,7 +62,7 @@ ENTRY %main (x: bf16[8,16], w: bf16[16,32], k: bf16[3,3,1,16], v: f32[64], p: pr
 
 
 def test_traffic_counts_each_kernel_once_per_run_of_its_computation():
-  traffic = hlo_traffic.kernel_traffic(_GPU_HLO)
+  traffic = hlo_traffic.kernel_traffic(hlo_traffic.kernels(_GPU_HLO))
   # conv: reads x (256 B) and k (288 B), writes y (256 B); the 1 MiB workspace is not traffic.
   assert traffic["conv"] == (1, 256 + 288 + 256)
   # GEMM: reads y (256 B) and w (1024 B), writes 512 B.
@@ -81,7 +81,7 @@ def test_traffic_of_a_compiled_scan_grows_with_its_trip_count():
       y, _ = jax.lax.scan(lambda c, _: (jnp.sin(c) * 2, None), x, None, length=length)
       return jnp.exp(y) + 1
     text = jax.jit(f).lower(jnp.zeros(256)).compile().as_text()
-    return sum(b for _, b in hlo_traffic.kernel_traffic(text).values())
+    return sum(b for _, b in hlo_traffic.kernel_traffic(hlo_traffic.kernels(text)).values())
 
   t5, t10, t15 = run(5), run(10), run(15)
   per_iteration = (t10 - t5) / 5
@@ -124,9 +124,10 @@ def test_kernels_are_attributed_to_the_model_scope_they_come_from():
   assert hlo_traffic.scope("jit(step_fn)/add").startswith("other")
   text = _GPU_HLO.replace('custom_call_target="__cudnn$convForward"',
                           f'custom_call_target="__cudnn$convForward", metadata={{op_name="{bwd}"}}')
-  by_scope = {s: (n, b) for s, n, b in hlo_traffic.traffic_by_scope(text)}
+  found = hlo_traffic.kernels(text)
+  by_scope = {s: (n, b) for s, n, b in hlo_traffic.traffic_by_scope(found)}
   assert by_scope["backward blocks/mlp/fc1"] == (1, 256 + 288 + 256)  # the conv, now tagged
-  assert sum(b for _, b in by_scope.values()) == sum(b for _, b in hlo_traffic.kernel_traffic(text).values())
+  assert sum(b for _, b in by_scope.values()) == sum(b for _, b in hlo_traffic.kernel_traffic(found).values())
 
 
 def test_a_known_compile_failure_says_how_to_get_around_it():

@@ -73,7 +73,6 @@ def gpu_device(target: str) -> Any:
 
 @dataclasses.dataclass
 class Compiled:
-  variant: str
   details: str
   compile_s: float
   traffic: dict[str, tuple[float, float]]  # kind -> (launches, bytes), from hlo_traffic
@@ -93,27 +92,20 @@ def abstract_program(config: Any, mode: str, num_classes: int, num_train: int) -
   import jax
   import jax.numpy as jnp
 
-  from focalnet_jax.kernels import chunking
-  from focalnet_jax.train import optim
+  from focalnet_jax.tools.benchmark_runners import forward_fn, train_program
   from focalnet_jax.train import state as train_state
-  from focalnet_jax.train import step as train_step
 
   model, _ = train_state.build_model(config, num_classes)
   size, batch = config.image_size, config.batch_size
   images = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
   if mode == "infer":
     params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3))))["params"]
-    chunk = config.model.chunk_elements
-
-    def forward(p, x):
-      return chunking.apply(model, {"params": p}, x, chunk_elements=chunk)
-    return forward, (params, images), {}
-  lr_fn = optim.lr_schedule(optim.resolve_schedule(config, num_train))
-  tx = optim.make_optimizer(config, lr_fn)
-  step_fn = train_step.make_train_step(model, tx, config, num_classes, lr_fn, micro_sharding=None)
-  state = jax.eval_shape(train_state.make_init_fn(model, tx, size, config.ema_decay > 0), jax.random.PRNGKey(0))
+    return forward_fn(model, config.model.chunk_elements), (params, images), {}
+  step_fn, init_fn = train_program(model, config, num_classes, num_train)
+  rng = jax.eval_shape(lambda: jax.random.PRNGKey(0))
+  state = jax.eval_shape(init_fn, rng)
   batch_tree = {"image": images, "label": jax.ShapeDtypeStruct((batch,), jnp.int32)}
-  return step_fn, (state, batch_tree, jax.eval_shape(lambda: jax.random.PRNGKey(0))), {"donate_argnums": 0}
+  return step_fn, (state, batch_tree, rng), {"donate_argnums": 0}
 
 
 def failure(error: Exception) -> str:
@@ -148,13 +140,13 @@ def compile_variant(args: argparse.Namespace, spec: str, device: Any) -> Compile
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), abstract)
     compiled = jax.jit(fn, **options).trace(*abstract).lower().compile()
   except Exception as e:  # noqa: BLE001 - one variant that does not compile is a row, not the end
-    return Compiled(spec, details, time.perf_counter() - t0, {}, 0, failure(e))
+    return Compiled(details, time.perf_counter() - t0, {}, 0, failure(e))
   stats = compiled.memory_analysis()
   device_bytes = stats.argument_size_in_bytes + stats.temp_size_in_bytes + (
       stats.output_size_in_bytes - stats.alias_size_in_bytes)
-  text = compiled.as_text()
-  return Compiled(spec, details, time.perf_counter() - t0, hlo_traffic.kernel_traffic(text), device_bytes,
-                  scopes=hlo_traffic.traffic_by_scope(text))
+  found = hlo_traffic.kernels(compiled.as_text())
+  return Compiled(details, time.perf_counter() - t0, hlo_traffic.kernel_traffic(found), device_bytes,
+                  scopes=hlo_traffic.traffic_by_scope(found))
 
 
 def format_table(rows: list[Compiled], batch: int, hbm_tbps: float) -> str:

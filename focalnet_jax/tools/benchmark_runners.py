@@ -172,6 +172,27 @@ def _gflops_per_image(model: Any, image_size: int, train: bool) -> float | None:
     return None
 
 
+def forward_fn(model: Any, chunk_elements: int | str) -> Any:
+  """(params, images) -> logits: the chunked forward evaluation runs (`kernels.chunking.apply`)."""
+  from focalnet_jax.kernels import chunking
+
+  return lambda p, x: chunking.apply(model, {"params": p}, x, chunk_elements=chunk_elements)
+
+
+def train_program(model: Any, config: ml_collections.ConfigDict, num_classes: int, num_train: int) -> tuple[Any, Any]:
+  """(step_fn, init_fn) of the trainer's update for `config`: `train.step.make_train_step` on the
+  warmup-cosine AdamW of `train.optim`, and the state's initialiser (with the EMA if configured)."""
+  from focalnet_jax.train import optim
+  from focalnet_jax.train import state as train_state
+  from focalnet_jax.train import step as train_step
+
+  lr_fn = optim.lr_schedule(optim.resolve_schedule(config, num_train))
+  tx = optim.make_optimizer(config, lr_fn)
+  # One device, so no micro-batch layout to pin (the trainer pins it over its mesh).
+  step_fn = train_step.make_train_step(model, tx, config, num_classes, lr_fn, micro_sharding=None)
+  return step_fn, train_state.make_init_fn(model, tx, config.image_size, config.ema_decay > 0)
+
+
 class JaxInferRunner(JaxRunner):
   """The forward that evaluation runs: `kernels.chunking.apply` with `config.model.chunk_elements`."""
 
@@ -190,7 +211,7 @@ class JaxInferRunner(JaxRunner):
       self._name(self.details)
     t0 = time.perf_counter()
     self.params = jax.jit(model.init)(jax.random.key(0), self.images[:1])["params"]
-    fn = jax.jit(lambda p, x: chunking.apply(model, {"params": p}, x, chunk_elements=chunk_elements))
+    fn = jax.jit(forward_fn(model, chunk_elements))
     self.executable = fn.lower(self.params, self.images).compile()
     self.compile_s = time.perf_counter() - t0
     self.bytes_per_step = bytes_accessed(self.executable)
@@ -205,20 +226,12 @@ class JaxTrainRunner(JaxRunner):
   def __init__(self, config: ml_collections.ConfigDict, num_classes: int, num_train: int):
     super().__init__(config, num_classes, train=True)
     jax = self.jax
-    from focalnet_jax.train import optim
-    from focalnet_jax.train import state as train_state
-    from focalnet_jax.train import step as train_step
-
     micro = self.batch_size // config.grad_accum_steps
     use_ema = config.ema_decay > 0
     self._name(self.details + ([f"micro-batch {micro}"] if config.grad_accum_steps > 1 else [])
                + (["EMA"] if use_ema else []))
-    lr_fn = optim.lr_schedule(optim.resolve_schedule(config, num_train))
-    tx = optim.make_optimizer(config, lr_fn)
-    # One device, so no micro-batch layout to pin (the trainer pins it over its mesh).
-    step_fn = train_step.make_train_step(self.model, tx, config, num_classes, lr_fn, micro_sharding=None)
+    step_fn, init_fn = train_program(self.model, config, num_classes, num_train)
     t0 = time.perf_counter()
-    init_fn = train_state.make_init_fn(self.model, tx, config.image_size, use_ema)
     self.state = jax.jit(init_fn)(jax.random.PRNGKey(config.seed))
     self.batch = {"image": self.images, "label": self.labels}
     self.base_rng = jax.random.PRNGKey(config.seed + 1)

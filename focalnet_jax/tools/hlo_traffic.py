@@ -29,7 +29,7 @@ _FUSION_KIND = re.compile(r'"kind":"([^"]+)"')
 
 # Instructions that launch no kernel of their own.
 _BOOKKEEPING = frozenset({"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "after-all",
-                          "opt-barrier", "add-dependency", "partition-id", "replica-id", "iota-start",
+                          "opt-barrier", "add-dependency", "partition-id", "replica-id",
                           "async-done", "copy-done", "send-done", "recv-done", "domain"})
 # Instructions whose work is in the computations they call.
 _CONTROL = frozenset({"while", "call", "conditional", "async-start", "async-update"})
@@ -201,16 +201,19 @@ def kernels(text: str) -> list[Kernel]:
   return found
 
 
-def kernel_traffic(text: str) -> dict[str, tuple[float, float]]:
-  """kind -> (launches, bytes read + written) of one run of the program in `text`."""
+def _totals(found: list[Kernel], key) -> dict[str, tuple[float, float]]:
+  """key(kernel) -> (launches, bytes read + written), summed over `found`."""
   totals: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0])
-  for k in kernels(text):
-    totals[k.kind][0] += k.launches
-    totals[k.kind][1] += k.launches * k.bytes
-  return {kind: (n, b) for kind, (n, b) in totals.items()}
+  for k in found:
+    entry = totals[key(k)]
+    entry[0] += k.launches
+    entry[1] += k.launches * k.bytes
+  return {name: (n, b) for name, (n, b) in totals.items()}
 
 
-_MODULE = re.compile(r"^[A-Z][\w]*\.|^[a-z_]+_\d+$")
+def kernel_traffic(found: list[Kernel]) -> dict[str, tuple[float, float]]:
+  """kind -> (launches, bytes read + written) of `kernels(text)`."""
+  return _totals(found, lambda k: k.kind)
 
 
 def scope(op_name: str) -> str:
@@ -225,10 +228,7 @@ def scope(op_name: str) -> str:
   return f"{direction} {'/'.join(path[-3:]) or 'FocalNet'}"
 
 
-def traffic_by_scope(text: str) -> list[tuple[str, float, float]]:
-  """(scope, launches, bytes) per `scope`, most bytes first."""
-  totals: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0])
-  for k in kernels(text):
-    totals[scope(k.op_name)][0] += k.launches
-    totals[scope(k.op_name)][1] += k.launches * k.bytes
-  return sorted(((s, n, b) for s, (n, b) in totals.items()), key=lambda r: -r[2])
+def traffic_by_scope(found: list[Kernel]) -> list[tuple[str, float, float]]:
+  """(scope, launches, bytes) of `kernels(text)` per `scope`, most bytes first."""
+  totals = _totals(found, lambda k: scope(k.op_name))
+  return sorted(((name, n, b) for name, (n, b) in totals.items()), key=lambda r: -r[2])
