@@ -15,6 +15,10 @@ reference's values and gradients:
   merges part of the recomputation back into the forward (jax.checkpoint fares the same).
 - 'pallas': the forward with each level's conv, GELU and gated accumulate in one Pallas
   kernel (`pallas_focal_level.py`; interpreted on CPU, for tests only), the fused backward.
+  Written for the portable block API, it does not lower for a GPU.
+- 'mosaic': the forward's levels, GELUs and gated sum in one Mosaic GPU kernel for Hopper
+  (`mosaic_focal_context.py`: reads Z^0 and the gates once, writes Z^out once), the fused
+  backward. jax >= 0.11; interpreted on CPU (tests).
 
 'reference' and 'fused' call `depthwise.depthwise_conv(..., depthwise_impl)` for the convolutions, so the
 fused backward differentiates the same depthwise implementation the reference does.
@@ -29,7 +33,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from focalnet_jax.kernels import depthwise, pallas_focal_level
+from focalnet_jax.kernels import depthwise, mosaic_focal_context, pallas_focal_level
 from focalnet_jax.kernels.registry import Registry
 from focalnet_jax.model.layers import gelu
 
@@ -74,16 +78,20 @@ def focal_context_reference(spec: ContextSpec, z: jax.Array, kernels: tuple[jax.
     # Z^l = GELU(DWConv_l(Z^{l-1})), a k_l x k_l depthwise conv; Z^out += G^l * Z^l.
     z = gelu(depthwise.depthwise_conv(z, kernel, spec.depthwise_impl))
     z_out = z_out + gated(z, level)
-  return _add_global_context(spec, z, z_out, gates, len(kernels))
+  return _add_global_context(spec, _spatial_mean(z), z_out, gates, len(kernels))
 
 
-def _add_global_context(spec: ContextSpec, z_last: jax.Array, z_out: jax.Array, gates: jax.Array | None,
+def _spatial_mean(z_last: jax.Array) -> jax.Array:
+  """GlobalAvgPool(Z^L) in float32, (B, 1, 1, C)."""
+  return jnp.mean(z_last.astype(jnp.float32), axis=(1, 2), keepdims=True)
+
+
+def _add_global_context(spec: ContextSpec, mean: jax.Array, z_out: jax.Array, gates: jax.Array | None,
                         num_levels: int) -> jax.Array:
   """Z^out after the levels -> the final Z^out: the global term, then the optional normalisation."""
   if spec.use_global_context:
     # Z^{L+1} = GELU(GlobalAvgPool(Z^L)), the mean in float32; Z^out += G^{L+1} * Z^{L+1}.
-    mean = jnp.mean(z_last.astype(jnp.float32), axis=(1, 2), keepdims=True)
-    z_global = gelu(mean).astype(z_last.dtype)
+    z_global = gelu(mean).astype(z_out.dtype)
     z_out = z_out + (z_global if gates is None else z_global * gates[..., num_levels : num_levels + 1])
   if spec.normalize_modulator:  # divide by the number of summed terms
     z_out = z_out / (num_levels + int(spec.use_global_context))
@@ -136,7 +144,7 @@ def _pallas_forward(spec: ContextSpec, z: jax.Array, kernels: tuple[jax.Array, .
         z, kernel, gate, z_out,
         cpu=functools.partial(pallas_focal_level.focal_level, interpret=True),
         default=functools.partial(pallas_focal_level.focal_level, interpret=False))
-  return _add_global_context(spec, z, z_out, gates, len(kernels))
+  return _add_global_context(spec, _spatial_mean(z), z_out, gates, len(kernels))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -158,6 +166,66 @@ def focal_context_pallas(spec: ContextSpec, z0: jax.Array, kernels: tuple[jax.Ar
   refs = (z0,) if gates is None else (z0, gates)
   kernels = tuple(depthwise._varying_like(k, *refs) for k in kernels)  # noqa: SLF001
   return _pallas(spec, z0, kernels, gates)
+
+
+def _mosaic_forward(spec: ContextSpec, z0: jax.Array, kernels: tuple[jax.Array, ...],
+                    gates: jax.Array | None) -> jax.Array:
+  """The levels and their gated sum in one Mosaic GPU kernel; the global term from its tile sums."""
+  if not kernels:  # L = 0 (an ablation): only the global term, nothing to fuse
+    return focal_context_reference(spec, z0, kernels, gates)
+  b, h, w, c = z0.shape
+  num_levels = len(kernels)
+  # Without gating the levels are summed unweighted: gates of one (B x H x W x L, small).
+  level_gates = jnp.ones((b, h, w, num_levels), z0.dtype) if gates is None else gates[..., :num_levels]
+  z_out, tile_sums = _mosaic_levels(z0, kernels, level_gates)
+  mean = (jnp.sum(tile_sums, axis=1) / (h * w)).reshape(b, 1, 1, c)
+  return _add_global_context(spec, mean, z_out, gates, num_levels)
+
+
+@jax.custom_batching.custom_vmap
+def _mosaic_levels(z0, kernels, gates):
+  # The interpreter where the program is lowered for a CPU (tests), the kernel elsewhere.
+  return lax.platform_dependent(
+      z0, kernels, gates,
+      cpu=functools.partial(mosaic_focal_context.focal_levels, interpret=True),
+      default=functools.partial(mosaic_focal_context.focal_levels, interpret=False))
+
+
+@_mosaic_levels.def_vmap
+def _mosaic_levels_vmap(axis_size, in_batched, z0, kernels, gates):
+  """vmap (per-example gradients): a batch of batches is one larger batch, the kernels shared;
+  kernels that differ along the vmapped axis run one kernel call per element."""
+  z_b, k_b, g_b = in_batched
+  if any(k_b):
+    z0, gates = (a if batched else jnp.broadcast_to(a, (axis_size, *a.shape)) for a, batched in ((z0, z_b), (gates, g_b)))
+    kernels = tuple(k if batched else jnp.broadcast_to(k, (axis_size, *k.shape)) for k, batched in zip(kernels, k_b))
+    return lax.map(lambda args: _mosaic_levels(*args), (z0, kernels, gates)), (True, True)
+  flat = lambda a, batched: (a if batched else jnp.broadcast_to(a, (axis_size, *a.shape))).reshape(-1, *a.shape[-3:])  # noqa: E731
+  z_out, sums = _mosaic_levels(flat(z0, z_b), kernels, flat(gates, g_b))
+  return (z_out.reshape(axis_size, -1, *z_out.shape[1:]), sums.reshape(axis_size, -1, *sums.shape[1:])), (True, True)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _mosaic(spec, z0, kernels, gates):
+  return _mosaic_forward(spec, z0, kernels, gates)
+
+
+_mosaic.defvjp(lambda spec, *args: (_mosaic_forward(spec, *args), args), _fused_bwd)
+
+
+@register("mosaic")
+def focal_context_mosaic(spec: ContextSpec, z0: jax.Array, kernels: tuple[jax.Array, ...],
+                         gates: jax.Array | None) -> jax.Array:
+  """Every level, GELU and the gated sum in one Mosaic GPU kernel (`mosaic_focal_context.py`); the
+  fused path's backward (the levels recomputed by XLA). Needs jax >= 0.11; single device (a
+  sharded batch goes through `shard_map`); on CPU it is interpreted (slow: for tests only)."""
+  if not mosaic_focal_context.available():
+    raise RuntimeError(
+        f"focal_context_impl='mosaic' needs jax >= 0.11 (its Mosaic GPU API and CPU interpreter); this is "
+        f"jax {jax.__version__}. Use 'reference' or 'fused', or upgrade jax.")
+  refs = (z0,) if gates is None else (z0, gates)
+  kernels = tuple(depthwise._varying_like(k, *refs) for k in kernels)  # noqa: SLF001
+  return _mosaic(spec, z0, kernels, gates)
 
 
 def focal_context(z0: jax.Array, kernels: Sequence[jax.Array], gates: jax.Array | None, *,
