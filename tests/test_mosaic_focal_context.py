@@ -1,5 +1,5 @@
 """The Mosaic GPU focal-context kernel (kernels/mosaic_focal_context.py), run in jax's Mosaic GPU
-interpreter on CPU (jax >= 0.11; on a GPU, compiled): every level, the gated sum and the per-tile
+interpreter on CPU (jax >= 0.11), compiled where the default backend is a GPU: every level, the gated sum and the per-tile
 sums of Z^L equal an independent computation (XLA's grouped conv) for row tiles with halos,
 odd sides, widths that are not a multiple of 16, one to three levels, bf16 and float32. Model-level
 values and gradients of focal_context_impl='mosaic' are in test_focal_context.py.
@@ -41,7 +41,7 @@ def test_levels_gated_sum_and_tile_sums_equal_xla(shape, kernel_sizes, dtype):
   z = jnp.asarray(rng.normal(size=shape), dtype)
   kernels = [jnp.asarray(rng.normal(size=(k, k, 1, c)) * 0.3, dtype) for k in kernel_sizes]
   gates = jnp.asarray(rng.normal(size=(b, h, w, len(kernel_sizes))), dtype)
-  out, sums = mfc.focal_levels(z, kernels, gates, interpret=True)
+  out, sums = mfc.focal_levels(z, kernels, gates, interpret=jax.default_backend() != "gpu")
   want, z_last = levels_by_xla(z, kernels, gates)
   t = mfc.tiling(h, w, kernel_sizes, jnp.dtype(dtype).itemsize)
   want_sums = z_last.astype(jnp.float32).reshape(b, h // t.rows, t.rows * w, c).sum(axis=2)

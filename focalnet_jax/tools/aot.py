@@ -67,7 +67,9 @@ def gpu_device(target: str) -> Any:
   except (NotImplementedError, RuntimeError) as e:
     raise SystemExit(
         f"Cannot compile for a GPU here ({type(e).__name__}: {e}).\nThe compiler comes with JAX's CUDA plugin, which "
-        f"installs and compiles without a GPU: pip install \"jax[cuda13]=={jax.__version__}\"") from e
+        f"installs and compiles without a GPU: pip install \"jax[cuda13]=={jax.__version__}\". Where it is installed "
+        f"but the machine has no GPU, run with JAX_PLATFORMS=cpu (the plugin's CUDA library checks, which fail "
+        f"without a GPU, are then skipped; compiling for the target still works).") from e
   return topology.devices[0]
 
 

@@ -298,7 +298,7 @@ def parser() -> argparse.ArgumentParser:
                       "--config.ema_decay (default: the config's, 0 = none)")
   p.add_argument("--depthwise-impl", default="auto", help="depthwise conv implementation (focalnet_jax.kernels.depthwise)")
   p.add_argument("--focal-context-impl", default="reference",
-                 help="focal context implementation (focalnet_jax.kernels.focal_context): reference, fused, pallas")
+                 help="focal context implementation (focalnet_jax.kernels.focal_context): reference, fused, pallas, mosaic")
   p.add_argument("--remat", nargs="?", const="block", default="none", choices=("none", "block", "dots"),
                  help="what each block keeps for the backward pass (focalnet_jax.kernels.remat); "
                       "--remat alone means 'block'")
