@@ -98,16 +98,6 @@ def _add_global_context(spec: ContextSpec, mean: jax.Array, z_out: jax.Array, ga
   return z_out
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _fused(spec: ContextSpec, z0: jax.Array, kernels: tuple[jax.Array, ...],
-           gates: jax.Array | None) -> jax.Array:
-  return focal_context_reference(spec, z0, kernels, gates)
-
-
-def _fused_fwd(spec, z0, kernels, gates):
-  return focal_context_reference(spec, z0, kernels, gates), (z0, kernels, gates)
-
-
 def _fused_bwd(spec, residuals, g):
   # Recompute the levels from Z^0 and the kernels and differentiate them here: the levels
   # live only while this block's backward runs. The barrier (taking the cotangent too) keeps
@@ -118,7 +108,15 @@ def _fused_bwd(spec, residuals, g):
   return vjp(g)
 
 
-_fused.defvjp(_fused_fwd, _fused_bwd)
+def _with_fused_backward(forward: ContextFn) -> ContextFn:
+  """`forward` as a custom VJP that stores only its inputs (Z^0, the kernels, the gates); its
+  backward recomputes the levels with the reference and differentiates them (`_fused_bwd`)."""
+  fn = jax.custom_vjp(forward, nondiff_argnums=(0,))
+  fn.defvjp(lambda spec, *args: (forward(spec, *args), args), _fused_bwd)
+  return fn
+
+
+_fused = _with_fused_backward(focal_context_reference)
 
 
 @register("fused")
@@ -147,12 +145,7 @@ def _pallas_forward(spec: ContextSpec, z: jax.Array, kernels: tuple[jax.Array, .
   return _add_global_context(spec, _spatial_mean(z), z_out, gates, len(kernels))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _pallas(spec, z0, kernels, gates):
-  return _pallas_forward(spec, z0, kernels, gates)
-
-
-_pallas.defvjp(lambda spec, *args: (_pallas_forward(spec, *args), args), _fused_bwd)
+_pallas = _with_fused_backward(_pallas_forward)
 
 
 @register("pallas")
@@ -205,20 +198,15 @@ def _mosaic_levels_vmap(axis_size, in_batched, z0, kernels, gates):
   return (z_out.reshape(axis_size, -1, *z_out.shape[1:]), sums.reshape(axis_size, -1, *sums.shape[1:])), (True, True)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _mosaic(spec, z0, kernels, gates):
-  return _mosaic_forward(spec, z0, kernels, gates)
-
-
-_mosaic.defvjp(lambda spec, *args: (_mosaic_forward(spec, *args), args), _fused_bwd)
+_mosaic = _with_fused_backward(_mosaic_forward)
 
 
 @register("mosaic")
 def focal_context_mosaic(spec: ContextSpec, z0: jax.Array, kernels: tuple[jax.Array, ...],
                          gates: jax.Array | None) -> jax.Array:
   """Every level, GELU and the gated sum in one Mosaic GPU kernel (`mosaic_focal_context.py`); the
-  fused path's backward (the levels recomputed by XLA). Needs jax >= 0.11; single device (a
-  sharded batch goes through `shard_map`); on CPU it is interpreted (slow: for tests only)."""
+  fused path's backward (the levels recomputed by XLA). Needs jax >= 0.11; on CPU it is
+  interpreted (slow: for tests only). Not yet run on a GPU, nor on a batch sharded over GPUs."""
   if not mosaic_focal_context.available():
     raise RuntimeError(
         f"focal_context_impl='mosaic' needs jax >= 0.11 (its Mosaic GPU API and CPU interpreter); this is "
