@@ -161,3 +161,17 @@ def test_extra_focal_levels_get_zero_gates(timm_pair):
   np.testing.assert_array_equal(f_new[:, 35], 0.0)  # the new level's gate
   np.testing.assert_array_equal(f_new[:, 36], f_old[:, 35])  # the global-context gate, moved last
   assert (adapted["layers_0"]["blocks_0"]["modulation"]["focal_layers_3"] == 7.0).all()  # new level: target's init
+
+
+@pytest.mark.parametrize("out_norms", [False, True])
+def test_maps_come_out_in_norm_dtype_with_or_without_out_norms(out_norms):
+  """The maps are the residual stream (or its per-output LayerNorm): float32 by default, bfloat16
+  with bfloat16 norms; the parameters are the same either way."""
+  backbone = create_backbone("focalnet_tiny_lrf", out_norms=out_norms, dtype=jnp.bfloat16, depthwise_impl="xla",
+                             **SHRUNK)
+  narrow = backbone.clone(norm_dtype=jnp.bfloat16)
+  x = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
+  params = jax.eval_shape(backbone.init, jax.random.key(0), x)
+  assert jax.eval_shape(narrow.init, jax.random.key(0), x) == params
+  assert [m.dtype for m in jax.eval_shape(backbone.apply, params, x)] == [jnp.float32] * 4
+  assert [m.dtype for m in jax.eval_shape(narrow.apply, params, x)] == [jnp.bfloat16] * 4

@@ -15,6 +15,7 @@ import pytest
 from scipy.special import erf
 
 from focalnet_jax.model import DropPath, FocalModulation, FocalNet, FocalNetBlock
+from focalnet_jax.model.layers import layer_norm, resolve_norm_dtype
 from focalnet_jax.model.variants import create_model
 
 TINY = dict(embed_dim=16, depths=(1, 1, 2, 1), num_classes=10, drop_path_rate=0.0)
@@ -260,3 +261,45 @@ def nn_layer_norm(p, v):
   mu = v.mean(-1, keepdims=True)
   var = ((v - mu) ** 2).mean(-1, keepdims=True)
   return (v - mu) / jnp.sqrt(var + 1e-5) * p["scale"] + p["bias"]
+
+
+# --- what a LayerNorm writes (norm_dtype) ---------------------------------------------------
+
+
+def _arithmetic(jaxpr) -> list:
+  """The equations of `jaxpr` that compute (not conversions, not calls), nested jaxprs included."""
+  found = []
+  for eqn in jaxpr.eqns:
+    subs = list(jax.extend.core.jaxprs_in_params(eqn.params))
+    found += [eqn] if not subs and eqn.primitive.name != "convert_element_type" else []
+    for sub in subs:
+      found += _arithmetic(sub)
+  return found
+
+
+@pytest.mark.parametrize("input_dtype", [jnp.float32, jnp.bfloat16])
+def test_a_bfloat16_layer_norm_computes_in_float32_and_rounds_only_its_output(input_dtype):
+  x = (3.0 + jax.random.normal(jax.random.key(0), (2, 4, 4, 32))).astype(input_dtype)
+  params = {"params": {"scale": 1.0 + 0.1 * jax.random.normal(jax.random.key(1), (32,)),
+                       "bias": 0.1 * jax.random.normal(jax.random.key(2), (32,))}}
+  narrow, wide = layer_norm("ln", jnp.float32, jnp.bfloat16), layer_norm("ln", jnp.float32)
+  y = narrow.apply(params, x)
+  assert y.dtype == jnp.bfloat16 and wide.apply(params, x).dtype == jnp.float32
+  # Mean, variance, normalisation and the affine map are float32 arithmetic even on a bfloat16
+  # input: bfloat16 appears only in conversions (of the input, and of the result) ...
+  arithmetic = _arithmetic(jax.make_jaxpr(narrow.apply)(params, x).jaxpr)
+  assert sum(e.primitive.name == "reduce_sum" for e in arithmetic) >= 2
+  assert {v.aval.dtype for e in arithmetic for v in e.outvars if jnp.issubdtype(v.aval.dtype, jnp.floating)} == {
+      jnp.dtype(jnp.float32)}
+  # ... and so is everything up to the output: it is the float32 LayerNorm's, rounded once.
+  np.testing.assert_array_equal(y, wide.apply(params, x).astype(jnp.bfloat16))
+  np.testing.assert_allclose(wide.apply(params, x), nn_layer_norm(params["params"], x.astype(jnp.float32)),
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_a_bad_norm_dtype_names_the_choices():
+  for bad in ("bf16", "float16", jnp.int8, 3):
+    with pytest.raises(ValueError, match=r"norm_dtype=.* must be None \(LayerNorms write float32\) or one of "
+                                         r"'float32', 'bfloat16'"):
+      layer_norm("ln", jnp.float32, bad)
+  assert resolve_norm_dtype("bfloat16") == jnp.bfloat16 and resolve_norm_dtype(None) is None

@@ -1,5 +1,6 @@
 """Behaviour of the whole FocalNet that users rely on, on tiny models and small images: stochastic
 depth, precision, per-stage fields, validation, resolutions, features, remat and intermediates."""
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -73,6 +74,41 @@ def test_bfloat16_compute_stays_close_to_float32(tiny):
   assert rel > 1e-4  # the clone really computed in bfloat16
 
 
+def module_outputs(model, variables, x) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """(logits, {module path: its output}) of one forward (flax's capture_intermediates)."""
+  logits, state = model.apply(variables, x, capture_intermediates=True)
+  flat = flax.traverse_util.flatten_dict(state["intermediates"])
+  return logits, {"/".join(k[:-1]): v[0] for k, v in flat.items() if k[-1] == "__call__"}
+
+
+@pytest.mark.parametrize("arch", [{}, dict(use_layerscale=True, use_postln=True, use_postln_in_modulation=True)],
+                         ids=["pre-norm", "post-norm+layerscale"])
+def test_bfloat16_norms_make_the_residual_stream_bfloat16_and_keep_the_head_float32(arch):
+  model = tiny_model(depths=(1, 1, 1, 1), depthwise_impl="xla", dtype=jnp.bfloat16, **arch)
+  narrow = model.clone(norm_dtype="bfloat16")
+  assert narrow.norm_dtype == jnp.bfloat16
+  # The same parameters: names, shapes, dtypes (a checkpoint loads into either).
+  tree = lambda m: jax.tree.map(lambda a: (a.shape, a.dtype), abstract_variables(m))  # noqa: E731
+  assert tree(narrow) == tree(model)
+  variables = random_variables(model)
+  x = images(1, size=32, batch=4)
+  logits, out = module_outputs(narrow, variables, x)
+  ref_logits, ref = module_outputs(model, variables, x)
+  # The trunk's LayerNorms: the stem's, 3 downsamples', 2 per block (and the modulation's post-LN).
+  norms = [p for p in out if p.rsplit("/", 1)[-1] in ("norm", "norm1", "norm2", "ln") and p != "norm"]
+  assert len(norms) == 1 + 3 + 4 * (2 + arch.get("use_postln_in_modulation", False))
+  blocks = [p for p in out if p.rsplit("/", 1)[-1].startswith("blocks_")]  # the residual stream
+  assert len(blocks) == 4
+  for path in norms + blocks:
+    assert (out[path].dtype, ref[path].dtype) == (jnp.bfloat16, jnp.float32), path
+  # The head stays float32: its LayerNorm, the pooling and the logits.
+  assert out["norm"].dtype == logits.dtype == jnp.float32
+  rel = float(jnp.linalg.norm(logits - ref_logits) / jnp.linalg.norm(ref_logits))
+  # bfloat16 rounding of every LayerNorm output and of the stream (2**-9 relative each), on top of
+  # bfloat16 compute; same scale as bfloat16 compute against float32 (the test above).
+  assert 1e-4 < rel < 4e-2, rel
+
+
 def test_per_stage_focal_levels_and_windows():
   model = tiny_model(depths=(1, 1, 1, 1), focal_levels=(1, 2, 3, 2), focal_windows=[3, 5, 3, 1])
   params = abstract_variables(model)["params"]
@@ -112,6 +148,9 @@ def test_focal_levels_zero_builds_and_runs(iso):
         (dict(use_gating="false"), r"use_gating='false' must be True or False"),
         (dict(use_layerscale=1), r"use_layerscale=1 must be True or False"),
         (dict(depths=3), r"depths=3 must be a sequence of ints"),
+        (dict(norm_dtype="bf16"), r"norm_dtype='bf16' must be None \(LayerNorms write float32\) or one of "
+                                  r"'float32', 'bfloat16'"),
+        (dict(norm_dtype="float16"), r"norm_dtype='float16' must be None"),
     ],
 )
 def test_invalid_architecture_values_raise(overrides, message):

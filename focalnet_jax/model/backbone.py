@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple, Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from flax import struct
 
+from focalnet_jax.model.layers import layer_norm
 from focalnet_jax.model.network import FocalNet
 from focalnet_jax.model.variants import model_kwargs
 
@@ -97,8 +97,10 @@ class FocalNetBackbone(FocalNet):
 
   def setup(self):
     super().setup()
+    # Each output's LayerNorm writes norm_dtype, the dtype its input (the residual stream) has: the
+    # maps come out in one dtype with or without out_norms.
     for i in self.out_indices if self.out_norms else ():
-      setattr(self, f"norm{i}", nn.LayerNorm(epsilon=1e-5, dtype=jnp.float32, param_dtype=self.param_dtype))
+      setattr(self, f"norm{i}", layer_norm(f"norm{i}", self.param_dtype, self.norm_dtype))
 
   def __call__(self, images: jax.Array, train: bool = False) -> FeatureMaps:
     if images.ndim != 4:

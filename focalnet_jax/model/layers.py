@@ -45,9 +45,35 @@ def gelu(x: jax.Array) -> jax.Array:
   return x * (0.5 * (1.0 + lax.erf(x * np.asarray(1.0 / np.sqrt(2.0), x.dtype))))
 
 
-def layer_norm(name: str, param_dtype: Dtype) -> nn.LayerNorm:
-  """LayerNorm with PyTorch's eps, always computed in float32."""
-  return nn.LayerNorm(epsilon=1e-5, dtype=jnp.float32, param_dtype=param_dtype, name=name)
+# The dtypes a LayerNorm may write (a model's `norm_dtype`; None writes float32). float16 is left
+# out: a float16 residual stream would need loss scaling, which the trainer does not do.
+NORM_DTYPES = ("float32", "bfloat16")
+
+
+def resolve_norm_dtype(value: Any) -> jnp.dtype | None:
+  """`norm_dtype` as a dtype (None stays None); a ValueError naming the choices otherwise."""
+  if value is None:
+    return None
+  try:
+    dtype = jnp.dtype(value)
+  except (TypeError, ValueError):
+    dtype = None
+  if dtype is None or dtype.name not in NORM_DTYPES:
+    raise ValueError(f"norm_dtype={value!r} must be None (LayerNorms write float32) or one of "
+                     f"{', '.join(map(repr, NORM_DTYPES))}.")
+  return dtype
+
+
+def layer_norm(name: str, param_dtype: Dtype, dtype: Dtype | None = None) -> nn.LayerNorm:
+  """LayerNorm with PyTorch's eps, computed in float32 and written in `dtype` (None: float32).
+
+  Mean and variance are float32 reductions whatever the input's dtype
+  (`force_float32_reductions`), and so are the normalisation and the affine map; only the
+  result is rounded to `dtype`. Writing float32 is PyTorch AMP's choice and the default.
+  """
+  dtype = resolve_norm_dtype(dtype)
+  return nn.LayerNorm(epsilon=1e-5, dtype=jnp.float32 if dtype is None else dtype, param_dtype=param_dtype,
+                      force_float32_reductions=True, name=name)
 
 
 class DropPath(nn.Module):
@@ -120,9 +146,10 @@ class Downsample(nn.Module):
   padding: int = 0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  norm_dtype: Dtype | None = None  # what the LayerNorm writes (None: float32)
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     x = PatchConv(self.features, self.kernel_size, self.stride, self.padding, self.dtype,
                   self.param_dtype, name="proj")(x)
-    return layer_norm("norm", self.param_dtype)(x)
+    return layer_norm("norm", self.param_dtype, self.norm_dtype)(x)

@@ -47,6 +47,7 @@ class FocalModulation(nn.Module):
   f_align: int = 1
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  norm_dtype: Dtype | None = None  # what the optional post-LN writes (None: float32)
 
   def __post_init__(self):
     # Resolved once here, not per call: the module then names what it runs.
@@ -98,6 +99,6 @@ class FocalModulation(nn.Module):
     # y = q(x) * M (or q(x) + M in the interaction ablation), then the output projection.
     out = q * modulator if self.interaction == "multiply" else q + modulator
     if self.use_postln_in_modulation:
-      out = layer_norm("ln", self.param_dtype)(out)
+      out = layer_norm("ln", self.param_dtype, self.norm_dtype)(out)
     out = dense(c, kernel_init=dense_init, name="proj")(out)
     return nn.Dropout(self.drop_rate)(out, deterministic=not train)

@@ -8,7 +8,10 @@ Tensors are NHWC throughout. Parameter names follow the official PyTorch code
 
 Mixed precision: `dtype` is the compute dtype of convs and dense layers, `param_dtype`
 the storage dtype. LayerNorms, the global-context mean, the head's pooling and the
-logits are computed in float32 whatever `dtype` is.
+logits are computed in float32 whatever `dtype` is. LayerNorms write `norm_dtype`: float32 by
+default (PyTorch AMP's choice), or bfloat16, which halves the bytes of the residual stream: the
+stream x <- x + γ·branch carries the dtype the stem's LayerNorm writes, stage after stage. The
+head (final LayerNorm, pooling, logits) stays float32 whatever `norm_dtype` is.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ import numpy as np
 
 from focalnet_jax.kernels import aligned_projection, depthwise
 from focalnet_jax.kernels import remat as remat_lib
-from focalnet_jax.model.layers import DropPath, Downsample, Mlp, dense_init, layer_norm
+from focalnet_jax.model.layers import DropPath, Downsample, Mlp, dense_init, layer_norm, resolve_norm_dtype
 from focalnet_jax.model.modulation import FocalModulation
 from focalnet_jax.model.validation import IntOrSeq, nearest_multiples, per_stage, validate
 
@@ -53,6 +56,7 @@ class FocalNetBlock(nn.Module):
   f_align: int = 1
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  norm_dtype: Dtype | None = None
 
   def __post_init__(self):
     object.__setattr__(self, "depthwise_impl", depthwise.resolve(self.depthwise_impl))
@@ -76,11 +80,12 @@ class FocalNetBlock(nn.Module):
         f_align=self.f_align,
         dtype=self.dtype,
         param_dtype=self.param_dtype,
+        norm_dtype=self.norm_dtype,
         name="modulation",
     )
     mlp = Mlp(int(c * self.mlp_ratio), self.drop_rate, self.dtype, self.param_dtype, name="mlp")
-    norm1 = layer_norm("norm1", self.param_dtype)
-    norm2 = layer_norm("norm2", self.param_dtype)
+    norm1 = layer_norm("norm1", self.param_dtype, self.norm_dtype)
+    norm2 = layer_norm("norm2", self.param_dtype, self.norm_dtype)
     drop_path = DropPath(self.drop_path_rate)
 
     def scale(name: str) -> jax.Array | float:
@@ -88,13 +93,18 @@ class FocalNetBlock(nn.Module):
         return 1.0
       return self.param(name, nn.initializers.constant(self.layerscale_value), (c,), self.param_dtype)
 
+    def residual(x: jax.Array, gamma: jax.Array | float, branch: jax.Array) -> jax.Array:
+      # The stream keeps its dtype (what the stem's LayerNorm wrote): a float32 γ would otherwise
+      # promote a bfloat16 stream back to float32. A no-op on a float32 stream.
+      return x + drop_path(gamma * branch, train).astype(x.dtype)
+
     gamma_1, gamma_2 = scale("gamma_1"), scale("gamma_2")
     if self.use_postln:
-      x = x + drop_path(gamma_1 * norm1(modulation(x, train)), train)
-      x = x + drop_path(gamma_2 * norm2(mlp(x, train)), train)
+      x = residual(x, gamma_1, norm1(modulation(x, train)))
+      x = residual(x, gamma_2, norm2(mlp(x, train)))
     else:
-      x = x + drop_path(gamma_1 * modulation(norm1(x), train), train)
-      x = x + drop_path(gamma_2 * mlp(norm2(x), train), train)
+      x = residual(x, gamma_1, modulation(norm1(x), train))
+      x = residual(x, gamma_2, mlp(norm2(x), train))
     return x
 
 
@@ -114,17 +124,18 @@ class FocalNetStage(nn.Module):
   remat: str = "none"  # a kernels.remat policy
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  norm_dtype: Dtype | None = None
 
   def setup(self):
     block_cls = remat_lib.wrap(FocalNetBlock, remat_lib.resolve(self.remat), static_argnums=(2,))
     self.blocks = [
-        block_cls(drop_path_rate=self.drop_path_rates[j], dtype=self.dtype,
-                  param_dtype=self.param_dtype, **self.block_kwargs)
+        block_cls(drop_path_rate=self.drop_path_rates[j], dtype=self.dtype, param_dtype=self.param_dtype,
+                  norm_dtype=self.norm_dtype, **self.block_kwargs)
         for j in range(self.depth)
     ]
     if self.out_dim is not None:
       k, s, p = (3, 2, 1) if self.use_conv_embed else (2, 2, 0)
-      self.downsample = Downsample(self.out_dim, k, s, p, self.dtype, self.param_dtype)
+      self.downsample = Downsample(self.out_dim, k, s, p, self.dtype, self.param_dtype, self.norm_dtype)
 
   def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
     for block in self.blocks:
@@ -170,6 +181,9 @@ class FocalNet(nn.Module):
   # at which the fused `f` matmul writes q, f_z and the gates (kernels/aligned_projection.py).
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  # Numerics, not execution: what the trunk's LayerNorms write and so the residual stream's dtype
+  # (None: float32; 'bfloat16' moves fewer bytes and changes values; see the module docstring).
+  norm_dtype: Dtype | None = None
   remat: str = "none"
   depthwise_impl: str = "auto"
   focal_context_impl: str = "reference"
@@ -181,6 +195,7 @@ class FocalNet(nn.Module):
     object.__setattr__(self, "depthwise_impl", depthwise.resolve(self.depthwise_impl))
     object.__setattr__(self, "remat", remat_lib.resolve(self.remat))
     object.__setattr__(self, "f_align", aligned_projection.check_align(self.f_align))
+    object.__setattr__(self, "norm_dtype", resolve_norm_dtype(self.norm_dtype))
     super().__post_init__()
 
   @property
@@ -202,7 +217,8 @@ class FocalNet(nn.Module):
 
   def with_reference_execution(self) -> "FocalNet":
     """The same network run the plain way every backend supports (same parameters and values):
-    'xla' depthwise convs, the reference focal context, no remat, `f` in its own layout."""
+    'xla' depthwise convs, the reference focal context, no remat, `f` in its own layout.
+    `dtype` and `norm_dtype` are kept: they change the values, so they are the model's, not how it runs."""
     return self.clone(depthwise_impl="xla", focal_context_impl="reference", remat="none", f_align=1)
 
   def check_image_size(self, height: int, width: int) -> None:
@@ -231,7 +247,7 @@ class FocalNet(nn.Module):
     windows = per_stage(self.focal_windows, n, "focal_windows")
     rates = np.linspace(0.0, self.drop_path_rate, sum(self.depths)).tolist()
     k, s, p = self.stem_geometry()
-    self.patch_embed = Downsample(self.embed_dim, k, s, p, self.dtype, self.param_dtype)
+    self.patch_embed = Downsample(self.embed_dim, k, s, p, self.dtype, self.param_dtype, self.norm_dtype)
     self.pos_drop = nn.Dropout(self.drop_rate)
     stages = []
     for i in range(n):
@@ -264,9 +280,12 @@ class FocalNet(nn.Module):
               remat=self.remat,
               dtype=self.dtype,
               param_dtype=self.param_dtype,
+              norm_dtype=self.norm_dtype,
           )
       )
     self.layers = stages
+    # The head's LayerNorm writes float32 whatever norm_dtype: the head is float32 throughout, and its
+    # input (stride 32) is too small for its bytes to matter.
     self.norm = layer_norm("norm", self.param_dtype)
     if self.num_classes > 0:
       self.head = nn.Dense(
