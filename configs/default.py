@@ -64,6 +64,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Mixed precision: bfloat16 compute, float32 parameters (the master weights).
   c.model.dtype = "bfloat16"
   c.model.param_dtype = "float32"
+  # What the LayerNorms write, and so the dtype of the residual stream they read: None (float32,
+  # as PyTorch AMP) or 'bfloat16' (fewer bytes per step on GPUs; docs/benchmarks.md). Their
+  # statistics are float32 either way and the head stays float32. It changes values, so like
+  # `dtype` it is part of the recorded model, not an execution choice.
+  c.model.norm_dtype = config_dict.placeholder(str)
   # What each block keeps for the backward pass (kernels/remat.py): 'none' (all; fastest while it
   # fits), 'block' (only its input: least memory) or 'dots' (its matmul outputs; elementwise work
   # is recomputed). True / False mean 'block' / 'none'.

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
 
 import jax
@@ -112,3 +113,22 @@ def test_execution_fields_reach_the_model_but_not_its_recorded_architecture():
   model, overrides = build_model(config, 1000)
   assert (model.depthwise_impl, model.focal_context_impl, model.remat) == ("xla", "fused", "dots")
   assert overrides == {"focal_levels": 3, "num_classes": 1000, "dtype": "bfloat16", "param_dtype": "float32"}
+
+
+def test_norm_dtype_reaches_the_model_and_is_recorded_with_its_architecture():
+  """What the LayerNorms write changes values, so, like `dtype`, it is part of the model a
+  checkpoint records, and a resumed run may not change it; float32 (None) is the default."""
+  from focalnet_jax.train import config_check
+
+  path = os.path.join(train_utils.ROOT, "configs", "focalnet_t.py")
+  config = load(path, "--config.model.norm_dtype=bfloat16")
+  config_check.check_values(config)
+  model, overrides = build_model(config, 1000)
+  assert model.norm_dtype == jnp.bfloat16 and overrides["norm_dtype"] == "bfloat16"
+  default, default_overrides = build_model(load(path), 1000)
+  assert default.norm_dtype is None and "norm_dtype" not in default_overrides
+  saved = json.loads(load(path).to_json_best_effort())
+  assert config_check.config_changes(saved, config) == [("model.norm_dtype", None, "bfloat16")]
+  with pytest.raises(ValueError, match=r"model.norm_dtype='bf16' must be None \(LayerNorms write float32\) or "
+                                       r"'float32' or 'bfloat16' \(--config.model.norm_dtype=...\)"):
+    config_check.check_values(load(path, "--config.model.norm_dtype=bf16"))

@@ -187,6 +187,7 @@ def test_cli_override_false_is_false(capsys):
         ("interaction=add", ("interaction", "add")),
         ('interaction="add"', ("interaction", "add")),
         ("remat=dots", ("remat", "dots")),
+        ("norm_dtype=bfloat16", ("norm_dtype", "bfloat16")),
     ],
 )
 def test_override_values_are_json_or_a_bare_word(text, expected):
@@ -208,6 +209,7 @@ def test_override_values_are_json_or_a_bare_word(text, expected):
         ("mlp_ratio=big", "mlp_ratio takes a number"),
         ("interaction=1", "interaction takes a string"),
         ("dtype=float33", "dtype takes a dtype name"),
+        ("norm_dtype=bf16", "norm_dtype takes a dtype name such as bfloat16, or null"),
         ("num_class=10", "Unknown FocalNet field 'num_class'. Did you mean num_classes?"),
         ("use_gating", "expects KEY=VALUE"),
     ],

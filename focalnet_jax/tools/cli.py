@@ -47,6 +47,7 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "Sequence[int]": (_is_ints, "a list of ints such as [2,2,6,2]"),
     "IntOrSeq": (lambda v: _is_int(v) or _is_ints(v), "an int, or a list of ints (one per stage)"),
     "Dtype": (_is_dtype_name, "a dtype name such as float32 or bfloat16"),
+    "Dtype | None": (lambda v: v is None or _is_dtype_name(v), "a dtype name such as bfloat16, or null"),
 }
 
 

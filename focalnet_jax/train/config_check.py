@@ -16,6 +16,7 @@ from typing import Any, Callable
 import ml_collections
 
 from focalnet_jax.model import nearest_multiples
+from focalnet_jax.model.layers import NORM_DTYPES
 
 # config.model fields that choose how the model runs, not what it computes. They are passed to the
 # model (the FocalNet fields among them) but not recorded as its architecture in checkpoints: a
@@ -83,6 +84,8 @@ _BELOW_ONE = _num(lambda v: 0 <= v < 1, "a number in [0, 1)")
 _NON_NEGATIVE = _num(lambda v: v >= 0, "a number >= 0")
 _POSITIVE = _num(lambda v: v > 0, "a number > 0")
 _BOOL = _rule(lambda v: isinstance(v, bool), lambda v: True, "True or False")
+_NORM_DTYPE = _rule(lambda v: v is None or v in NORM_DTYPES, lambda v: True,
+                    "None (LayerNorms write float32) or " + " or ".join(map(repr, NORM_DTYPES)))
 
 RULES: dict[str, Callable[[Any], str | None]] = {
     "batch_size": _int(1), "eval_batch_size": _int(1), "grad_accum_steps": _int(1),
@@ -111,7 +114,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "model.depths": _optional(_positive_ints), "model.embed_dim": _optional(_int(1)),
     "model.patch_size": _optional(_int(1)), "model.num_classes": _optional(_int(1)),
     "model.drop_rate": _optional(_BELOW_ONE), "model.drop_path_rate": _optional(_BELOW_ONE),
-    "model.mlp_ratio": _optional(_POSITIVE), "model.f_align": _int(1),
+    "model.mlp_ratio": _optional(_POSITIVE), "model.f_align": _int(1), "model.norm_dtype": _NORM_DTYPE,
 }
 
 
