@@ -99,6 +99,9 @@ def test_a_wrong_variant_or_target_is_named_before_anything_compiles():
   with pytest.raises(SystemExit, match="depthwise, context, remat, f_align"):
     aot.parse_variant("depthwise=xla,kernel=shift")
   assert aot.parse_variant("context=fused,f_align=8") == {"focal_context_impl": "fused", "f_align": 8}
+  assert aot.parse_variant("depthwise=xla,norm=bfloat16") == {"depthwise_impl": "xla", "norm_dtype": "bfloat16"}
+  with pytest.raises(SystemExit, match=r"'norm=bf16': norm takes float32 or bfloat16"):
+    aot.parse_variant("norm=bf16")
   with pytest.raises(SystemExit, match="h100, h200"):
     aot.target_config("a100")
   assert "core_count: 132" in aot.target_config("h200")

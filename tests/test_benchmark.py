@@ -5,6 +5,7 @@ import re
 import textwrap
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -122,3 +123,12 @@ def test_table_reports_mfu_against_the_peak_and_bandwidth_from_bytes_per_step(ti
   # 8 images / 0.5 s = 16 img/s; 16 x 25 GFLOP = 0.4 TFLOP/s = 25% of 1.6; 4 GB / 0.5 s = 8 GB/s.
   assert cells[1:3] == ["16.0", "500"] and cells[5:8] == ["0.400", "25.0%", "8"]
   assert "MFU against a measured 1.6 TFLOP/s" in table
+
+
+def test_norm_dtype_option_sets_the_field_and_names_the_row(tiny_config):
+  args = benchmark.parser().parse_args(["--config", tiny_config, "--norm-dtype", "bfloat16"])
+  assert benchmark.benchmark_config(args, 32, 0).model.norm_dtype == "bfloat16"
+  runner = benchmark.make_runner(args, "jax:0", 32)
+  assert runner.model.norm_dtype == jnp.bfloat16 and runner.name.endswith(", bfloat16 norms)")
+  plain = benchmark.make_runner(benchmark.parser().parse_args(["--config", tiny_config]), "jax:0", 32)
+  assert plain.model.norm_dtype is None and "norms" not in plain.name

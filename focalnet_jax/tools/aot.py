@@ -7,7 +7,8 @@ XLA:GPU can compile without a GPU when it is told the device (a GpuTargetConfig:
 shared memory, compute capability; `gpu_targets/*.txtpb` hold the H100 SXM's and H200's public
 specifications). The program is the one `python -m focalnet_jax.benchmark` times on a GPU (the
 trainer's own step, or the chunked forward), compiled once per variant of the execution fields
-(depthwise conv, focal context, remat, f alignment). For each, the table gives what XLA decided:
+(depthwise conv, focal context, remat, f alignment) and of what the LayerNorms write (`norm`:
+float32 or bfloat16, which changes values too). For each, the table gives what XLA decided:
 kernel launches (GEMMs, cuDNN convolutions, fusions), the device-memory traffic of one step as
 `hlo_traffic` models it, the time that traffic takes at --hbm-tbps (a floor: memory-bound
 FocalNet cannot run faster), and the device memory XLA allocates (arguments + temporaries +
@@ -30,9 +31,19 @@ DEFAULT_HBM_TBPS = 4.3
 # The variants compiled by default: the default execution, then one field changed at a time.
 DEFAULT_VARIANTS = ("depthwise=xla", "depthwise=shift", "depthwise=xla,context=fused",
                     "depthwise=shift,context=fused", "depthwise=xla,remat=dots", "depthwise=xla,remat=block",
-                    "depthwise=xla,f_align=8")
+                    "depthwise=xla,f_align=8", "depthwise=xla,norm=bfloat16")
+
+
+def _norm_dtype(value: str) -> str:
+  from focalnet_jax.model.layers import NORM_DTYPES
+
+  if value not in NORM_DTYPES:
+    raise ValueError(f"norm takes {' or '.join(NORM_DTYPES)}")
+  return value
+
+
 _FIELDS = {"depthwise": ("depthwise_impl", str), "context": ("focal_context_impl", str),
-           "remat": ("remat", str), "f_align": ("f_align", int)}
+           "remat": ("remat", str), "f_align": ("f_align", int), "norm": ("norm_dtype", _norm_dtype)}
 
 
 def parse_variant(spec: str) -> dict[str, Any]:
@@ -43,7 +54,10 @@ def parse_variant(spec: str) -> dict[str, Any]:
     if not eq or key not in _FIELDS:
       raise SystemExit(f"--variant {spec!r}: {item!r} is not KEY=VALUE with KEY one of {', '.join(_FIELDS)}.")
     name, kind = _FIELDS[key]
-    fields[name] = kind(value)
+    try:
+      fields[name] = kind(value)
+    except ValueError as e:
+      raise SystemExit(f"--variant {spec!r}: {item!r}: {e}.") from e
   return fields
 
 
@@ -127,13 +141,14 @@ def compile_variant(args: argparse.Namespace, spec: str, device: Any) -> Compile
   from focalnet_jax.tools import benchmark, hlo_traffic
 
   ns = argparse.Namespace(**{**vars(args), "depthwise_impl": "xla", "focal_context_impl": "reference",
-                             "remat": "none", "f_align": 1, "ema_decay": None,
+                             "remat": "none", "f_align": 1, "norm_dtype": None, "ema_decay": None,
                              "chunk_elements": "0" if args.mode == "train" else args.chunk_elements})
   config = benchmark.benchmark_config(ns, args.image_size, 0)
   for name, value in parse_variant(spec).items():
     config.model[name] = value
   m = config.model
-  details = f"{m.depthwise_impl}, {m.focal_context_impl} context, remat {m.remat}, f_align {m.f_align}"
+  details = (f"{m.depthwise_impl}, {m.focal_context_impl} context, remat {m.remat}, f_align {m.f_align}, "
+             f"{m.norm_dtype or 'float32'} norms")
   num_classes = m.num_classes or create_model(m.name).num_classes
   sharding = jax.sharding.SingleDeviceSharding(device)
   t0 = time.perf_counter()
@@ -188,8 +203,8 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--config", default=None, help="training config (path[:arg]); default configs/default.py")
   p.add_argument("--chunk-elements", default="0", help="infer: activation elements per stage chunk (0 = none)")
   p.add_argument("--variant", action="append", default=None,
-                 help="execution fields to compile, e.g. 'depthwise=shift,context=fused,remat=dots,f_align=8' "
-                      "(unnamed fields: xla, reference, none, 1); repeat for more rows. Default: "
+                 help="fields to compile, e.g. 'depthwise=shift,context=fused,remat=dots,f_align=8,norm=bfloat16' "
+                      "(unnamed fields: xla, reference, none, 1, float32); repeat for more rows. Default: "
                       + "; ".join(DEFAULT_VARIANTS))
   p.add_argument("--hbm-tbps", type=float, default=DEFAULT_HBM_TBPS,
                  help="device-memory bandwidth for the floor time (default: the H200's measured copy rate)")

@@ -75,7 +75,7 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
 
 
 def benchmark_config(args: argparse.Namespace, image_size: int, micro_batch_size: int) -> ml_collections.ConfigDict:
-  """The training config (--config) with the benchmark's model, batch, micro-batches, size and dtype."""
+  """The training config (--config) with the benchmark's model, batch, micro-batches, size and dtypes."""
   num_micro = 1
   if args.mode == "train" and micro_batch_size and micro_batch_size < args.batch_size:
     if args.batch_size % micro_batch_size:
@@ -84,6 +84,7 @@ def benchmark_config(args: argparse.Namespace, image_size: int, micro_batch_size
   config = load_config(args.config)
   config.model.name = args.model
   config.model.dtype = args.dtype
+  config.model.norm_dtype = args.norm_dtype
   config.model.depthwise_impl = args.depthwise_impl
   config.model.focal_context_impl = args.focal_context_impl
   config.model.remat = args.remat
@@ -290,9 +291,12 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--image-size", type=int, default=224)
   p.add_argument("--mode", choices=("infer", "train"), default="infer")
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+  p.add_argument("--norm-dtype", choices=("float32", "bfloat16"), default=None,
+                 help="what the LayerNorms write, and so the residual stream's dtype (the config's "
+                      "model.norm_dtype; default float32); statistics and the head stay float32")
   p.add_argument("--config", default=DEFAULT_CONFIG,
                  help="training config (path[:arg]) whose recipe our training step follows; the "
-                      "benchmark sets its model, batch size, micro-batches, image size and dtype")
+                      "benchmark sets its model, batch size, micro-batches, image size and dtypes")
   p.add_argument("--ema-decay", type=float, default=None,
                  help="train: keep an EMA of the weights in the step, as train.py does with "
                       "--config.ema_decay (default: the config's, 0 = none)")

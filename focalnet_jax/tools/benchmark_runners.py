@@ -123,7 +123,8 @@ class JaxRunner(Runner):
     # A built model has resolved 'auto': the row names the depthwise conv it runs.
     self.details = [self.model.depthwise_impl] + ([f"remat {self.model.remat}"] if self.model.remat != "none" else []) + (
         [f"{self.model.focal_context_impl} focal context"] if self.model.focal_context_impl != "reference" else []) + (
-        [f"f_align {self.model.f_align}"] if self.model.f_align > 1 else [])
+        [f"f_align {self.model.f_align}"] if self.model.f_align > 1 else []) + (
+        [f"{self.model.norm_dtype} norms"] if self.model.norm_dtype is not None else [])
     size = config.image_size
     rng = np.random.default_rng(0)
     self.images = jnp.asarray(rng.standard_normal((self.batch_size, size, size, 3), np.float32))
