@@ -130,6 +130,10 @@ variants() {  # each execution choice against bench's rows; larger batches and m
     timeout 150 python3 -m focalnet_jax.benchmark --model focalnet_tiny_srf --mode train --batch-size 128 \
         "${common[@]}" --f-align $align >"$OUT/bench_t_train_f_align$align.txt" 2>&1
   done
+  # LayerNorms writing bf16, so a bf16 residual stream (model.norm_dtype; changes values, unlike the
+  # rows above): 8% less traffic than bench's default row in the compiler's plan (docs/benchmarks.md).
+  timeout 150 python3 -m focalnet_jax.benchmark --model focalnet_tiny_srf --mode train --batch-size 128 \
+      "${common[@]}" --norm-dtype bfloat16 >"$OUT/bench_t_train_norm_bf16.txt" 2>&1
   for b in 256 512; do
     timeout 120 python3 -m focalnet_jax.benchmark --model focalnet_tiny_srf --mode train --batch-size $b "${common[@]}" \
         --compare timm --no-torch-compile >"$OUT/bench_t_train_b$b.txt" 2>&1
