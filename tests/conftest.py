@@ -1,6 +1,7 @@
 """Test setup: 8 CPU devices for sharding tests, set before JAX initialises its backends, and
 the fixtures several test files share."""
 import os
+import signal
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -19,3 +20,15 @@ def compilation_cache(tmp_path_factory):
 
   with train_utils.compilation_cache(str(tmp_path_factory.mktemp("jax_cache"))):
     yield
+
+
+@pytest.fixture
+def ctrl_c():
+  """SIGINT raising KeyboardInterrupt, as in an interactive shell, for the test's duration. A shell
+  starts background jobs with SIGINT ignored and Python keeps that: without this, tests of
+  Ctrl-C fail when the suite itself runs in the background. Yields the handler to restore."""
+  before = signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    yield signal.default_int_handler
+  finally:
+    signal.signal(signal.SIGINT, before)

@@ -109,7 +109,7 @@ def test_resuming_with_another_config_is_refused_harmless_changes_are_not_and_hi
   assert json.load(open(workdir / "config.json"))["total_steps"] == 3
 
 
-def test_ctrl_c_saves_and_stops_like_sigterm(tmp_path):
+def test_ctrl_c_saves_and_stops_like_sigterm(tmp_path, ctrl_c):
   config = train_utils.tiny_config(total_steps=6, checkpoint_every_steps=100)
 
   def ctrl_c_at_3(step):
@@ -121,7 +121,7 @@ def test_ctrl_c_saves_and_stops_like_sigterm(tmp_path):
   with checkpoint.manager(tmp_path / "run" / "checkpoints") as mngr:
     assert mngr.latest_step() == 3
   assert train(config, tmp_path / "run")["step"] == 6
-  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+  assert signal.getsignal(signal.SIGINT) is ctrl_c  # restored
 
 
 def test_a_failed_async_save_stops_at_once_naming_step_directory_cause_and_intact_step(tmp_path, monkeypatch):

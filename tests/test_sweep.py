@@ -140,7 +140,7 @@ class CtrlCAfter(FakeTrain):
     return metrics
 
 
-def test_ctrl_c_outside_the_trainer_stops_the_sweep_and_a_rerun_resumes(tmp_path):
+def test_ctrl_c_outside_the_trainer_stops_the_sweep_and_a_rerun_resumes(tmp_path, ctrl_c):
   runs = runs_of(FL + ":quickstart", only=["fl0", "fl1", "fl2"])
   fake = CtrlCAfter("fl0")
   report = sweep.run_sweep(runs, str(tmp_path), fake)
