@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
-# Everything the GPU work needs installed, checked and measured, in three calls on a lent NVIDIA GPU
-# machine (this workplace's device tool; each call is at most 10 minutes):
+# Everything the GPU work needs installed, checked and measured, in four calls on a lent NVIDIA GPU
+# machine (this workplace's device tool: each call at most 10 minutes, 30 minutes a session), in
+# the order of what matters most, so that a short session still ends with the headline numbers:
 #
-#   bash scripts/gpu_session.sh check   # versions, TF-free tests on the GPU, the quickstart in
-#                                       # bf16 (twice, also with deterministic ops), kill + resume
 #   bash scripts/gpu_session.sh bench      # depthwise impls, FocalNet-T train/infer against timm
-#   bash scripts/gpu_session.sh variants   # execution choices, XLA flags, batch sizes, T-lrf/S/B
+#   bash scripts/gpu_session.sh check      # versions, TF-free tests on the GPU, the quickstart in
+#                                          # bf16 (twice, also with deterministic ops), kill + resume
+#   bash scripts/gpu_session.sh variants   # execution choices and XLA flags on the T training step
+#   bash scripts/gpu_session.sh scale      # larger batches, T-lrf, S and B against timm
+#
+# Each call stops starting commands when fewer than 30 s of its CALL_S seconds (default 570: the
+# 10-minute call less the start and the transfers) are left, and caps every command at the time
+# left, so a slow command costs the rows after it, never the files before it; a skipped row says
+# so in its file and in the summary.
 #
 # The GPU image has jax, flax, optax, orbax, torch, timm but no TensorFlow and no ml_collections,
 # and no network. Before the first call, on the machine with pip access (repository root):
@@ -24,6 +31,19 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=3
 summary=()
+CALL_S=${CALL_S:-570}
+started=$SECONDS
+
+run_capped() {  # $1: the most seconds it may take, $2: its output file, rest: the command
+  local cap=$1 out=$2 left=$((CALL_S - (SECONDS - started)))
+  shift 2
+  if [ "$left" -lt 30 ]; then
+    echo "skipped: $left s of this call's $CALL_S s were left" >"$out"
+    summary+=("skipped (out of time): $(basename "$out")")
+    return 124
+  fi
+  timeout "$((cap < left ? cap : left))" "$@" >"$out" 2>&1
+}
 common=(--dtype bfloat16 --rounds 5 --steps 5)  # every timed row of bench and variants
 
 versions() {
@@ -43,24 +63,23 @@ PY
 quickstart() {  # $1: workdir, rest: extra flags
   local dir=$1; shift
   # shellcheck disable=SC2086  # QS_FLAGS is a list of flags
-  python3 train.py --config configs/quickstart.py --workdir "$dir" --config.model.dtype=bfloat16 ${QS_FLAGS:-} "$@" \
-    >"$dir.log" 2>&1
+  run_capped 180 "$dir.log" python3 train.py --config configs/quickstart.py --workdir "$dir" \
+      --config.model.dtype=bfloat16 ${QS_FLAGS:-} "$@"
 }
 
-losses() { python3 -c "import json,sys; print([r['loss'] for r in map(json.loads, open(sys.argv[1])) if r['split']=='train'])" "$1/metrics.jsonl"; }
+losses() { python3 -c "import json,sys; print([r['loss'] for r in map(json.loads, open(sys.argv[1])) if r['split']=='train'])" "$1/metrics.jsonl" 2>&1; }
 
 check() {
   versions >"$OUT/versions.txt" 2>&1; cat "$OUT/versions.txt"
   # Tests that need no TensorFlow and no 8-device mesh; the GPU is the default backend.
-  JAX_PLATFORMS=${TEST_PLATFORMS:-cuda,cpu} timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_network.py \
-      tests/test_step.py tests/test_arrays.py tests/test_summary.py tests/test_aligned_projection.py tests/test_aot.py \
-      >"$OUT/tests.txt" 2>&1
+  JAX_PLATFORMS=${TEST_PLATFORMS:-cuda,cpu} run_capped 200 "$OUT/tests.txt" python3 -m pytest -q -p no:cacheprovider \
+      tests/test_network.py tests/test_step.py tests/test_arrays.py tests/test_summary.py \
+      tests/test_aligned_projection.py tests/test_aot.py
   summary+=("tests: $(tail -n 1 "$OUT/tests.txt")")
   # The Mosaic GPU focal context compiled and run on the GPU against XLA (interpreted on CPU);
   # its model-level values and gradients (the 8-device sharding test needs 8 devices: left out).
-  JAX_PLATFORMS=${TEST_PLATFORMS:-cuda,cpu} timeout 400 python3 -m pytest -q -p no:cacheprovider \
-      tests/test_mosaic_focal_context.py tests/test_focal_context.py -k "mosaic and not sharded" \
-      >"$OUT/tests_mosaic.txt" 2>&1
+  JAX_PLATFORMS=${TEST_PLATFORMS:-cuda,cpu} run_capped 150 "$OUT/tests_mosaic.txt" python3 -m pytest -q \
+      -p no:cacheprovider tests/test_mosaic_focal_context.py tests/test_focal_context.py -k "mosaic and not sharded"
   summary+=("mosaic focal context tests: $(tail -n 1 "$OUT/tests_mosaic.txt")")
   for run in a b; do quickstart "$OUT/qs_$run"; done
   for run in c d; do XLA_FLAGS=--xla_gpu_deterministic_ops=true quickstart "$OUT/qs_$run"; done
@@ -68,6 +87,9 @@ check() {
   [ "$(losses "$OUT/qs_a")" == "$(losses "$OUT/qs_b")" ] && same=yes || same=no
   [ "$(losses "$OUT/qs_c")" == "$(losses "$OUT/qs_d")" ] && det=yes || det=no
   summary+=("same losses, same seed: default flags $same, --xla_gpu_deterministic_ops $det")
+  if [ $((CALL_S - (SECONDS - started))) -lt 120 ]; then
+    summary+=("skipped (out of time): kill + resume"); return
+  fi
   # Kill (SIGTERM) after the step-220 checkpoint, rerun, compare with the uninterrupted run c.
   # python itself in the background (not a shell function), so that the signal reaches it.
   # shellcheck disable=SC2086
@@ -82,10 +104,24 @@ check() {
   summary+=("kill+resume: $(final "$OUT/qs_kill.log") vs straight $(final "$OUT/qs_c.log")")
 }
 
+t_train() {  # $1: the most seconds, $2: the row's name, rest: flags; FocalNet-T srf training at b128
+  local cap=$1 name=$2; shift 2
+  run_capped "$cap" "$OUT/bench_t_train_$name.txt" python3 -m focalnet_jax.benchmark --model focalnet_tiny_srf \
+      --mode train --batch-size 128 "${common[@]}" "$@"
+}
+
 bench() {
   versions >"$OUT/versions.txt" 2>&1
-  python3 - >"$OUT/depthwise.txt" 2>&1 <<'PY'
-# The depthwise conv of each FocalNet-T stage, forward + backward, per implementation (bf16, b128).
+  # The headline first: our training and inference step against timm eager and torch.compile.
+  t_train 300 timm --compare timm --torch-compile-modes default,max-autotune
+  run_capped 180 "$OUT/bench_t_infer.txt" python3 -m focalnet_jax.benchmark --model focalnet_tiny_srf --mode infer \
+      --batch-size 128 "${common[@]}" --compare timm --torch-compile-modes default,max-autotune
+  # The focal context in one Mosaic GPU kernel (kernels/mosaic_focal_context.py): inference is
+  # where it saves most (no recomputation); the compiler's plan: 22.5 -> 21.4 GB per step.
+  run_capped 90 "$OUT/bench_t_infer_mosaic.txt" python3 -m focalnet_jax.benchmark --model focalnet_tiny_srf \
+      --mode infer --batch-size 128 "${common[@]}" --focal-context-impl mosaic
+  # The depthwise conv of each FocalNet-T stage, forward + backward, per implementation (bf16, b128).
+  run_capped 90 "$OUT/depthwise.txt" python3 - <<'PY'
 import time, jax, jax.numpy as jnp
 from focalnet_jax.kernels import depthwise
 for (h, c, k) in ((56, 96, 3), (56, 96, 5), (28, 192, 3), (14, 384, 3), (7, 768, 3)):
@@ -98,53 +134,37 @@ for (h, c, k) in ((56, 96, 3), (56, 96, 5), (28, 192, 3), (14, 384, 3), (7, 768,
     jax.block_until_ready(out); print(f"{h}x{h}x{c} k{k} {impl}: {(time.perf_counter() - t) / 20 * 1e3:.3f} ms")
 PY
   summary+=("depthwise: $(tr '\n' ';' <"$OUT/depthwise.txt")")
-  timeout 420 python3 -m focalnet_jax.benchmark --model focalnet_tiny_srf --mode train --batch-size 128 "${common[@]}" \
-      --compare timm --torch-compile-modes default,max-autotune >"$OUT/bench_t_train.txt" 2>&1
-  timeout 300 python3 -m focalnet_jax.benchmark --model focalnet_tiny_srf --mode infer --batch-size 128 "${common[@]}" \
-      --compare timm --torch-compile-modes default,max-autotune >"$OUT/bench_t_infer.txt" 2>&1
-  # The focal context in one Mosaic GPU kernel (kernels/mosaic_focal_context.py): inference is
-  # where it saves most (no recomputation); the compiler's plan: 22.5 -> 21.4 GB per step.
-  timeout 120 python3 -m focalnet_jax.benchmark --model focalnet_tiny_srf --mode infer --batch-size 128 "${common[@]}" \
-      --focal-context-impl mosaic >"$OUT/bench_t_infer_mosaic.txt" 2>&1
   bench_summary
 }
 
-variants() {  # each execution choice against bench's rows; larger batches and models
+variants() {  # each execution choice on bench's FocalNet-T training row (its default)
   # The compiler's plan for the same step (no device needed): its traffic floor beside the measured ms.
-  timeout 200 python3 -m focalnet_jax.aot --target h200 --variant depthwise=xla --by-scope 12 \
-      >"$OUT/aot_t_train.txt" 2>&1
+  run_capped 120 "$OUT/aot_t_train.txt" python3 -m focalnet_jax.aot --target h200 --variant depthwise=xla --by-scope 12
   summary+=("aot: $(grep '^| xla' "$OUT/aot_t_train.txt" | head -1)")
-  # ('pallas' is left out: it does not lower for a GPU, see kernels/pallas_focal_level.py.)
-  for impl in fused mosaic; do  # the focal-context paths against the reference row above
-    timeout 150 python3 -m focalnet_jax.benchmark --model focalnet_tiny_srf --mode train --batch-size 128 \
-        "${common[@]}" --focal-context-impl $impl >"$OUT/bench_t_train_$impl.txt" 2>&1
-  done
-  # GEMMs through cuBLAS rather than XLA's Triton fusions: 3% less traffic in the compiler's plan.
-  XLA_FLAGS=--xla_gpu_enable_triton_gemm=false timeout 150 python3 -m focalnet_jax.benchmark \
-      --model focalnet_tiny_srf --mode train --batch-size 128 "${common[@]}" >"$OUT/bench_t_train_cublas.txt" 2>&1
-  for remat in dots block; do  # what each block keeps for the backward pass (kernels/remat.py)
-    timeout 150 python3 -m focalnet_jax.benchmark --model focalnet_tiny_srf --mode train --batch-size 128 \
-        "${common[@]}" --remat $remat >"$OUT/bench_t_train_remat_$remat.txt" 2>&1
-  done
-  for align in 8; do  # f's matmul writing q, f_z, gates at aligned offsets (kernels/aligned_projection.py)
-    timeout 150 python3 -m focalnet_jax.benchmark --model focalnet_tiny_srf --mode train --batch-size 128 \
-        "${common[@]}" --f-align $align >"$OUT/bench_t_train_f_align$align.txt" 2>&1
-  done
   # LayerNorms writing bf16, so a bf16 residual stream (model.norm_dtype; changes values, unlike the
-  # rows above): 8% less traffic than bench's default row in the compiler's plan (docs/benchmarks.md).
-  timeout 150 python3 -m focalnet_jax.benchmark --model focalnet_tiny_srf --mode train --batch-size 128 \
-      "${common[@]}" --norm-dtype bfloat16 >"$OUT/bench_t_train_norm_bf16.txt" 2>&1
+  # rows below): 8% less traffic than bench's default row in the compiler's plan (docs/benchmarks.md).
+  t_train 90 norm_bf16 --norm-dtype bfloat16
+  # GEMMs through cuBLAS rather than XLA's Triton fusions: 3% less traffic in the compiler's plan.
+  XLA_FLAGS=--xla_gpu_enable_triton_gemm=false t_train 90 cublas
+  # ('pallas' is left out: it does not lower for a GPU, see kernels/pallas_focal_level.py.)
+  for impl in mosaic fused; do t_train 90 "$impl" --focal-context-impl $impl; done
+  for remat in dots block; do t_train 90 "remat_$remat" --remat $remat; done  # kernels/remat.py
+  t_train 90 f_align8 --f-align 8  # f's matmul writing q, f_z, gates at aligned offsets
+  bench_summary
+}
+
+scale() {  # larger batches, then the larger models against timm
   for b in 256 512; do
-    timeout 120 python3 -m focalnet_jax.benchmark --model focalnet_tiny_srf --mode train --batch-size $b "${common[@]}" \
-        --compare timm --no-torch-compile >"$OUT/bench_t_train_b$b.txt" 2>&1
+    run_capped 120 "$OUT/bench_t_train_b$b.txt" python3 -m focalnet_jax.benchmark --model focalnet_tiny_srf \
+        --mode train --batch-size $b "${common[@]}" --compare timm --no-torch-compile
   done
   # The largest batch that fits: XLA allocates 66.8 GiB at 1024 and 105.5 GiB at 2048 for this
   # step when compiling for an H200 (tools.aot); ours alone (timm may not fit there).
-  timeout 150 python3 -m focalnet_jax.benchmark --model focalnet_tiny_srf --mode train --batch-size 2048 \
-      --dtype bfloat16 --rounds 3 --steps 3 >"$OUT/bench_t_train_b2048.txt" 2>&1
+  run_capped 120 "$OUT/bench_t_train_b2048.txt" python3 -m focalnet_jax.benchmark --model focalnet_tiny_srf \
+      --mode train --batch-size 2048 --dtype bfloat16 --rounds 3 --steps 3
   for m in focalnet_tiny_lrf focalnet_small_srf focalnet_base_srf; do
-    timeout 150 python3 -m focalnet_jax.benchmark --model $m --mode train --batch-size 128 "${common[@]}" \
-        --compare timm --torch-compile-modes default >"$OUT/bench_${m}_train.txt" 2>&1
+    run_capped 150 "$OUT/bench_${m}_train.txt" python3 -m focalnet_jax.benchmark --model $m --mode train \
+        --batch-size 128 "${common[@]}" --compare timm --torch-compile-modes default
   done
   bench_summary
 }
@@ -157,6 +177,7 @@ case "${1:-}" in
   check) check ;;
   bench) bench ;;
   variants) variants ;;
-  *) echo "usage: bash scripts/gpu_session.sh check|bench|variants" >&2; exit 2 ;;
+  scale) scale ;;
+  *) echo "usage: bash scripts/gpu_session.sh bench|check|variants|scale" >&2; exit 2 ;;
 esac
 printf '%s\n' "${summary[@]}"
