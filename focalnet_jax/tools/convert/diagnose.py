@@ -208,7 +208,7 @@ def report(problems: Problems, state_dict: Mapping[str, Any], layout: str, prefi
 
 def _backbone_hints(problems: Problems, table: Layout, prefix: str) -> list[str]:
   """What a backbone conversion's missing keys usually mean."""
-  norm = re.compile(re.escape(prefix + table.output_norm).replace(r"\{i\}", r"\d+") + r"\.")
+  norm = table.output_norm_pattern(prefix)
   if not any(norm.match(k) for k in problems.missing):
     return []
   return ["  The checkpoint has no per-output norms for every output (only official detection checkpoints have "

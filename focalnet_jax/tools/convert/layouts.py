@@ -35,6 +35,13 @@ from typing import Mapping, Sequence
 _LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias"}
 
 
+def module_pattern(template: str) -> re.Pattern[str]:
+  """Matches the start of the keys of any module `template` names: 'layers.{i}.blocks.{j}'
+  captures i and j (digits); a '{sub}' matches one name without capturing."""
+  escaped = re.escape(template).replace(r"\{sub\}", r"[^.]+")  # re.escape writes '{i}' as r'\{i\}'
+  return re.compile("^" + re.sub(r"\\\{\w+\\\}", r"(\\d+)", escaped) + r"\.")
+
+
 @dataclasses.dataclass(frozen=True)
 class Layout:
   """How one published layout names each part of the network (see the module docstring).
@@ -65,8 +72,11 @@ class Layout:
 
   def block_pattern(self, prefix: str = "") -> re.Pattern[str]:
     """Matches the start of any block key, capturing (stage, block)."""
-    escaped = re.escape(prefix + self.block)  # which turns '{i}' into r'\{i\}'
-    return re.compile("^" + escaped.replace(r"\{i\}", r"(\d+)").replace(r"\{j\}", r"(\d+)") + r"\.")
+    return module_pattern(prefix + self.block)
+
+  def output_norm_pattern(self, prefix: str = "") -> re.Pattern[str]:
+    """Matches the start of any backbone output norm's key, capturing the output."""
+    return module_pattern(prefix + self.output_norm)
 
   def block_module(self, i: int, j: int, prefix: str = "") -> str:
     """Block j of stage i."""
@@ -85,8 +95,7 @@ class Layout:
     m = self.block_pattern(prefix).match(key)
     if m:
       return int(m.group(1))
-    escaped = re.escape(prefix + self.downsample).replace(r"\{i\}", r"(\d+)").replace(r"\{sub\}", r"[^.]+")
-    m = re.match(escaped + r"\.", key)
+    m = module_pattern(prefix + self.downsample).match(key)
     return int(m.group(1)) - self.downsample_stage_offset if m else None
 
   def is_head_key(self, key: str) -> bool:

@@ -129,7 +129,7 @@ def split_backbone(state_dict: Mapping[str, Any], layout: str | Layout, prefix: 
   """
   table = get_layout(layout)
   last = max(out_indices)
-  norm = re.compile(re.escape(prefix + table.output_norm).replace(r"\{i\}", r"(\d+)") + r"\.")
+  norm = table.output_norm_pattern(prefix)
   kept, dropped = {}, collections.defaultdict(list)
   for key, value in state_dict.items():
     m = norm.match(key)
