@@ -35,18 +35,9 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
+from focalnet_jax.kernels import mosaic_common as mc
+from focalnet_jax.kernels.mosaic_common import CHANNELS, CHUNK, SMEM_BUDGET, SMEM_LIMIT, TMA_BOX, available  # noqa: F401
 from focalnet_jax.model.layers import gelu
-
-CHUNK = 64  # pixels per register array: the WGMMA layout's row tile
-CHANNELS = 16  # channels per CUDA block: 32-byte rows in bf16, the TMA's smallest efficient box
-TMA_BOX = 256  # the TMA copies at most this many elements along a dimension
-SMEM_BUDGET = 110 * 1024  # bytes per CUDA block: two blocks fit an SM's 227 KiB ...
-SMEM_LIMIT = 220 * 1024  # ... else one block per SM, rather than tiles of few rows
-
-
-def available() -> bool:
-  """Whether this jax has the Mosaic GPU API the kernel is written against (and its CPU interpreter)."""
-  return hasattr(plgpu, "InterpretGPUParams") and hasattr(plgpu, "Layout")
 
 
 class Tiling(NamedTuple):
@@ -63,10 +54,6 @@ class Tiling(NamedTuple):
     return self.rows * w
 
 
-def _round_up(n: int, m: int) -> int:
-  return m * math.ceil(n / m)
-
-
 def tiling(h: int, w: int, kernel_sizes: Sequence[int], itemsize: int) -> Tiling:
   """The largest row tile (a divisor of H, at most 8 rows) whose buffers fit `SMEM_BUDGET`, else
   `SMEM_LIMIT`, else one row (every row tile re-reads 2R halo rows, so few rows cost reads)."""
@@ -75,11 +62,11 @@ def tiling(h: int, w: int, kernel_sizes: Sequence[int], itemsize: int) -> Tiling
   # Level l (0-based) < L - 1 writes buffer 1 for l = 0, else buffer 0 for l = 1 (Z^0 is no longer
   # read), else buffer l; the last level reads its input and every earlier level from them.
   buffers = 1 if len(pads) == 1 else max(2, len(pads) - 1)
-  front = _round_up(max(pads), 8)
+  front = mc.round_up(max(pads), 8)
   candidates = []
   for rows in sorted((d for d in range(1, min(h, 8) + 1) if h % d == 0), reverse=True):
     window = rows + 2 * halo
-    size = front + _round_up(window * w, 8) + CHUNK + max(pads) * (w + 1)
+    size = front + mc.round_up(window * w, 8) + CHUNK + max(pads) * (w + 1)
     need = itemsize * CHANNELS * (buffers * size + rows * w + CHUNK)
     candidates.append((need, Tiling(rows, halo, window, front, size, buffers)))
   for budget in (SMEM_BUDGET, SMEM_LIMIT):
@@ -94,52 +81,32 @@ def _level_buffer(level: int) -> int:
   return 1 if level == 0 else 0 if level == 1 else level
 
 
-def _pieces(n: int, step: int) -> list[tuple[int, int]]:
-  """(start, size) copies covering n rows (n rounded up to `step`), each at most TMA_BOX rows."""
-  n = _round_up(n, step)
-  return [(q, min(TMA_BOX, n - q)) for q in range(0, n, TMA_BOX)]
-
-
 def _body(zp_g, *refs, t: Tiling, h: int, w: int, kernel_sizes: tuple[int, ...]):
   num_levels = len(kernel_sizes)
   k_g = refs[:num_levels]
   g_g, out_g, sum_g, bufs, kbuf, gbuf, obuf, barrier = refs[num_levels:]
-  b, ti, ci = (lax.axis_index(axis) for axis in ("b", "t", "c"))
+  b, ti, ci = mc.block_index()
   channels = pl.ds(ci * CHANNELS, CHANNELS)
   tile = t.tile_pixels(w)
   dtype = bufs.dtype
 
   # In: the tile's window of Z^0, every level's taps, the tile's gates; one barrier for all.
-  for q, m in _pieces(t.window * w, 8):
+  for q, m in mc.pieces(t.window * w, 8):
     plgpu.copy_gmem_to_smem(zp_g.at[b, pl.ds(ti * tile + q, m), channels], bufs.at[0, pl.ds(t.front + q, m)], barrier)
   for level in range(num_levels):
     plgpu.copy_gmem_to_smem(k_g[level].at[:, channels], kbuf.at[level], barrier)
-    for q, m in _pieces(tile, 64):
+    for q, m in mc.pieces(tile, 64):
       plgpu.copy_gmem_to_smem(g_g.at[b, ti, level, pl.ds(q, m)], gbuf.at[level, pl.ds(q, m)], barrier)
   plgpu.barrier_wait(barrier)
 
-  full = plgpu.Layout.WGMMA
-  per_pixel, per_channel = full.reduce(1), full.reduce(0)
-  rows = lambda v: plgpu.layout_cast(lax.broadcast_in_dim(v, (CHUNK, CHANNELS), (0,)), full)  # noqa: E731
-  cols = lambda v: plgpu.layout_cast(lax.broadcast_in_dim(v, (CHUNK, CHANNELS), (1,)), full)  # noqa: E731
-  iota = plgpu.broadcasted_iota(jnp.int32, (CHUNK,), 0, layout=per_pixel)
+  rows, iota = mc.rows, mc.pixel_iota()
 
   def level_chunk(level: int, s) -> jax.Array:
     """Z^{level+1} on the window's flat pixels [s, s + CHUNK), zero on rows outside the image."""
-    k = kernel_sizes[level]
-    p = k // 2
     src = bufs.at[0 if level == 0 else _level_buffer(level - 1)]
-    pixel = s + iota
-    x = lax.rem(pixel, w)
-    acc = plgpu.layout_cast(jnp.zeros((CHUNK, CHANNELS), jnp.float32), full)
-    for i in range(k):
-      for j in range(k):
-        v = plgpu.load(src.at[pl.ds(t.front + s + (i - p) * w + (j - p), CHUNK)], layout=full)
-        in_row = (x + (j - p) >= 0) & (x + (j - p) < w)  # else the tap wrapped around a row end
-        tap = plgpu.load(kbuf.at[level, i * k + j], layout=per_channel).astype(jnp.float32)
-        acc = acc + jnp.where(rows(in_row), v.astype(jnp.float32), 0.0) * cols(tap)
+    acc = mc.tap_sum(lambda o: mc.load(src, t.front + s + o), kbuf.at[level], s, kernel_sizes[level], w)
     z = gelu(acc.astype(dtype))
-    y = lax.div(pixel, w) + ti * t.rows - t.halo  # the image row
+    y = lax.div(s + iota, w) + ti * t.rows - t.halo  # the image row
     return jnp.where(rows((y >= 0) & (y < h)), z, jnp.zeros_like(z))
 
   reached = 0
@@ -162,14 +129,13 @@ def _body(zp_g, *refs, t: Tiling, h: int, w: int, kernel_sizes: tuple[int, ...])
     z_last = level_chunk(num_levels - 1, s)
     total = None
     for level in range(num_levels):
-      z = z_last if level == num_levels - 1 else plgpu.load(
-          bufs.at[_level_buffer(level), pl.ds(t.front + s, CHUNK)], layout=full)
-      term = z * rows(plgpu.load(gbuf.at[level, pl.ds(o, CHUNK)], layout=per_pixel))
+      z = z_last if level == num_levels - 1 else mc.load(bufs.at[_level_buffer(level)], t.front + s)
+      term = z * rows(plgpu.load(gbuf.at[level, pl.ds(o, CHUNK)], layout=mc.per_pixel()))
       total = term if total is None else total + term
     obuf[pl.ds(o, CHUNK)] = total
     return z_sum + jnp.where(rows(o + iota < tile), z_last.astype(jnp.float32), 0.0)
 
-  z_sum = plgpu.layout_cast(jnp.zeros((CHUNK, CHANNELS), jnp.float32), full)
+  z_sum = mc.zeros()
   z_sum = lax.fori_loop(0, math.ceil(tile / CHUNK), gated_sum, z_sum)
   sum_g[b, ti, channels] = jnp.sum(z_sum, axis=0)
 
@@ -194,29 +160,26 @@ def focal_levels(z0: jax.Array, kernels: Sequence[jax.Array], gates: jax.Array, 
   num_levels = len(kernel_sizes)
   t = tiling(h, w, kernel_sizes, jnp.dtype(dtype).itemsize)
   tile, num_tiles = t.tile_pixels(w), h // t.rows
-  cp = _round_up(c, CHANNELS)
+  cp = mc.round_up(c, CHANNELS)
   # Z^0 with R zero rows above and below, flat pixels, and slack for the last copy's rounding.
   zp = jnp.pad(z0, ((0, 0), (t.halo, t.halo), (0, 0), (0, cp - c))).reshape(b, (h + 2 * t.halo) * w, cp)
   zp = jnp.pad(zp, ((0, 0), (0, 8), (0, 0)))
-  taps = _round_up(max(kernel_sizes) ** 2, 8)  # whole 128-byte TMA copies
+  taps = mc.round_up(max(kernel_sizes) ** 2, 8)  # whole 128-byte TMA copies
   flat = [jnp.pad(k.reshape(k.shape[0] ** 2, c).astype(dtype), ((0, taps - k.shape[0] ** 2), (0, cp - c)))
           for k in kernels]
-  gate_rows = _round_up(tile, 64)
+  gate_rows = mc.round_up(tile, 64)
   g = gates.astype(dtype).reshape(b, num_tiles, tile, num_levels).transpose(0, 1, 3, 2)
   g = jnp.pad(g, ((0, 0), (0, 0), (0, 0), (0, gate_rows - tile)))
-  out, sums = plgpu.kernel(
+  out, sums = mc.launch(
       functools.partial(_body, t=t, h=h, w=w, kernel_sizes=kernel_sizes),
-      out_type=(jax.ShapeDtypeStruct((b, h * w, cp), dtype), jax.ShapeDtypeStruct((b, num_tiles, cp), jnp.float32)),
-      scratch_types=[
+      (jax.ShapeDtypeStruct((b, h * w, cp), dtype), jax.ShapeDtypeStruct((b, num_tiles, cp), jnp.float32)),
+      [
           plgpu.SMEM((t.buffers, t.size, CHANNELS), dtype),
           plgpu.SMEM((num_levels, taps, CHANNELS), dtype),
           plgpu.SMEM((num_levels, gate_rows), dtype),
           plgpu.SMEM((tile + CHUNK, CHANNELS), dtype),
-          plgpu.Barrier(num_arrivals=len(_pieces(t.window * w, 8)) + num_levels * (1 + len(_pieces(tile, 64)))),
+          plgpu.Barrier(num_arrivals=len(mc.pieces(t.window * w, 8)) + num_levels * (1 + len(mc.pieces(tile, 64)))),
       ],
-      grid=(b, num_tiles, cp // CHANNELS),
-      grid_names=("b", "t", "c"),
-      compiler_params=plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Lane),
-      interpret=plgpu.InterpretGPUParams() if interpret else None,
+      (b, num_tiles, cp // CHANNELS), interpret,
   )(zp, *flat, g)
   return out[..., :c].reshape(b, h, w, c), sums[..., :c]
