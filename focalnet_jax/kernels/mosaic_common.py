@@ -98,6 +98,14 @@ def tap_sum(src: Callable[[int], object], taps, s, k: int, w: int, *, transpose:
   return acc
 
 
+def flat_kernels(kernels, dtype, channels: int) -> tuple[int, list[jax.Array]]:
+  """(taps, each level's kernel as (taps, channels) rows in `dtype`): taps rounded up to 8 (whole
+  128-byte TMA copies), channels zero padded to `channels`."""
+  taps = round_up(max(k.shape[0] for k in kernels) ** 2, 8)
+  return taps, [jnp.pad(k.reshape(k.shape[0] ** 2, k.shape[-1]).astype(dtype),
+                        ((0, taps - k.shape[0] ** 2), (0, channels - k.shape[-1]))) for k in kernels]
+
+
 def launch(body, out_type, scratch_types, grid, interpret: bool):
   """The kernel over grid (example, row tile, channel block) in Lane semantics, interpreted on CPU."""
   return plgpu.kernel(

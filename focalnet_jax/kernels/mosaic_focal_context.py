@@ -164,9 +164,7 @@ def focal_levels(z0: jax.Array, kernels: Sequence[jax.Array], gates: jax.Array, 
   # Z^0 with R zero rows above and below, flat pixels, and slack for the last copy's rounding.
   zp = jnp.pad(z0, ((0, 0), (t.halo, t.halo), (0, 0), (0, cp - c))).reshape(b, (h + 2 * t.halo) * w, cp)
   zp = jnp.pad(zp, ((0, 0), (0, 8), (0, 0)))
-  taps = mc.round_up(max(kernel_sizes) ** 2, 8)  # whole 128-byte TMA copies
-  flat = [jnp.pad(k.reshape(k.shape[0] ** 2, c).astype(dtype), ((0, taps - k.shape[0] ** 2), (0, cp - c)))
-          for k in kernels]
+  taps, flat = mc.flat_kernels(kernels, dtype, cp)
   gate_rows = mc.round_up(tile, 64)
   g = gates.astype(dtype).reshape(b, num_tiles, tile, num_levels).transpose(0, 1, 3, 2)
   g = jnp.pad(g, ((0, 0), (0, 0), (0, 0), (0, gate_rows - tile)))
