@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from focalnet_jax.kernels import depthwise, mosaic_focal_context, pallas_focal_level
+from focalnet_jax.kernels import depthwise, mosaic_focal_backward, mosaic_focal_context, pallas_focal_level
 from focalnet_jax.kernels.registry import Registry
 from focalnet_jax.model.layers import gelu
 
@@ -161,44 +161,91 @@ def focal_context_pallas(spec: ContextSpec, z0: jax.Array, kernels: tuple[jax.Ar
   return _pallas(spec, z0, kernels, gates)
 
 
-def _mosaic_forward(spec: ContextSpec, z0: jax.Array, kernels: tuple[jax.Array, ...],
-                    gates: jax.Array | None) -> jax.Array:
-  """The levels and their gated sum in one Mosaic GPU kernel; the global term from its tile sums."""
+def _mosaic_parts(spec: ContextSpec, z0: jax.Array, kernels: tuple[jax.Array, ...],
+                  gates: jax.Array | None) -> tuple[jax.Array, jax.Array | None]:
+  """(Z^out, the float32 mean of Z^L or None for L = 0): the levels and their gated sum in one Mosaic
+  GPU kernel, the global term from its tile sums."""
   if not kernels:  # L = 0 (an ablation): only the global term, nothing to fuse
-    return focal_context_reference(spec, z0, kernels, gates)
+    return focal_context_reference(spec, z0, kernels, gates), None
   b, h, w, c = z0.shape
   num_levels = len(kernels)
-  # Without gating the levels are summed unweighted: gates of one (B x H x W x L, small).
-  level_gates = jnp.ones((b, h, w, num_levels), z0.dtype) if gates is None else gates[..., :num_levels]
-  z_out, tile_sums = _mosaic_levels(z0, kernels, level_gates)
+  z_out, tile_sums = _mosaic_levels(z0, kernels, _level_gates(z0, gates, num_levels))
   mean = (jnp.sum(tile_sums, axis=1) / (h * w)).reshape(b, 1, 1, c)
-  return _add_global_context(spec, mean, z_out, gates, num_levels)
+  return _add_global_context(spec, mean, z_out, gates, num_levels), mean
 
 
-@jax.custom_batching.custom_vmap
-def _mosaic_levels(z0, kernels, gates):
-  # The interpreter where the program is lowered for a CPU (tests), the kernel elsewhere.
-  return lax.platform_dependent(
-      z0, kernels, gates,
-      cpu=functools.partial(mosaic_focal_context.focal_levels, interpret=True),
-      default=functools.partial(mosaic_focal_context.focal_levels, interpret=False))
+def _level_gates(z0: jax.Array, gates: jax.Array | None, num_levels: int) -> jax.Array:
+  # Without gating the levels are summed unweighted: gates of one (B x H x W x L, small).
+  return jnp.ones((*z0.shape[:3], num_levels), z0.dtype) if gates is None else gates[..., :num_levels]
 
 
-@_mosaic_levels.def_vmap
-def _mosaic_levels_vmap(axis_size, in_batched, z0, kernels, gates):
-  """vmap (per-example gradients): a batch of batches is one larger batch, the kernels shared;
-  kernels that differ along the vmapped axis run one kernel call per element."""
-  z_b, k_b, g_b = in_batched
-  if any(k_b):
-    z0, gates = (a if batched else jnp.broadcast_to(a, (axis_size, *a.shape)) for a, batched in ((z0, z_b), (gates, g_b)))
-    kernels = tuple(k if batched else jnp.broadcast_to(k, (axis_size, *k.shape)) for k, batched in zip(kernels, k_b))
-    return lax.map(lambda args: _mosaic_levels(*args), (z0, kernels, gates)), (True, True)
-  flat = lambda a, batched: (a if batched else jnp.broadcast_to(a, (axis_size, *a.shape))).reshape(-1, *a.shape[-3:])  # noqa: E731
-  z_out, sums = _mosaic_levels(flat(z0, z_b), kernels, flat(gates, g_b))
-  return (z_out.reshape(axis_size, -1, *z_out.shape[1:]), sums.reshape(axis_size, -1, *sums.shape[1:])), (True, True)
+def _batch_rule(fn):
+  """vmap of fn(z0, kernels, *per-example arrays) whose outputs all lead with the batch (per-example
+  gradients): a batch of batches is one larger batch, the kernels shared; kernels that differ
+  along the vmapped axis run one kernel call per element."""
+
+  def rule(axis_size, in_batched, z0, kernels, *rest):
+    z_b, k_b, *r_b = in_batched
+    full = lambda a, batched: a if batched else jnp.broadcast_to(a, (axis_size, *a.shape))  # noqa: E731
+    if any(k_b):
+      args = (full(z0, z_b), tuple(map(full, kernels, k_b)), *map(full, rest, r_b))
+      out = lax.map(lambda a: fn(*a), args)
+    else:
+      flat = lambda a, batched: full(a, batched).reshape(-1, *a.shape[2 if batched else 1:])  # noqa: E731
+      out = fn(flat(z0, z_b), kernels, *map(flat, rest, r_b))
+      out = jax.tree.map(lambda o: o.reshape(axis_size, -1, *o.shape[1:]), out)
+    return out, jax.tree.map(lambda _: True, out)
+
+  return rule
 
 
-_mosaic = _with_fused_backward(_mosaic_forward)
+def _on_platform(kernel_fn):
+  """kernel_fn(..., interpret=) interpreted where the program is lowered for a CPU (tests), compiled
+  elsewhere: chosen by the lowering platform, so that tools.aot gets the compiled kernel."""
+  def call(*args):
+    return lax.platform_dependent(*args, cpu=functools.partial(kernel_fn, interpret=True),
+                                  default=functools.partial(kernel_fn, interpret=False))
+  return call
+
+
+_mosaic_levels = jax.custom_batching.custom_vmap(_on_platform(mosaic_focal_context.focal_levels))
+_mosaic_levels.def_vmap(_batch_rule(_mosaic_levels))
+_mosaic_levels_bwd = jax.custom_batching.custom_vmap(_on_platform(mosaic_focal_backward.focal_levels_bwd))
+_mosaic_levels_bwd.def_vmap(_batch_rule(_mosaic_levels_bwd))
+
+
+def _mosaic_bwd(spec, residuals, g):
+  """The global term's and the normalisation's gradients by XLA (from the saved mean), the levels'
+  in one Mosaic GPU kernel (`mosaic_focal_backward.py`); XLA's recompute (`_fused_bwd`) for L = 0 and
+  for maps whose row tiles overflow shared memory (chosen statically from the shapes)."""
+  z0, kernels, gates, mean = residuals
+  b, h, w, c = z0.shape
+  num_levels = len(kernels)
+  if mean is None or not mosaic_focal_backward.fits(h, w, [k.shape[0] for k in kernels], z0.dtype):
+    return _fused_bwd(spec, (z0, kernels, gates), g)
+  gate_args = () if gates is None else (gates,)
+  # Z^out enters the global term and the normalisation linearly: its value does not matter here.
+  _, vjp = jax.vjp(lambda m, z_out, *gt: _add_global_context(spec, m, z_out, *(gt or (None,)), num_levels),
+                   mean, jnp.zeros_like(z0), *gate_args)
+  d_mean, d_levels, *d_gates = vjp(g)
+  u = d_mean.reshape(b, c) / (h * w)  # mean = sum over pixels / HW: every pixel of Z^L gets this
+  dz0, dks, dg = _mosaic_levels_bwd(z0, kernels, _level_gates(z0, gates, num_levels), d_levels, u)
+  refs = (z0, g)
+  dz0 = depthwise._varying_like(dz0, *refs)  # noqa: SLF001 (custom-call results carry no shard_map axes)
+  dks = tuple(depthwise._varying_like(jnp.sum(dk, axis=0).astype(k.dtype), *refs) for dk, k in zip(dks, kernels))  # noqa: SLF001
+  if gates is not None:
+    d_gates = [d_gates[0].at[..., :num_levels].add(depthwise._varying_like(dg, *refs).astype(gates.dtype))]  # noqa: SLF001
+  return (dz0, dks, *(d_gates or (None,)))
+
+
+def _mosaic_fwd(spec, z0, kernels, gates):
+  out, mean = _mosaic_parts(spec, z0, kernels, gates)
+  return out, (z0, kernels, gates, mean)  # the mean (B x C float32): GELU' of the global term
+
+
+_mosaic = jax.custom_vjp(lambda spec, z0, kernels, gates: _mosaic_parts(spec, z0, kernels, gates)[0],
+                         nondiff_argnums=(0,))
+_mosaic.defvjp(_mosaic_fwd, _mosaic_bwd)
 
 
 @register("mosaic")
