@@ -17,8 +17,10 @@ reference's values and gradients:
   kernel (`pallas_focal_level.py`; interpreted on CPU, for tests only), the fused backward.
   Written for the portable block API, it does not lower for a GPU.
 - 'mosaic': the forward's levels, GELUs and gated sum in one Mosaic GPU kernel for Hopper
-  (`mosaic_focal_context.py`: reads Z^0 and the gates once, writes Z^out once), the fused
-  backward. jax >= 0.11; interpreted on CPU (tests).
+  (`mosaic_focal_context.py`: reads Z^0 and the gates once, writes Z^out once); its backward
+  recomputes the levels in one more (`mosaic_focal_backward.py`: reads Z^0, the gates and the
+  cotangent once, writes dZ^0 once), the global term's gradient by XLA. Maps whose row tiles do not
+  fit shared memory, and L = 0, keep the fused backward. jax >= 0.11; interpreted on CPU (tests).
 
 'reference' and 'fused' call `depthwise.depthwise_conv(..., depthwise_impl)` for the convolutions, so the
 fused backward differentiates the same depthwise implementation the reference does.
@@ -230,12 +232,11 @@ def _mosaic_bwd(spec, residuals, g):
   d_mean, d_levels, *d_gates = vjp(g)
   u = d_mean.reshape(b, c) / (h * w)  # mean = sum over pixels / HW: every pixel of Z^L gets this
   dz0, dks, dg = _mosaic_levels_bwd(z0, kernels, _level_gates(z0, gates, num_levels), d_levels, u)
-  refs = (z0, g)
-  dz0 = depthwise._varying_like(dz0, *refs)  # noqa: SLF001 (custom-call results carry no shard_map axes)
-  dks = tuple(depthwise._varying_like(jnp.sum(dk, axis=0).astype(k.dtype), *refs) for dk, k in zip(dks, kernels))  # noqa: SLF001
+  varying = lambda a: depthwise._varying_like(a, z0, g)  # noqa: E731, SLF001 (custom calls carry no shard_map axes)
+  dks = tuple(varying(jnp.sum(dk, axis=0).astype(k.dtype)) for dk, k in zip(dks, kernels))  # per example -> batch
   if gates is not None:
-    d_gates = [d_gates[0].at[..., :num_levels].add(depthwise._varying_like(dg, *refs).astype(gates.dtype))]  # noqa: SLF001
-  return (dz0, dks, *(d_gates or (None,)))
+    d_gates = [d_gates[0].at[..., :num_levels].add(varying(dg).astype(gates.dtype))]
+  return (varying(dz0), dks, *(d_gates or (None,)))
 
 
 def _mosaic_fwd(spec, z0, kernels, gates):
@@ -251,9 +252,10 @@ _mosaic.defvjp(_mosaic_fwd, _mosaic_bwd)
 @register("mosaic")
 def focal_context_mosaic(spec: ContextSpec, z0: jax.Array, kernels: tuple[jax.Array, ...],
                          gates: jax.Array | None) -> jax.Array:
-  """Every level, GELU and the gated sum in one Mosaic GPU kernel (`mosaic_focal_context.py`); the
-  fused path's backward (the levels recomputed by XLA). Needs jax >= 0.11; on CPU it is
-  interpreted (slow: for tests only). Not yet run on a GPU, nor on a batch sharded over GPUs."""
+  """Every level, GELU and the gated sum in one Mosaic GPU kernel (`mosaic_focal_context.py`), their
+  gradients in another (`mosaic_focal_backward.py`; XLA's recompute where it does not fit). Needs
+  jax >= 0.11; on CPU it is interpreted (slow: for tests only). Not yet run on a GPU, nor on a batch
+  sharded over GPUs."""
   if not mosaic_focal_context.available():
     raise RuntimeError(
         f"focal_context_impl='mosaic' needs jax >= 0.11 (its Mosaic GPU API and CPU interpreter); this is "

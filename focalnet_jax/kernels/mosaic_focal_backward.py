@@ -204,7 +204,8 @@ class _Block:
       d = self.chunk(self.dout, s).astype(jnp.float32)
       for level in range(1, self.levels + 1):
         z = self.chunk(level, s) if level < self.levels else gelu(self.pre(level, s))
-        dg_g[self.b, self.ci, self.ti, level - 1, pl.ds(i * CHUNK, CHUNK)] = jnp.sum(d * z.astype(jnp.float32), axis=1)
+        dg = jnp.sum(d * z.astype(jnp.float32), axis=1)  # per pixel
+        dg_g[self.b, self.ci, self.ti, level - 1, pl.ds(i * CHUNK, CHUNK)] = dg
       return carry
     lax.fori_loop(0, math.ceil(self.tile / CHUNK), body, 0)
 
@@ -231,7 +232,8 @@ class _Block:
           s = self.own + c * CHUNK
           x = lax.rem(s + iota, w)
           ok = (c * CHUNK + iota < self.tile) & (x + j - p >= 0) & (x + j - p < w)
-          prod = self.chunk(src, s).astype(jnp.float32) * self.chunk(level - 1, s + (i - p) * w + j - p).astype(jnp.float32)
+          z = self.chunk(level - 1, s + (i - p) * w + j - p)
+          prod = self.chunk(src, s).astype(jnp.float32) * z.astype(jnp.float32)
           return acc + jnp.where(mc.rows(ok), prod, 0.0)
         acc = lax.fori_loop(0, math.ceil(self.tile / CHUNK), body, mc.zeros())
         dk_g[self.b, self.ti, level - 1, i * k + j, self.channels] = jnp.sum(acc, axis=0)
