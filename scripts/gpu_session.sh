@@ -76,10 +76,11 @@ check() {
       tests/test_network.py tests/test_step.py tests/test_arrays.py tests/test_summary.py \
       tests/test_aligned_projection.py tests/test_aot.py
   summary+=("tests: $(tail -n 1 "$OUT/tests.txt")")
-  # The Mosaic GPU focal context compiled and run on the GPU against XLA (interpreted on CPU);
+  # The Mosaic GPU focal context kernels (forward, backward) compiled and run on the GPU against XLA;
   # its model-level values and gradients (the 8-device sharding test needs 8 devices: left out).
   JAX_PLATFORMS=${TEST_PLATFORMS:-cuda,cpu} run_capped 150 "$OUT/tests_mosaic.txt" python3 -m pytest -q \
-      -p no:cacheprovider tests/test_mosaic_focal_context.py tests/test_focal_context.py -k "mosaic and not sharded"
+      -p no:cacheprovider tests/test_mosaic_focal_context.py tests/test_mosaic_focal_backward.py tests/test_focal_context.py \
+      -k "mosaic and not sharded"
   summary+=("mosaic focal context tests: $(tail -n 1 "$OUT/tests_mosaic.txt")")
   for run in a b; do quickstart "$OUT/qs_$run"; done
   for run in c d; do XLA_FLAGS=--xla_gpu_deterministic_ops=true quickstart "$OUT/qs_$run"; done
