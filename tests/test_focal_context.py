@@ -12,7 +12,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from focalnet_jax.kernels import focal_context as fc
-from focalnet_jax.kernels import mosaic_focal_context
+from focalnet_jax.kernels import mosaic_common
 from focalnet_jax.model import FocalNet
 
 from test_model import images, random_variables, tiny_model, tree_allclose
@@ -20,7 +20,7 @@ from test_model import images, random_variables, tiny_model, tree_allclose
 SHAPE = (2, 9, 7, 4)  # odd, unequal sides: padding and the mean see every edge
 # Each is checked against the reference; 'mosaic' where jax has its Mosaic GPU interpreter (>= 0.11).
 IMPLS = [pytest.param(i, marks=pytest.mark.skipif(
-    i == "mosaic" and not mosaic_focal_context.available(), reason="needs jax >= 0.11 (Mosaic GPU interpreter)"))
+    i == "mosaic" and not mosaic_common.available(), reason="needs jax >= 0.11 (Mosaic GPU interpreter)"))
          for i in fc.available() if i != "reference"]
 
 

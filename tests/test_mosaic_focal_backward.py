@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from focalnet_jax.kernels import mosaic_focal_backward as mfb
-from focalnet_jax.kernels import mosaic_focal_context as mfc
+from focalnet_jax.kernels import mosaic_common as mc
 from focalnet_jax.model.layers import gelu
 
 from test_mosaic_focal_context import levels_by_xla
 
-needs_interpreter = pytest.mark.skipif(not mfc.available(), reason="needs jax >= 0.11 (Mosaic GPU interpreter)")
+needs_interpreter = pytest.mark.skipif(not mc.available(), reason="needs jax >= 0.11 (Mosaic GPU interpreter)")
 
 
 def inputs(shape, kernel_sizes, dtype, seed=0):
@@ -69,7 +69,7 @@ def test_plans_fit_shared_memory_and_large_maps_fall_back():
                           (56, (3, 5), 4), (13, (3,), 4)]:
     p = mfb.plan(h, h, ks, itemsize)
     assert p is not None and h % p.rows == 0 and p.halo == sum(k // 2 for k in ks)
-    assert p.smem_bytes(itemsize) <= mfc.SMEM_LIMIT
+    assert p.smem_bytes(itemsize) <= mc.SMEM_LIMIT
   assert mfb.plan(56, 56, (3, 5), 2).rows == 8  # FocalNet-T stage 1: 8-row tiles
   # Falls back to XLA's recompute: no levels, or not even one-row tiles fit (lrf on a 224-wide map).
   assert mfb.plan(7, 7, (), 2) is None

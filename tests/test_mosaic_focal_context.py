@@ -11,10 +11,11 @@ import pytest
 from jax import lax
 
 from focalnet_jax.kernels import focal_context as fc
+from focalnet_jax.kernels import mosaic_common as mc
 from focalnet_jax.kernels import mosaic_focal_context as mfc
 from focalnet_jax.model.layers import gelu
 
-needs_interpreter = pytest.mark.skipif(not mfc.available(), reason="needs jax >= 0.11 (Mosaic GPU interpreter)")
+needs_interpreter = pytest.mark.skipif(not mc.available(), reason="needs jax >= 0.11 (Mosaic GPU interpreter)")
 
 
 def levels_by_xla(z, kernels, gates):
@@ -56,11 +57,11 @@ def test_tiles_divide_the_rows_and_fit_shared_memory():
   for h, ks in [(56, (3, 5)), (28, (3, 5, 7)), (7, (3, 5)), (96, (3, 5, 7)), (13, (3,))]:
     t = mfc.tiling(h, h, ks, 2)
     assert h % t.rows == 0 and t.halo == sum(k // 2 for k in ks) and t.window == t.rows + 2 * t.halo
-    assert 2 * mfc.CHANNELS * (t.buffers * t.size + t.rows * h + mfc.CHUNK) <= mfc.SMEM_LIMIT
+    assert 2 * mc.CHANNELS * (t.buffers * t.size + t.rows * h + mc.CHUNK) <= mc.SMEM_LIMIT
   assert mfc.tiling(56, 56, (3, 5), 2).rows == 8  # FocalNet-T stage 1: 8-row tiles, two blocks per SM
 
 
-@pytest.mark.skipif(mfc.available(), reason="this jax has the Mosaic GPU API")
+@pytest.mark.skipif(mc.available(), reason="this jax has the Mosaic GPU API")
 def test_older_jax_is_told_what_the_kernel_needs():
   z = jnp.zeros((1, 7, 7, 16))
   with pytest.raises(RuntimeError, match="needs jax >= 0.11"):

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from focalnet_jax.kernels import depthwise, mosaic_focal_backward, mosaic_focal_context, pallas_focal_level
+from focalnet_jax.kernels import depthwise, mosaic_common, mosaic_focal_backward, mosaic_focal_context, pallas_focal_level
 from focalnet_jax.kernels.registry import Registry
 from focalnet_jax.model.layers import gelu
 
@@ -256,7 +256,7 @@ def focal_context_mosaic(spec: ContextSpec, z0: jax.Array, kernels: tuple[jax.Ar
   gradients in another (`mosaic_focal_backward.py`; XLA's recompute where it does not fit). Needs
   jax >= 0.11; on CPU it is interpreted (slow: for tests only). Not yet run on a GPU, nor on a batch
   sharded over GPUs."""
-  if not mosaic_focal_context.available():
+  if not mosaic_common.available():
     raise RuntimeError(
         f"focal_context_impl='mosaic' needs jax >= 0.11 (its Mosaic GPU API and CPU interpreter); this is "
         f"jax {jax.__version__}. Use 'reference' or 'fused', or upgrade jax.")

@@ -98,12 +98,26 @@ def tap_sum(src: Callable[[int], object], taps, s, k: int, w: int, *, transpose:
   return acc
 
 
+def tap_rows(kernel_sizes) -> int:
+  """Rows of a flat kernel: the largest level's k * k taps, rounded up to 8 (whole 128-byte TMA copies)."""
+  return round_up(max(kernel_sizes) ** 2, 8)
+
+
 def flat_kernels(kernels, dtype, channels: int) -> tuple[int, list[jax.Array]]:
-  """(taps, each level's kernel as (taps, channels) rows in `dtype`): taps rounded up to 8 (whole
-  128-byte TMA copies), channels zero padded to `channels`."""
-  taps = round_up(max(k.shape[0] for k in kernels) ** 2, 8)
+  """(taps, each level's kernel as (taps, channels) rows in `dtype`): `tap_rows` rows, channels zero
+  padded to `channels`."""
+  taps = tap_rows([k.shape[0] for k in kernels])
   return taps, [jnp.pad(k.reshape(k.shape[0] ** 2, k.shape[-1]).astype(dtype),
                         ((0, taps - k.shape[0] ** 2), (0, channels - k.shape[-1]))) for k in kernels]
+
+
+def flat_pixels(a: jax.Array, pad: int, channels: int, dtype) -> jax.Array:
+  """(B, H, W, C) -> (B, (H + 2 pad) W + 8, channels) in `dtype`: `pad` zero rows above and below (the
+  halo a tile's copy reads past the image), pixels flattened row-major, channels zero padded, and 8
+  pixels of slack for the copies' rounding."""
+  b, h, w, c = a.shape
+  a = jnp.pad(a.astype(dtype), ((0, 0), (pad, pad), (0, 0), (0, channels - c)))
+  return jnp.pad(a.reshape(b, (h + 2 * pad) * w, channels), ((0, 0), (0, 8), (0, 0)))
 
 
 def launch(body, out_type, scratch_types, grid, interpret: bool):

@@ -89,7 +89,7 @@ class Plan(NamedTuple):
     return mc.round_up((self.rows + 2 * self.halo) * self.w + CHUNK, 64)
 
   def taps(self) -> int:
-    return mc.round_up(max(2 * p + 1 for p in self.pads) ** 2, 8)  # as mc.flat_kernels pads them
+    return mc.tap_rows([2 * p + 1 for p in self.pads])
 
   def scratch_shapes(self) -> list[tuple[int, ...]]:
     """Shared memory arrays in the compute dtype: the regions, the gates, the taps, u (8 rows)."""
@@ -298,11 +298,7 @@ def focal_levels_bwd(z0: jax.Array, kernels: Sequence[jax.Array], gates: jax.Arr
     raise ValueError(f"no row tile of a {h}x{w} map fits shared memory; use focal_context's XLA backward")
   halo, tile, num_tiles, cp = p.halo, p.rows * w, h // p.rows, mc.round_up(c, CHANNELS)
 
-  def flat(a, pad, channels=cp):  # zero rows above and below, flat pixels, slack for the copies' rounding
-    a = jnp.pad(a.astype(dtype), ((0, 0), (pad, pad), (0, 0), (0, channels - a.shape[-1])))
-    return jnp.pad(a.reshape(b, (h + 2 * pad) * w, channels), ((0, 0), (0, 8), (0, 0)))
-
-  gp = flat(gates, halo, levels).transpose(0, 2, 1)
+  gp = mc.flat_pixels(gates, halo, levels, dtype).transpose(0, 2, 1)
   gp = jnp.pad(gp, ((0, 0), (0, 0), (0, mc.round_up(gp.shape[-1] + CHUNK, CHUNK) - gp.shape[-1])))
   # u in the compute dtype, as the reference's cast of the mean's input rounds it; 8 rows: a copy of
   # 16 channels must move a multiple of 128 bytes.
@@ -319,7 +315,7 @@ def focal_levels_bwd(z0: jax.Array, kernels: Sequence[jax.Array], gates: jax.Arr
                      + len(mc.pieces((p.rows + 2 * halo) * w, 8))
                      + levels * (1 + len(mc.pieces((p.rows + 2 * halo) * w, 64))) + 1)],
       (b, num_tiles, cp // CHANNELS), interpret,
-  )(flat(z0, 2 * halo), flat(d_out, halo), gp, up, *flat_k)
+  )(mc.flat_pixels(z0, 2 * halo, cp, dtype), mc.flat_pixels(d_out, halo, cp, dtype), gp, up, *flat_k)
   dk = jnp.sum(dk, axis=1)
   dks = tuple(dk[:, m, :k.shape[0] ** 2, :c].reshape(b, *k.shape[:2], 1, c) for m, k in enumerate(kernels))
   dg = jnp.sum(dg, axis=1)[..., :tile].transpose(0, 1, 3, 2).reshape(b, h, w, levels)

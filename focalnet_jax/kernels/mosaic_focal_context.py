@@ -36,7 +36,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from focalnet_jax.kernels import mosaic_common as mc
-from focalnet_jax.kernels.mosaic_common import CHANNELS, CHUNK, SMEM_BUDGET, SMEM_LIMIT, TMA_BOX, available  # noqa: F401
+from focalnet_jax.kernels.mosaic_common import CHANNELS, CHUNK, SMEM_BUDGET, SMEM_LIMIT, TMA_BOX
 from focalnet_jax.model.layers import gelu
 
 
@@ -161,9 +161,7 @@ def focal_levels(z0: jax.Array, kernels: Sequence[jax.Array], gates: jax.Array, 
   t = tiling(h, w, kernel_sizes, jnp.dtype(dtype).itemsize)
   tile, num_tiles = t.tile_pixels(w), h // t.rows
   cp = mc.round_up(c, CHANNELS)
-  # Z^0 with R zero rows above and below, flat pixels, and slack for the last copy's rounding.
-  zp = jnp.pad(z0, ((0, 0), (t.halo, t.halo), (0, 0), (0, cp - c))).reshape(b, (h + 2 * t.halo) * w, cp)
-  zp = jnp.pad(zp, ((0, 0), (0, 8), (0, 0)))
+  zp = mc.flat_pixels(z0, t.halo, cp, dtype)  # Z^0 with R zero rows above and below
   taps, flat = mc.flat_kernels(kernels, dtype, cp)
   gate_rows = mc.round_up(tile, 64)
   g = gates.astype(dtype).reshape(b, num_tiles, tile, num_levels).transpose(0, 1, 3, 2)
