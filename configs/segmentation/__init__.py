@@ -1,1 +1,1 @@
-"""Dense-prediction configs (focalnet_jax.dense), run by `python -m focalnet_jax.dense.train`, not train.py."""
+"""Dense-prediction configs (focalnet_jax.segmentation), run by `python -m focalnet_jax.segmentation.train`, not train.py."""
