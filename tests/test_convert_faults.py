@@ -10,7 +10,6 @@ import pytest
 
 from focalnet_jax import checkpoint
 from focalnet_jax.tools import convert
-from focalnet_jax.tools.convert import command
 
 NAME = "focalnet_tiny_srf"
 SMALL = {"embed_dim": 8, "depths": (1, 1, 1, 1), "num_classes": 3}

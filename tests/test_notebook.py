@@ -9,7 +9,6 @@ import os
 import sys
 
 import matplotlib.figure
-import pytest
 
 from torch_refs import import_timm
 

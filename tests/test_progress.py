@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from focalnet_jax import progress

@@ -16,8 +16,6 @@ import time
 import numpy as np
 import pytest
 
-import train_utils
-
 pytestmark = pytest.mark.usefixtures("compilation_cache")
 HERE = os.path.dirname(os.path.abspath(__file__))
 CHILD_DEVICES = 2

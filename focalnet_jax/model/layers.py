@@ -13,7 +13,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 from focalnet_jax.kernels.activations import gelu  # noqa: F401 (the model's GELU, shared with the kernels)
 from focalnet_jax.kernels.patch_conv import patch_conv

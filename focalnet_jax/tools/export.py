@@ -9,18 +9,18 @@ the batch dimension is symbolic unless `--batch-size` fixes it.
   - 'stablehlo': a serialized `jax.export.Exported` (weights inside). Any process with jax runs it
     without this package: `jax.export.deserialize(open(path, 'rb').read()).call(images)`.
   - 'savedmodel': a TensorFlow SavedModel whose `serving_default` signature maps `images` to
-    `logits`; the weights are TF variables, the network one `XlaCallModule` op (jax2tf).
+    `logits`; the weights are TF variables, the network one `XlaCallModule` op (jax.export's module).
 
 What is exported is plain `model.apply` with the portable depthwise convolution ('xla'): neither
 the XLA:CPU native custom calls (a CPU-only shared library) nor the CPU batch chunking
 (`kernels.chunking`) end up in an artifact.
 
 Why the SavedModel's GELU is written out: JAX serializes `erf` as a `stablehlo.composite`
-(`vhlo.composite_v2` at the StableHLO version JAX targets), which TF 2.21's XlaCallModule cannot
-read ("unregistered operation 'vhlo.composite_v2'"). Re-serializing for TF's older StableHLO
-(1.13.7) makes it readable, but TF then fails to refine the symbolic batch inside the composite's
-decomposition. So the SavedModel is traced with `erf` replaced by the very rational polynomial its
-decomposition holds (`portable_erf`): no composite, the same numbers.
+(`vhlo.composite_v2`), which TF 2.21's XlaCallModule cannot read ("unregistered operation
+'vhlo.composite_v2'"); re-serialized for TF's older StableHLO (1.13.7) it reads, but TF then fails
+to refine the symbolic batch inside the composite's decomposition. So the SavedModel is traced with
+`erf` replaced by the very rational polynomial its decomposition holds (`portable_erf`): no
+composite, the same numbers. The rest is serialized for TF's StableHLO version (export_savedmodel).
 """
 from __future__ import annotations
 
@@ -70,7 +70,8 @@ def without_erf(fn: Callable[..., Any]) -> Callable[..., Any]:
       inputs = [read(v) for v in eqn.invars]
       if eqn.primitive.name == "erf":
         outputs = [portable_erf(*inputs)]
-      elif eqn.primitive.name in ("pjit", "jit", "closed_call"):  # nested jaxprs: inline them
+      elif eqn.primitive.name in ("pjit", "jit", "closed_call", "custom_jvp_call"):  # nested jaxprs: inline
+        # them (a custom_jvp, such as GELU's, by its primal: the artifact is never differentiated)
         inner = eqn.params.get("jaxpr") or eqn.params["call_jaxpr"]
         outputs = run(inner.jaxpr, inner.consts, *inputs)
       else:
@@ -119,22 +120,34 @@ def export_savedmodel(model: Any, variables: Any, output: str, image_size: int |
                       batch_size: int | None = None, platforms: Sequence[str] = DEFAULT_PLATFORMS) -> str:
   """Writes a TF SavedModel of `images -> {'logits': ...}` to `output`; returns `output`."""
   import tensorflow as tf
-  from jax.experimental import jax2tf
+  from jax.extend import mlir as jax_mlir
+  from tensorflow.compiler.mlir.stablehlo import stablehlo as tf_stablehlo
+  from tensorflow.compiler.tf2xla.python import xla as tfxla
 
   model = portable_model(model)
   spec = _image_spec(model, image_size, batch_size)
-  shape = tuple(None if not isinstance(d, int) else d for d in spec.shape)
-  poly = "(" + ", ".join(str(d) for d in spec.shape) + ")"
-  apply_tf = jax2tf.convert(without_erf(lambda params, images: model.apply(params, images)),
-                            polymorphic_shapes=[None, poly], native_serialization_platforms=tuple(platforms),
-                            with_gradient=False)
+  leaves, treedef = jax.tree.flatten(variables)
+  apply = jax.jit(without_erf(lambda leaves, images: model.apply(jax.tree.unflatten(treedef, leaves), images)))
+  exported = jax.export.export(apply, platforms=tuple(platforms))(
+      [jax.ShapeDtypeStruct(np.shape(a), a.dtype) for a in leaves], spec)
+  # jax writes the StableHLO of its own day (1.18 from jax 0.12 on); TF's XlaCallModule reads
+  # artifacts up to its own version (TF 2.21: 1.13.7) and fails in graph execution otherwise.
+  module_bytes = jax_mlir.serialize_portable_artifact(exported.mlir_module(), tf_stablehlo.get_current_version())
+  out_shape = [tuple(d if isinstance(d, int) else None for d in exported.out_avals[0].shape)]
   module = tf.Module()
   # Weights as variables, not graph constants: a GraphDef stops at 2 GB (FocalNet-H is 3 GB).
-  module.params = tf.nest.map_structure(lambda a: tf.Variable(np.asarray(a), trainable=False), variables)
+  module.params = [tf.Variable(np.asarray(a), trainable=False) for a in leaves]
+  shape = tuple(None if not isinstance(d, int) else d for d in spec.shape)
 
   @tf.function(autograph=False, input_signature=[tf.TensorSpec(shape, tf.float32, name="images")])
   def serve(images: tf.Tensor) -> dict[str, tf.Tensor]:
-    return {"logits": apply_tf(module.params, images)}
+    args = [*module.params, images]
+    (logits,) = tfxla.call_module(
+        [args[i] for i in exported.module_kept_var_idx], version=exported.calling_convention_version,
+        module=module_bytes, Tout=[tf.float32], Sout=out_shape,
+        platforms=[p.upper() for p in exported.platforms],
+        disabled_checks=[str(c) for c in exported.disabled_safety_checks])
+    return {"logits": logits}
 
   module.serve = serve
   tf.saved_model.save(module, output, signatures={"serving_default": serve})

@@ -38,14 +38,13 @@ from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from focalnet_jax.kernels.mosaic import common as mc
 from focalnet_jax.kernels.mosaic.common import CHANNELS, CHUNK
-from focalnet_jax.kernels.activations import gelu
+from focalnet_jax.kernels.activations import gelu, gelu_grad
 
 
 
@@ -113,17 +112,6 @@ def plan(h: int, w: int, kernel_sizes: Sequence[int], itemsize: int) -> Plan | N
       score = (2 if need <= mc.SMEM_BUDGET else 1) * rows / (rows + 4 * p.halo)
       best = max(best, (score, rows, p)) if best else (score, rows, p)
   return best[2] if best else None
-
-
-def gelu_vjp(a: jax.Array, dz: jax.Array) -> jax.Array:
-  """dz * GELU'(a) as jax's autodiff of `layers.gelu` computes it, op by op in a's dtype, so that it
-  rounds as the reference does (in bfloat16 those roundings are most of the reference's error).
-  Written out: Mosaic GPU does not lower autodiff's add_any. Tested equal to jax.vjp(gelu)."""
-  const = lambda v: np.asarray(v, a.dtype)  # noqa: E731 (gelu's constants, rounded as it rounds them)
-  t = a * const(1 / math.sqrt(2))
-  half_cdf = const(0.5) * (const(1.0) + lax.erf(t))
-  erf_grad = const(2 / math.sqrt(math.pi)) * (const(0.5) * (a * dz)) * jnp.exp(-(t * t))
-  return dz * half_cdf + erf_grad * const(1 / math.sqrt(2))
 
 
 class _Block:
@@ -208,7 +196,7 @@ class _Block:
 
   def level_grad(self, level: int, s, dz: jax.Array) -> jax.Array:
     """dA^level = dZ^level * GELU'(A^level) in the compute dtype, zero outside the image."""
-    da = gelu_vjp(self.pre(level, s), dz.astype(self.dtype))
+    da = dz.astype(self.dtype) * gelu_grad(self.pre(level, s))
     return jnp.where(self.in_image(s), da, jnp.zeros_like(da))
 
   def last_level(self) -> None:
