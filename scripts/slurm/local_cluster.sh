@@ -31,6 +31,7 @@ alive() {  # alive NAME: the daemon whose pid `up` recorded still runs (and is t
 }
 
 node_idle() { sinfo -h -N -o '%T' 2>/dev/null | grep -qx 'idle'; }
+node_up() { sinfo -h -N -o '%T' 2>/dev/null | grep -qxE 'idle|allocated|mixed|completing'; }  # maybe running jobs
 
 install_packages() {
   if command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v munged >/dev/null \
@@ -115,7 +116,7 @@ fail() {  # the daemons' logs, then stop what was started
 
 up() {
   install_packages
-  if alive slurmctld && alive slurmd && node_idle; then
+  if alive slurmctld && alive slurmd && node_up; then
     log "already up: $(sinfo -h -o '%P %D %T %c CPUs' | head -1)"
     return
   fi
