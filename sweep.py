@@ -115,7 +115,12 @@ def _report(spec, points, workdir) -> None:
   if _LAUNCHER.value == "slurm":
     from focalnet_jax.tools import sweep_slurm
 
-    print(sweep_slurm.format_states(sweep_slurm.point_states(os.path.abspath(workdir), [r.name for r in all_runs])))
+    try:
+      states = sweep_slurm.point_states(os.path.abspath(workdir), [r.name for r in all_runs])
+    except sweep_slurm.SlurmError as e:  # e.g. reporting on a machine outside the cluster
+      logging.warning("No point states: %s", e)
+      return
+    print(sweep_slurm.format_states(states))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 interpreter and PYTHONPATH, and waiting for it (`squeue`)."""
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -16,6 +17,7 @@ ROOT = train_utils.ROOT
 TRAIN_SBATCH = os.path.join(ROOT, "scripts", "slurm", "train.sbatch")
 
 
+@functools.cache
 def cluster_problem() -> str | None:
   """Why no SLURM cluster can run the tests here, or None when `sinfo` answers."""
   if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
