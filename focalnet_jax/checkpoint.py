@@ -144,10 +144,14 @@ def restore_state(
   directory = os.path.abspath(os.fspath(directory))
   with manager(directory) as mngr:
     requested, step = step, _checked_step(mngr, directory, step)
+    fallback = None
     if target is not None:
       target = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    else:  # a checkpoint saved by processes (devices) this one does not have: onto one local device
+      fallback = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     try:
-      args = ocp.args.Composite(**{STATE: ocp.args.StandardRestore(target), META: ocp.args.JsonRestore()})
+      args = ocp.args.Composite(**{STATE: ocp.args.StandardRestore(target, fallback_sharding=fallback),
+                                   META: ocp.args.JsonRestore()})
       restored, step = _restore_latest(mngr, requested, step, args)
     except Exception as e:  # noqa: BLE001
       earlier = sorted(s for s in mngr.all_steps() if s < step)

@@ -39,6 +39,26 @@ def _dead_pid() -> int:
   return proc.pid
 
 
+def test_a_lock_left_by_an_earlier_start_of_a_requeued_slurm_job_is_taken_over(tmp_path, monkeypatch, caplog):
+  # Killed (SIGKILL after KillWait) on node-17 before it released the lock; requeued here.
+  path = _write_lock(str(tmp_path / "run"), host="node-17", pid=4242, slurm_job="42", slurm_restart=0)
+  monkeypatch.setenv("SLURM_JOB_ID", "42")
+  monkeypatch.setenv("SLURM_RESTART_COUNT", "0")  # the same start (or another job): another host's lock stands
+  with pytest.raises(RuntimeError, match="locked by a training run on another host"):
+    workdir_lib.acquire(str(tmp_path / "run"))
+  monkeypatch.setenv("SLURM_JOB_ID", "43")
+  monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+  with pytest.raises(RuntimeError, match="locked by a training run on another host"):
+    workdir_lib.acquire(str(tmp_path / "run"))
+  monkeypatch.setenv("SLURM_JOB_ID", "42")
+  with caplog.at_level("WARNING"):
+    assert workdir_lib.acquire(str(tmp_path / "run")) == path
+  assert "Taking over the lock of a run that is no longer running (pid 4242 on host 'node-17'" in caplog.text
+  held = json.load(open(path))
+  assert held["pid"] == os.getpid() and held["slurm_job"] == "42" and held["slurm_restart"] == 1
+  workdir_lib.release(path)
+
+
 def test_a_second_run_on_a_workdir_in_use_is_refused_and_eval_still_reads_it(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)  # a relative folder: path is stored absolute (the data is injected here)
   config = train_utils.tiny_config(total_steps=2, checkpoint_every_steps=1, dataset="folder:images")

@@ -4,7 +4,9 @@
 pid, process start time and command. A second run on the same workdir is refused, naming the
 holder. A lock left by a crashed run is recognised: on the same host, a holder whose pid no
 longer runs (or runs another process, compared by start time) is taken over with a warning;
-a lock from another host cannot be checked from here, so the error says how to clear it.
+a lock from another host cannot be checked from here, so the error says how to clear it, unless it
+was left by an earlier start of this same SLURM job (requeued: same SLURM_JOB_ID, a lower
+SLURM_RESTART_COUNT), which is taken over too.
 Only training takes the lock: evaluating a workdir while it trains reads committed steps and
 never needs it. In multi-process runs only process 0 takes it.
 
@@ -50,8 +52,18 @@ def _alive(pid: int, start: str | None) -> bool:
 
 
 def _holder() -> dict:
-  return {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": _start_time(os.getpid()),
-          "started": time.strftime("%Y-%m-%d %H:%M:%S %z"), "command": " ".join(sys.argv)}
+  holder = {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": _start_time(os.getpid()),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S %z"), "command": " ".join(sys.argv)}
+  if "SLURM_JOB_ID" in os.environ:  # a requeued job is the same job started again, maybe on another host
+    holder.update(slurm_job=os.environ["SLURM_JOB_ID"], slurm_restart=int(os.environ.get("SLURM_RESTART_COUNT", 0)))
+  return holder
+
+
+def _earlier_start_of_this_job(held: dict, me: dict) -> bool:
+  """Whether `held` is a lock left by an earlier start of this SLURM job (killed before it released
+  it, e.g. after KillWait): its job id is ours and its start count lower."""
+  return ("slurm_job" in me and held.get("slurm_job") == me["slurm_job"]
+          and is_int(held.get("slurm_restart")) and held["slurm_restart"] < me["slurm_restart"])
 
 
 def _describe(h: dict) -> str:
@@ -89,7 +101,8 @@ def acquire(workdir: str) -> str:
     held = _read(path)
     if held is None:
       continue
-    if held.get("host") == me["host"] and is_int(held.get("pid")) and not _alive(held["pid"], held.get("pid_start")):
+    if _earlier_start_of_this_job(held, me) or (
+        held.get("host") == me["host"] and is_int(held.get("pid")) and not _alive(held["pid"], held.get("pid_start"))):
       logging.warning("Taking over the lock of a run that is no longer running (%s).", _describe(held))
       with contextlib.suppress(FileNotFoundError):
         os.remove(path)
