@@ -19,7 +19,15 @@ TRAIN_SBATCH = os.path.join(ROOT, "scripts", "slurm", "train.sbatch")
 
 @functools.cache
 def cluster_problem() -> str | None:
-  """Why no SLURM cluster can run the tests here, or None when `sinfo` answers."""
+  """Why no SLURM cluster can run the tests here, or None when `sinfo` answers. Where
+  FOCALNET_REQUIRE_SLURM=1 (CI, which starts a cluster) a missing cluster is an error, not a skip."""
+  problem = _cluster_problem()
+  if problem and os.environ.get("FOCALNET_REQUIRE_SLURM") == "1":
+    raise RuntimeError(f"FOCALNET_REQUIRE_SLURM=1 but {problem}")
+  return problem
+
+
+def _cluster_problem() -> str | None:
   if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
     return "no SLURM client commands (sinfo, sbatch) on PATH; start one: bash scripts/slurm/local_cluster.sh up"
   try:
