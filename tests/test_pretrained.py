@@ -178,8 +178,8 @@ def test_evaluation_loads_published_weights_with_their_preprocessing(timm_tiny, 
 def test_clear_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match="No checkpoint, weight file or hub id"):
     focalnet_jax.from_pretrained(tmp_path / "missing.safetensors")
-  assert not focalnet_jax.pretrained.is_hub_id("weights/model.safetensors")
-  assert focalnet_jax.pretrained.is_hub_id("microsoft/focalnet-tiny")
+  assert not focalnet_jax.weights.is_hub_id("weights/model.safetensors")
+  assert focalnet_jax.weights.is_hub_id("microsoft/focalnet-tiny")
 
 
 def test_focalnet_jax_checkpoint_and_single_image_prediction(timm_tiny, tmp_path):
@@ -188,7 +188,7 @@ def test_focalnet_jax_checkpoint_and_single_image_prediction(timm_tiny, tmp_path
   from configs import default
   from safetensors.torch import save_file
 
-  from focalnet_jax import convert
+  from focalnet_jax.tools import convert
 
   save_file(timm_tiny.state_dict(), str(tmp_path / "model.safetensors"))
   convert.main(["--model", "focalnet_tiny_srf", "--checkpoint", str(tmp_path / "model.safetensors"),

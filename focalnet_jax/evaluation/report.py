@@ -15,7 +15,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from focalnet_jax import checkpoint, pretrained
+from focalnet_jax import checkpoint
+from focalnet_jax.weights import pretrained
 from focalnet_jax.data import labels
 from focalnet_jax.model import FocalNet, variants
 from focalnet_jax.train import eval_step as eval_lib

@@ -216,7 +216,8 @@ def image_figure(checkpoint_path: str, image_path: str, *, config: ml_collection
   The image goes through the eval transform of `config`, or (None) of the run that wrote
   the checkpoint (`evaluation.settings_from_checkpoint` over configs/default.py).
   """
-  from focalnet_jax import evaluation, pretrained
+  from focalnet_jax import evaluation
+  from focalnet_jax.weights import pretrained
 
   if not os.path.exists(checkpoint_path) and not pretrained.is_hub_id(checkpoint_path):
     raise FileNotFoundError(

@@ -4,7 +4,7 @@
 
 `source` is
   - a weight file: `.safetensors`, `.pth`/`.pt` or `.bin`, in the official, timm or HF
-    transformers key layout (`focalnet_jax.tools.convert` reads and converts it);
+    transformers key layout (`focalnet_jax.weights` reads and converts it);
   - a directory: a timm hub snapshot or an HF transformers `save_pretrained` directory (a weight
     file beside its `config.json`), or a focalnet_jax checkpoint (train.py, the converter);
   - a Hugging Face hub id (`timm/focalnet_tiny_srf.ms_in1k`, `microsoft/focalnet-tiny`), fetched
@@ -133,7 +133,9 @@ def _from_published(source: str, path: str, variant: str | None, trust_pickle: b
   import jax
 
   from focalnet_jax.model.variants import create_model
-  from focalnet_jax.tools.convert import convert_state_dict, detect_layout, load_checkpoint
+  from focalnet_jax.weights.layouts import detect_layout
+  from focalnet_jax.weights.reading import load_checkpoint
+  from focalnet_jax.weights.to_flax import convert_state_dict
 
   weights = path if os.path.isfile(path) else next(
       os.path.join(path, f) for f in WEIGHT_FILES if os.path.isfile(os.path.join(path, f)))
@@ -173,7 +175,7 @@ def _architecture(state_dict: Mapping[str, Any], layout: str, prefix: str, confi
   published variant whose architecture the keys and shapes show; plus the head size and what HF's
   config sets that the keys cannot show (post-norm, normalize_modulator)."""
   from focalnet_jax.model.variants import list_models, model_kwargs
-  from focalnet_jax.tools.convert import infer_architecture, matching_variants
+  from focalnet_jax.weights.diagnose import infer_architecture, matching_variants
 
   arch = infer_architecture(state_dict, layout, prefix)
   if variant is None and config and config.get("architecture") in list_models():

@@ -8,10 +8,10 @@ import shutil
 from typing import Any, Sequence
 
 from focalnet_jax.tools import cli
-from focalnet_jax.tools.convert.layouts import detect_layout
-from focalnet_jax.tools.convert.reading import load_checkpoint
-from focalnet_jax.tools.convert.diagnose import compact
-from focalnet_jax.tools.convert.to_flax import backbone_conversion, convert_state_dict
+from focalnet_jax.weights.layouts import detect_layout
+from focalnet_jax.weights.reading import load_checkpoint
+from focalnet_jax.weights.diagnose import compact
+from focalnet_jax.weights.to_flax import backbone_conversion, convert_state_dict
 
 
 def build_parser() -> argparse.ArgumentParser:
