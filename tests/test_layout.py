@@ -137,6 +137,24 @@ def test_no_import_cycles(graph):
   assert cycles(graph) == []
 
 
+def folders(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+  """The graph between the package's folders (model, kernels, weights, ...; a top-level module is its own)."""
+  def folder(module: str) -> str:
+    return ".".join(module.split(".")[:2])
+
+  merged = {}
+  for module, edges in graph.items():
+    merged.setdefault(folder(module), set()).update(folder(t) for t in edges if t != "<configs>")
+  return {f: edges - {f} for f, edges in merged.items()}
+
+
+@pytest.mark.xfail(strict=False, reason="model/ and kernels/ import each other until issue #26 item 2 (the focal "
+                   "context to model/, gelu down) is merged")
+def test_no_import_cycles_between_folders(graph):
+  """The folders form layers (model below weights below evaluation below tools): no two reach each other."""
+  assert cycles(folders(graph)) == []
+
+
 def test_library_modules_import_no_repository_configs(graph):
   """configs/ is the repository's, not the installed package's: a library module gets its
   settings passed in (the scripts at the repository root read configs/)."""
@@ -151,7 +169,12 @@ def test_kernels_import_nothing_from_the_model(graph):
   assert upward == []
 
 
-def test_the_public_entry_leans_on_no_tool(graph):
-  """`focalnet_jax.from_pretrained` and evaluation are library code: they import no `tools` module."""
-  library = [m for m in graph if not m.startswith("focalnet_jax.tools")]
+# `python -m focalnet_jax.X` aliases of `focalnet_jax.tools.X`, to be deleted (issue #26 item 5).
+SHIMS = {f"focalnet_jax.{name}" for name in ("aot", "benchmark", "convert", "export", "summary")}
+
+
+def test_the_library_leans_on_no_tool(graph):
+  """`focalnet_jax.from_pretrained`, evaluation and the rest of the library import no `tools`
+  module: the command lines sit on top of the library, never under it."""
+  library = [m for m in graph if not m.startswith("focalnet_jax.tools") and m not in SHIMS]
   assert sorted(f"{m} -> {t}" for m in library for t in graph[m] if t.startswith("focalnet_jax.tools")) == []
