@@ -26,7 +26,7 @@ DATA_SETTINGS = ("dataset", "data_dir", "train_split", "eval_split", "eval_batch
 
 
 def as_pretrained(checkpoint_or_path: Pretrained | str, *, step: int | None = None, ema: bool = False,
-         dtype: str | None = None) -> Pretrained:
+                  dtype: str | None = None) -> Pretrained:
   """`checkpoint_or_path` as it is when already loaded, else `from_pretrained(path, step, ema, dtype)`."""
   if isinstance(checkpoint_or_path, Pretrained):
     return checkpoint_or_path

@@ -177,7 +177,7 @@ class FocalNet(nn.Module):
   interaction: str = "multiply"
   # Implementation: compute/storage dtypes, what each block keeps for the backward pass
   # ('none', 'block', 'dots': kernels/remat.py), depthwise conv, and the focal context Z^out
-  # ('reference', 'fused', 'pallas' or 'mosaic': kernels/focal_context.py), and the channel multiple
+  # ('reference', 'fused' or 'mosaic': model/focal_context.py), and the channel multiple
   # at which the fused `f` matmul writes q, f_z and the gates (kernels/aligned_projection.py).
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32

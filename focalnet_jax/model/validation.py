@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from focalnet_jax.kernels import focal_context
+from focalnet_jax.model import focal_context
 
 if TYPE_CHECKING:
   from focalnet_jax.model.network import FocalNet

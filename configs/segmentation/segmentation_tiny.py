@@ -1,6 +1,6 @@
-r"""A tiny FocalNet + FPN + Semantic FPN head on the synthetic squares task (focalnet_jax.dense).
+r"""A tiny FocalNet + FPN + Semantic FPN head on the synthetic squares task (focalnet_jax.segmentation).
 
-  python -m focalnet_jax.dense.train --config configs/dense/segmentation_tiny.py
+  python -m focalnet_jax.segmentation.train --config configs/segmentation/segmentation_tiny.py
 
 About a minute on 2 CPU cores. A smoke run of the dense-prediction wiring, not a benchmark: no
 COCO/ADE20K numbers are claimed. For a real backbone, set `model.overrides` to {} (the variant's
