@@ -148,8 +148,6 @@ def folders(graph: dict[str, set[str]]) -> dict[str, set[str]]:
   return {f: edges - {f} for f, edges in merged.items()}
 
 
-@pytest.mark.xfail(strict=False, reason="model/ and kernels/ import each other until issue #26 item 2 (the focal "
-                   "context to model/, gelu down) is merged")
 def test_no_import_cycles_between_folders(graph):
   """The folders form layers (model below weights below evaluation below tools): no two reach each other."""
   assert cycles(folders(graph)) == []
@@ -161,20 +159,14 @@ def test_library_modules_import_no_repository_configs(graph):
   assert sorted(m for m, edges in graph.items() if "<configs>" in edges) == []
 
 
-@pytest.mark.xfail(strict=False, reason="kernels/ imports model/ until issue #26 item 2 (the focal context to "
-                   "model/, gelu down) is merged")
 def test_kernels_import_nothing_from_the_model(graph):
   upward = sorted(f"{m} -> {t}" for m, edges in graph.items() if m.startswith("focalnet_jax.kernels")
                   for t in edges if t == "focalnet_jax.model" or t.startswith("focalnet_jax.model."))
   assert upward == []
 
 
-# `python -m focalnet_jax.X` aliases of `focalnet_jax.tools.X`, to be deleted (issue #26 item 5).
-SHIMS = {f"focalnet_jax.{name}" for name in ("aot", "benchmark", "convert", "export", "summary")}
-
-
 def test_the_library_leans_on_no_tool(graph):
   """`focalnet_jax.from_pretrained`, evaluation and the rest of the library import no `tools`
   module: the command lines sit on top of the library, never under it."""
-  library = [m for m in graph if not m.startswith("focalnet_jax.tools") and m not in SHIMS]
+  library = [m for m in graph if not m.startswith("focalnet_jax.tools")]
   assert sorted(f"{m} -> {t}" for m in library for t in graph[m] if t.startswith("focalnet_jax.tools")) == []
