@@ -9,10 +9,12 @@ r"""Evaluates a FocalNet checkpoint on a dataset split, or predicts the classes 
   # single images: top-5 classes with probabilities
   python eval.py --checkpoint weights/focalnet_tiny_srf --image cat.jpg --image dog.png
 
-`--checkpoint` is a training workdir, its checkpoints/ directory, or a directory written by
-`python -m focalnet_jax.tools.convert`. The data settings come from `--config` if given, else from the
-training run that wrote the checkpoint (its saved config), else configs/default.py at the
-variant's resolution; the flags below override them. The report (top-1, top-5, mean loss, number
+`--checkpoint` is anything `focalnet_jax.from_pretrained` reads: a training workdir, its
+checkpoints/ directory, a directory written by `python -m focalnet_jax.tools.convert`, published
+weights or a hub id. The data settings come from `--config` if given, else configs/default.py
+with the weights' eval preprocessing (`from_pretrained(...).info`: the training run's, the
+published weights', else the official recipe's at the variant's resolution) and the training
+run's data; the flags below override them. The report (top-1, top-5, mean loss, number
 of examples, images/s) is printed and written as JSON beside the checkpoint (or to --output).
 """
 from __future__ import annotations
@@ -43,13 +45,13 @@ _TOP_K = flags.DEFINE_integer("top_k", 5, "Classes to print per image with --ima
 flags.mark_flags_as_required(["checkpoint"])
 
 
-def resolve_config(meta: dict):
+def resolve_config(info):
   from configs import default  # noqa: PLC0415
   from focalnet_jax import evaluation
 
   config = _CONFIG.value
   if config is None:
-    config = evaluation.settings_from_checkpoint(default.get_config(), meta)
+    config = evaluation.eval_config(default.get_config(), info)
   else:
     config = config.copy_and_resolve_references()
   for flag, key in ((_DATASET, "dataset"), (_SPLIT, "eval_split"), (_DATA_DIR, "data_dir"),
@@ -67,8 +69,8 @@ def main(argv: list[str]) -> None:
   from focalnet_jax.train import runlog
 
   runlog.quiet_library_logs()  # the report, not orbax's and TF's INFO lines
-  loaded = evaluation.load_model(_CHECKPOINT.value, step=_STEP.value, ema=_EMA.value, dtype=_DTYPE.value)
-  config = resolve_config(loaded.meta)
+  loaded = evaluation.as_pretrained(_CHECKPOINT.value, step=_STEP.value, ema=_EMA.value, dtype=_DTYPE.value)
+  config = resolve_config(loaded.info)
   if _IMAGES.value:
     preds = evaluation.predict_files(loaded, _IMAGES.value, config, k=_TOP_K.value)
     for path, top in zip(_IMAGES.value, preds):

@@ -3,7 +3,7 @@ from focalnet_jax.model import (
     FocalModulation, FocalNet, FocalNetBlock, FocalNetStage, create_model, default_image_size, list_models,
     model_kwargs,
 )
-from focalnet_jax.pretrained import Pretrained, PretrainedInfo, from_pretrained
+from focalnet_jax.weights import Pretrained, PretrainedInfo, from_pretrained
 
 __all__ = [
     "FocalModulation",

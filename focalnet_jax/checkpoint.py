@@ -192,13 +192,18 @@ def load_params(
 ) -> tuple[Any, dict[str, Any]]:
   """(params, meta) of a checkpoint written by training or by conversion."""
   state, meta, step = restore_state(directory, step=step)
+  return params_of(state, directory, step, ema), meta
+
+
+def params_of(state: dict[str, Any], directory: str | os.PathLike, step: int, ema: bool = False) -> Any:
+  """The model params of a restored state: its EMA copy with `ema`, else the raw params."""
   key = "ema_params" if ema else "params"
   if key not in state:
     raise KeyError(
         f"Checkpoint {os.fspath(directory)!r} step {step} has no {key!r} (it has {sorted(state)})."
         + (" It was written without EMA; evaluate the raw params instead." if ema else "")
     )
-  return state[key], meta
+  return state[key]
 
 
 def meta_of(mngr: ocp.CheckpointManager, step: int) -> dict[str, Any] | None:

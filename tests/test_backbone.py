@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from focalnet_jax.tools import convert
+from focalnet_jax import weights
 from focalnet_jax.model.backbone import FocalNetBackbone, classifier_params, create_backbone
 from test_convert import hf_model, randomize_, rel_err
 from torch_refs import import_timm, import_torch
@@ -32,7 +32,7 @@ def timm_pair():
   """A random timm FocalNet (tiny-lrf layout, shrunk) and our classifier params converted from it."""
   timm = import_timm()
   classifier = randomize_(timm.models.focalnet._create_focalnet("focalnet_tiny_lrf", num_classes=5, **TIMM_SHRUNK), 3)
-  params = convert.convert_state_dict(classifier.state_dict(), "focalnet_tiny_lrf", num_classes=5, **SHRUNK)
+  params = weights.convert_state_dict(classifier.state_dict(), "focalnet_tiny_lrf", num_classes=5, **SHRUNK)
   return classifier, params["params"]
 
 
@@ -66,7 +66,7 @@ def test_last_stage_equals_hf_backbone():
   transformers = pytest.importorskip("transformers")
   hf_config = dict(embed_dim=16, depths=[1, 1, 2, 1], focal_levels=[3] * 4, focal_windows=[3] * 4, num_labels=5)
   classifier = randomize_(hf_model(**hf_config), 4)
-  params = convert.convert_state_dict(classifier.state_dict(), "focalnet_tiny_lrf", num_classes=5, **SHRUNK)
+  params = weights.convert_state_dict(classifier.state_dict(), "focalnet_tiny_lrf", num_classes=5, **SHRUNK)
   config = transformers.FocalNetConfig(**{**classifier.config.to_dict(), "out_features": ["stage4"]})
   config.hidden_sizes = list(config.hidden_sizes)  # FocalNetBackbone concatenates it to a list
   hf_backbone = transformers.FocalNetBackbone(config).eval()
@@ -137,7 +137,7 @@ def test_classifier_initialises_a_detection_backbone_with_larger_windows(timm_pa
   detection = create_backbone("focalnet_tiny_lrf", detection=True, out_norms=True, depthwise_impl="xla", **SHRUNK)
   x = np.random.default_rng(5).standard_normal((1, 64, 96, 3)).astype(np.float32)
   fresh = detection.init(jax.random.key(0), x)["params"]
-  adapted = convert.adapt_params(params, fresh)
+  adapted = weights.adapt_params(params, fresh)
   assert adapted["layers_0"]["blocks_0"]["modulation"]["focal_layers_2"].shape == (13, 13, 1, 16)
   identity_norms = {f"norm{i}": {"scale": np.ones(c, np.float32), "bias": np.zeros(c, np.float32)}
                     for i, c in enumerate((16, 32, 64, 128))}
@@ -155,7 +155,7 @@ def test_extra_focal_levels_get_zero_gates(timm_pair):
   fresh = jax.eval_shape(wider.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
   fresh = jax.tree.map(lambda s: np.full(s.shape, 7.0, np.float32), fresh)
   f_old = params["layers_0"]["blocks_0"]["modulation"]["f"]["kernel"]  # (16, 32 + 4)
-  adapted = convert.adapt_params(params, fresh)
+  adapted = weights.adapt_params(params, fresh)
   f_new = adapted["layers_0"]["blocks_0"]["modulation"]["f"]["kernel"]  # (16, 32 + 5)
   np.testing.assert_array_equal(f_new[:, :35], f_old[:, :35])  # q, ctx, the three level gates
   np.testing.assert_array_equal(f_new[:, 35], 0.0)  # the new level's gate

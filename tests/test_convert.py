@@ -12,7 +12,8 @@ import jax
 import numpy as np
 import pytest
 
-from focalnet_jax import checkpoint, convert, create_model
+from focalnet_jax import checkpoint, create_model, weights
+from focalnet_jax.tools import convert
 from torch_refs import import_timm, import_torch, import_transformers
 
 torch = import_torch()
@@ -137,7 +138,7 @@ TIMM_CASES = {  # key -> (our variant, overrides)
 def test_timm_tiny_srf_at_224_and_at_another_size(timm_models):
   """The one full-resolution case; the same converted params also fit 256 px (no position state)."""
   module = timm_models["tiny_srf"]
-  variables = convert.convert_state_dict(module.state_dict(), "focalnet_tiny_srf")
+  variables = weights.convert_state_dict(module.state_dict(), "focalnet_tiny_srf")
   for side in (224, 256):
     x = images(side)
     err = rel_err(jax_logits("focalnet_tiny_srf", {}, variables, x), torch_logits(module, x))
@@ -149,7 +150,7 @@ def test_timm_tiny_srf_at_224_and_at_another_size(timm_models):
 def test_timm_parity(timm_models, case):
   name, overrides = TIMM_CASES[case]
   module = timm_models[case]
-  variables = convert.convert_state_dict(module.state_dict(), name, **overrides)
+  variables = weights.convert_state_dict(module.state_dict(), name, **overrides)
   x = images(SMALL)
   err = rel_err(jax_logits(name, overrides, variables, x), torch_logits(module, x))
   print(f"timm {case}: rel err {err:.2e}")
@@ -179,8 +180,8 @@ def test_official_layout_parity(timm_models, case):
   name, overrides = TIMM_CASES[case]
   module = timm_models[case]
   official = timm_to_official(module.state_dict())
-  assert convert.detect_layout(official["model"]) == ("official", "")
-  variables = convert.convert_state_dict(official, name, **overrides)
+  assert weights.detect_layout(official["model"]) == ("official", "")
+  variables = weights.convert_state_dict(official, name, **overrides)
   x = images(SMALL, seed=1)
   err = rel_err(jax_logits(name, overrides, variables, x), torch_logits(module, x))
   print(f"official {case}: rel err {err:.2e}")
@@ -225,15 +226,15 @@ def test_hf_parity(case):
   name, overrides, config = HF_CASES[case]
   module = randomize_(hf_model(**config), 10 + list(HF_CASES).index(case))
   state_dict = module.state_dict()
-  variables = convert.convert_state_dict(state_dict, name, **overrides)
+  variables = weights.convert_state_dict(state_dict, name, **overrides)
   x = images(SMALL, seed=2)
   err = rel_err(jax_logits(name, overrides, variables, x), torch_logits(module, x))
   print(f"hf {case}: rel err {err:.2e}")
   assert err < TOL
   # The bare FocalNetModel (no 'focalnet.' prefix, no classifier) converts to the same backbone.
   bare = {k[len("focalnet."):]: v for k, v in state_dict.items() if k.startswith("focalnet.")}
-  assert convert.detect_layout(bare) == ("hf", "")
-  backbone = convert.convert_state_dict(bare, name, **{**overrides, "num_classes": 0})
+  assert weights.detect_layout(bare) == ("hf", "")
+  backbone = weights.convert_state_dict(bare, name, **{**overrides, "num_classes": 0})
   expected = {k: v for k, v in variables["params"].items() if k != "head"}
   jax.tree.map(np.testing.assert_array_equal, backbone["params"], expected)
 
@@ -325,12 +326,12 @@ def test_every_layout_names_each_parameter_once_and_is_detected():
   model = create_model("focalnet_huge_fl3", **HUGE_SHRUNK)
   shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
   paths = list(traverse_util.flatten_dict(shapes["params"]))
-  for name, table in convert.LAYOUTS.items():
+  for name, table in weights.LAYOUTS.items():
     for prefix in table.prefixes:
-      keys = [convert.torch_key(p, name, postln=True, prefix=prefix) for p in paths]
+      keys = [weights.torch_key(p, name, postln=True, prefix=prefix) for p in paths]
       assert len(set(keys)) == len(keys), name
-      assert convert.detect_layout(keys) == (name, prefix)
-      arch = convert.infer_architecture(dict.fromkeys(keys, np.zeros((16, 3, 7, 7))), name, prefix)
+      assert weights.detect_layout(keys) == (name, prefix)
+      arch = weights.infer_architecture(dict.fromkeys(keys, np.zeros((16, 3, 7, 7))), name, prefix)
       assert arch["depths"] == (1, 1, 2, 1) and arch["use_layerscale"]
       assert arch["use_postln_in_modulation"] and arch.get("use_postln", True)
 
@@ -341,12 +342,12 @@ def test_every_layout_names_each_parameter_once_and_is_detected():
 def test_wrong_variant_names_key_shapes_and_the_right_variant(timm_models):
   state_dict = state_dict_np(timm_models["tiny_srf"])
   with pytest.raises(ValueError) as e:
-    convert.convert_state_dict(state_dict, "focalnet_base_srf")
+    weights.convert_state_dict(state_dict, "focalnet_base_srf")
   msg = str(e.value)
   assert "'stem.proj.weight': checkpoint has (96, 3, 4, 4), the model expects (128, 3, 4, 4)" in msg
   assert "looks like focalnet_tiny_srf" in msg
   with pytest.raises(ValueError, match="looks like focalnet_tiny_srf"):  # fewer focal levels
-    convert.convert_state_dict(state_dict, "focalnet_tiny_lrf")
+    weights.convert_state_dict(state_dict, "focalnet_tiny_lrf")
 
 
 def test_missing_and_unexpected_keys_are_listed(timm_models):
@@ -355,24 +356,24 @@ def test_missing_and_unexpected_keys_are_listed(timm_models):
   del state_dict["layers.2.blocks.1.modulation.h.weight"]
   state_dict["layers.0.blocks.0.extra.weight"] = np.zeros(3, np.float32)
   with pytest.raises(ValueError) as e:
-    convert.convert_state_dict(state_dict, name, **overrides)
+    weights.convert_state_dict(state_dict, name, **overrides)
   msg = str(e.value)
   assert "missing from the checkpoint (1):" in msg and "layers.2.blocks.1.modulation.h.weight" in msg
   assert "unexpected in the checkpoint (1):" in msg and "layers.0.blocks.0.extra.weight" in msg
   # Architecture read off the keys: the post-norms of a timm checkpoint name the fix.
   with pytest.raises(ValueError, match=r"use_postln=True \(model: False\).*--override use_postln=true"):
-    convert.convert_state_dict(state_dict_np(timm_models["huge"]), name, use_postln=False, **overrides)
+    weights.convert_state_dict(state_dict_np(timm_models["huge"]), name, use_postln=False, **overrides)
 
 
 def test_unknown_layout_names_prefixes():
   with pytest.raises(ValueError, match=r"Unknown checkpoint layout.*'backbone'"):
-    convert.convert_state_dict({"backbone.conv.weight": np.zeros((2, 2))}, "focalnet_tiny_srf")
+    weights.convert_state_dict({"backbone.conv.weight": np.zeros((2, 2))}, "focalnet_tiny_srf")
 
 
 def test_head_mismatch_explains_the_options(timm_models):
   name, overrides = TIMM_CASES["huge"]
   with pytest.raises(ValueError) as e:
-    convert.convert_state_dict(state_dict_np(timm_models["huge"]), name, **{**overrides, "num_classes": 7})
+    weights.convert_state_dict(state_dict_np(timm_models["huge"]), name, **{**overrides, "num_classes": 7})
   msg = str(e.value)
   assert "'head.fc.weight': checkpoint has (10, 128), the model expects (7, 128)" in msg
   assert "num_classes=10" in msg and "drop_head=True" in msg
@@ -381,18 +382,18 @@ def test_head_mismatch_explains_the_options(timm_models):
 def test_drop_head(timm_models):
   name, overrides = TIMM_CASES["huge"]
   state_dict = state_dict_np(timm_models["huge"])
-  full = convert.convert_state_dict(state_dict, name, **overrides)["params"]
+  full = weights.convert_state_dict(state_dict, name, **overrides)["params"]
   # A new 5-class head, freshly initialised; every other parameter is the checkpoint's.
   five = {**overrides, "num_classes": 5}
-  new = convert.convert_state_dict(state_dict, name, drop_head=True, **five)["params"]
+  new = weights.convert_state_dict(state_dict, name, drop_head=True, **five)["params"]
   assert new["head"]["kernel"].shape == (128, 5) and 0.005 < new["head"]["kernel"].std() < 0.05
   np.testing.assert_array_equal(new["head"]["bias"], 0.0)
   jax.tree.map(np.testing.assert_array_equal, {k: v for k, v in new.items() if k != "head"},
                {k: v for k, v in full.items() if k != "head"})
   # A headless model: the checkpoint's head is an error unless dropped.
   with pytest.raises(ValueError, match="drop_head"):
-    convert.convert_state_dict(state_dict, name, **{**overrides, "num_classes": 0})
-  headless = convert.convert_state_dict(state_dict, name, drop_head=True, **{**overrides, "num_classes": 0})
+    weights.convert_state_dict(state_dict, name, **{**overrides, "num_classes": 0})
+  headless = weights.convert_state_dict(state_dict, name, drop_head=True, **{**overrides, "num_classes": 0})
   assert "head" not in headless["params"]
 
 
@@ -402,16 +403,16 @@ def test_cut_22k_head_to_1k():
   state_dict = state_dict_np(module)
   one_k = {**overrides, "num_classes": 1000}
   with pytest.raises(ValueError) as e:
-    convert.convert_state_dict(state_dict, name, **one_k)
+    weights.convert_state_dict(state_dict, name, **one_k)
   assert "head_to_1k=True" in str(e.value) and "num_classes=21842" in str(e.value)
-  variables = convert.convert_state_dict(state_dict, name, head_to_1k=True, **one_k)
+  variables = weights.convert_state_dict(state_dict, name, head_to_1k=True, **one_k)
   x = images(SMALL, seed=4)
   ref = torch_logits(module, x)[:, :1000]
   err = rel_err(jax_logits(name, one_k, variables, x), ref)
   print(f"22k->1k head cut: rel err {err:.2e}")
   assert err < TOL
   with pytest.raises(ValueError, match="head_to_1k cuts a 21842-class"):  # only 22K -> 1K
-    convert.convert_state_dict(state_dict, name, head_to_1k=True, **{**overrides, "num_classes": 500})
+    weights.convert_state_dict(state_dict, name, head_to_1k=True, **{**overrides, "num_classes": 500})
 
 
 def test_numpy_and_safetensors_need_no_torch(timm_models, tmp_path, monkeypatch):
@@ -425,20 +426,20 @@ def test_numpy_and_safetensors_need_no_torch(timm_models, tmp_path, monkeypatch)
 
   bf16 = {k: v.to(torch.bfloat16) for k, v in timm_models["huge"].state_dict().items()}
   save_torch(bf16, str(tmp_path / "w_bf16.safetensors"))
-  expected = convert.convert_state_dict(state_dict, name, **overrides)
+  expected = weights.convert_state_dict(state_dict, name, **overrides)
   monkeypatch.setitem(sys.modules, "torch", None)  # any `import torch` now fails
-  loaded = convert.load_checkpoint(tmp_path / "w.safetensors")
-  got = convert.convert_state_dict(loaded, name, **overrides)
+  loaded = weights.load_checkpoint(tmp_path / "w.safetensors")
+  got = weights.convert_state_dict(loaded, name, **overrides)
   jax.tree.map(np.testing.assert_array_equal, got, expected)
   snapshot = tmp_path / "snapshot"  # a downloaded HF hub directory
   snapshot.mkdir()
   (tmp_path / "w.safetensors").rename(snapshot / "model.safetensors")
-  assert convert.load_checkpoint(snapshot).keys() == loaded.keys()
+  assert weights.load_checkpoint(snapshot).keys() == loaded.keys()
   # bfloat16 files (which numpy cannot read) come back as float32.
-  loaded = convert.load_checkpoint(tmp_path / "w_bf16.safetensors")
+  loaded = weights.load_checkpoint(tmp_path / "w_bf16.safetensors")
   key = "layers.0.blocks.0.modulation.f.weight"
   assert loaded[key].dtype == np.float32
   np.testing.assert_allclose(loaded[key], state_dict[key], rtol=1e-2, atol=1e-6)
   assert not np.array_equal(loaded[key], state_dict[key])
   with pytest.raises(ImportError, match="needs PyTorch.*safetensors"):
-    convert.load_checkpoint(tmp_path / "w.pth")
+    weights.load_checkpoint(tmp_path / "w.pth")

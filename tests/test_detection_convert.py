@@ -7,7 +7,8 @@ import re
 import numpy as np
 import pytest
 
-from focalnet_jax import checkpoint, convert
+from focalnet_jax import checkpoint, weights
+from focalnet_jax.tools import convert
 from focalnet_jax.model.backbone import backbone_from_meta, create_backbone
 from test_convert import hf_model, randomize_, rel_err, timm_to_official
 from torch_refs import import_timm, import_torch, import_transformers
@@ -66,7 +67,7 @@ def reference_maps(classifier, out_indices, x, norms):
 @pytest.mark.parametrize("out_indices", [(0, 1, 2, 3), (1, 2, 3)])
 def test_mmdet_detection_checkpoint_converts_and_runs(detector, out_indices):
   classifier, mmdet, norms = detector
-  variables = convert.convert_state_dict(mmdet, "focalnet_tiny_lrf", backbone=True, detection=True,
+  variables = weights.convert_state_dict(mmdet, "focalnet_tiny_lrf", backbone=True, detection=True,
                                          out_indices=out_indices, **SHRUNK)
   assert {f"norm{i}" for i in out_indices} <= set(variables["params"])  # out_norms found in the checkpoint
   assert not {"norm", "head"} & set(variables["params"])
@@ -78,7 +79,7 @@ def test_mmdet_detection_checkpoint_converts_and_runs(detector, out_indices):
     err = rel_err(ours, ref)
     print(f"mmdet backbone out_indices={out_indices}: rel err {err:.2e}")
     assert ours.shape == ref.shape and err < TOL
-  settings, dropped = convert.backbone_conversion(mmdet, "focalnet_tiny_lrf", detection=True, out_indices=out_indices,
+  settings, dropped = weights.backbone_conversion(mmdet, "focalnet_tiny_lrf", detection=True, out_indices=out_indices,
                                                   **SHRUNK)
   assert settings == {"out_indices": list(out_indices), "out_norms": True, "detection": True}
   assert {"outside the backbone: neck", "outside the backbone: rpn_head", "outside the backbone: roi_head"} <= set(dropped)
@@ -89,7 +90,7 @@ def test_mmdet_detection_checkpoint_converts_and_runs(detector, out_indices):
 def test_detection_checkpoint_without_detection_settings_says_so(detector):
   _, mmdet, _ = detector
   with pytest.raises(ValueError) as e:
-    convert.convert_state_dict(mmdet, "focalnet_tiny_lrf", backbone=True, **SHRUNK)
+    weights.convert_state_dict(mmdet, "focalnet_tiny_lrf", backbone=True, **SHRUNK)
   msg = str(e.value)
   assert "under 'backbone.'" in msg and "a backbone of focalnet_tiny_lrf" in msg
   assert "the detection backbone of focalnet_tiny_lrf" in msg and "--detection" in msg
@@ -98,11 +99,11 @@ def test_detection_checkpoint_without_detection_settings_says_so(detector):
 def test_classifier_into_a_backbone_with_norms_explains(detector):
   classifier, _, _ = detector
   with pytest.raises(ValueError) as e:
-    convert.convert_state_dict(classifier.state_dict(), "focalnet_tiny_lrf", backbone=True, detection=True,
+    weights.convert_state_dict(classifier.state_dict(), "focalnet_tiny_lrf", backbone=True, detection=True,
                                out_norms=True, **SHRUNK)
   assert "no per-output norms" in str(e.value) and "--no-out-norms" in str(e.value)
   # Without out_norms the classifier converts; its head and final norm are dropped.
-  _, dropped = convert.backbone_conversion(classifier.state_dict(), "focalnet_tiny_lrf", detection=True, **SHRUNK)
+  _, dropped = weights.backbone_conversion(classifier.state_dict(), "focalnet_tiny_lrf", detection=True, **SHRUNK)
   assert set(dropped) == {"the classifier's head", "the classifier's final norm"}
 
 
@@ -150,8 +151,8 @@ def test_hf_backbone_weights_give_hf_feature_maps():
   config.hidden_sizes = list(config.hidden_sizes)  # FocalNetBackbone concatenates it to a list
   hf_backbone = randomize_(transformers.FocalNetBackbone(config), 9)
   state_dict = hf_backbone.state_dict()
-  variables = convert.convert_state_dict(state_dict, "focalnet_tiny_lrf", backbone=True, **SHRUNK)
-  _, dropped = convert.backbone_conversion(state_dict, "focalnet_tiny_lrf", **SHRUNK)
+  variables = weights.convert_state_dict(state_dict, "focalnet_tiny_lrf", backbone=True, **SHRUNK)
+  _, dropped = weights.backbone_conversion(state_dict, "focalnet_tiny_lrf", **SHRUNK)
   assert dropped == {"the classifier's final norm": ["focalnet.layernorm.bias", "focalnet.layernorm.weight"]}
   backbone = create_backbone("focalnet_tiny_lrf", depthwise_impl="xla", **SHRUNK)
   x = np.random.default_rng(2).standard_normal((2, 64, 96, 3)).astype(np.float32)

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from configs import default
+import focalnet_jax
 from focalnet_jax import checkpoint, create_model, evaluation
 from focalnet_jax.data import labels
 from focalnet_jax.train import sharding
@@ -147,6 +148,36 @@ def colour_recogniser(tmp_path):
   return ckpt, config
 
 
+def test_a_checkpoints_preprocessing_and_class_names_come_from_one_rulebook(tmp_path):
+  """eval.py, predict_files, visualize and from_pretrained all read a checkpoint's eval transform
+  and class names from `from_pretrained(...).info`: the training run's settings, else the
+  official recipe at the variant's resolution and ImageNet's names."""
+  trained = {"dataset": "digits", "eval_split": "test", "eval_batch_size": 8, "image_size": 32, "crop_ratio": 1.0,
+             "interpolation": "bilinear", "aug": {"mean": [0.5] * 3, "std": [0.25] * 3}}
+  params = {"head": {"kernel": np.zeros((4, 3), np.float32)}}
+  checkpoint.save(tmp_path / "run", {"params": params}, {"model": "focalnet_tiny_srf", "config": trained,
+                  "model_overrides": {"num_classes": 3}, "class_names": ["a", "b", "c"]}, step=5)
+  info = focalnet_jax.from_pretrained(str(tmp_path / "run")).info
+  assert info.step == 5 and info.class_names == ("a", "b", "c")
+  assert info.transform == dict(image_size=32, crop_ratio=1.0, interpolation="bilinear", mean=(0.5,) * 3,
+                                std=(0.25,) * 3)
+  config = evaluation.eval_config(default.get_config(), info)
+  assert (config.dataset, config.eval_split, config.eval_batch_size, config.image_size, config.crop_ratio,
+          config.interpolation, config.aug.mean, config.aug.std) == ("digits", "test", 8, 32, 1.0, "bilinear",
+                                                                     (0.5,) * 3, (0.25,) * 3)
+  with pytest.raises(KeyError, match="has no 'ema_params'.*written without EMA"):
+    focalnet_jax.from_pretrained(str(tmp_path / "run"), ema=True)
+
+  # Converted weights (no training run, no names): the official eval transform, at 384 px for a 384 px variant.
+  checkpoint.save(tmp_path / "converted", {"params": params}, {"model": "focalnet_large_fl3", "model_overrides": {}})
+  info = focalnet_jax.from_pretrained(str(tmp_path / "converted")).info
+  assert info.transform == dict(image_size=384, crop_ratio=0.875, interpolation="bicubic",
+                                mean=default.IMAGENET_MEAN, std=default.IMAGENET_STD)
+  assert info.class_names[:2] == ("tench", "goldfish")
+  config = evaluation.eval_config(default.get_config(), info)
+  assert (config.dataset, config.image_size, config.crop_ratio) == (default.get_config().dataset, 384, 0.875)
+
+
 def test_single_image_prediction_names_the_right_class(tmp_path):
   ckpt, config = colour_recogniser(tmp_path)
   rng = np.random.default_rng(0)
@@ -212,8 +243,8 @@ def test_converted_pytorch_model_predicts_like_pytorch(tmp_path):
   x = evaluation.preprocess_files(paths, config)
   with torch.no_grad():
     want = ref(torch.from_numpy(x).permute(0, 3, 1, 2)).numpy()
-  model, params, *_ = evaluation.load_model(str(out))
-  got = np.asarray(model.apply({"params": params}, jnp.asarray(x)))
+  model, variables = focalnet_jax.from_pretrained(str(out))
+  got = np.asarray(model.apply(variables, jnp.asarray(x)))
   np.testing.assert_allclose(got, want, atol=1e-4 * np.abs(want).max())
   preds = evaluation.predict_files(str(out), paths, config, k=1)
   assert [p[0][0] for p in preds] == [f"class_{i}" for i in want.argmax(1)]

@@ -166,20 +166,20 @@ def test_evaluation_loads_published_weights_with_their_preprocessing(timm_tiny, 
   from safetensors.torch import save_file
 
   save_file(timm_tiny.state_dict(), str(tmp_path / "model.safetensors"))
-  loaded = evaluation.load_model(str(tmp_path / "model.safetensors"))
-  assert loaded.meta["model"] == "focalnet_tiny_srf" and loaded.path == str(tmp_path)
-  config = evaluation.settings_from_checkpoint(default.get_config(), loaded.meta)
+  loaded = evaluation.as_pretrained(str(tmp_path / "model.safetensors"))
+  assert loaded.info.variant == "focalnet_tiny_srf" and loaded.info.directory == str(tmp_path)
+  config = evaluation.eval_config(default.get_config(), loaded.info)
   assert (config.image_size, config.crop_ratio, config.interpolation) == (224, 0.9, "bicubic")
-  assert evaluation.class_names_for(loaded.meta, 1000)[0] == "tench"
+  assert loaded.info.class_names[0] == "tench"
   with pytest.raises(ValueError, match="no steps and no EMA"):
-    evaluation.load_model(str(tmp_path / "model.safetensors"), ema=True)
+    focalnet_jax.from_pretrained(str(tmp_path / "model.safetensors"), ema=True)
 
 
 def test_clear_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match="No checkpoint, weight file or hub id"):
     focalnet_jax.from_pretrained(tmp_path / "missing.safetensors")
-  assert not focalnet_jax.pretrained.is_hub_id("weights/model.safetensors")
-  assert focalnet_jax.pretrained.is_hub_id("microsoft/focalnet-tiny")
+  assert not focalnet_jax.weights.is_hub_id("weights/model.safetensors")
+  assert focalnet_jax.weights.is_hub_id("microsoft/focalnet-tiny")
 
 
 def test_focalnet_jax_checkpoint_and_single_image_prediction(timm_tiny, tmp_path):
@@ -201,8 +201,7 @@ def test_focalnet_jax_checkpoint_and_single_image_prediction(timm_tiny, tmp_path
 
   path = str(tmp_path / "photo.jpg")
   Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 120, 3), dtype=np.uint8)).save(path)
-  loaded = evaluation.load_model(str(tmp_path / "model.safetensors"))
-  config = evaluation.settings_from_checkpoint(default.get_config(), loaded.meta)
-  (top,) = evaluation.predict_files(loaded, [path], config, k=1)
+  config = evaluation.eval_config(default.get_config(), from_file.info)
+  (top,) = evaluation.predict_files(from_file, [path], config, k=1)
   logits = ours(from_file, from_file.info.load_images([path]))
   assert top[0][0] == from_file.info.class_names[int(logits[0].argmax())]

@@ -297,7 +297,8 @@ def test_same_seed_same_losses_other_seed_differs(tmp_path):
 
 def test_corrupt_checkpoint_is_named_with_a_way_out_and_left_alone(tmp_path):
   import train_utils
-  from focalnet_jax import checkpoint, evaluation
+  import focalnet_jax
+  from focalnet_jax import checkpoint
 
   config = train_utils.tiny_config(total_steps=4, checkpoint_every_steps=2)
   workdir = str(tmp_path / "run")
@@ -326,7 +327,7 @@ def test_corrupt_checkpoint_is_named_with_a_way_out_and_left_alone(tmp_path):
                                        r".*step=2"):
     checkpoint.load_params(ckpts)
   with pytest.raises(ValueError, match=rf"(?s){path}.*step=2"):
-    evaluation.load_model(workdir)
+    focalnet_jax.from_pretrained(workdir)
   assert np.isfinite(np.asarray(checkpoint.load_params(ckpts, step=2)[0]["head"]["kernel"])).all()
   with pytest.raises(ValueError, match=rf"(?s)Cannot resume from {path} .*truncated or corrupt.*resume from "
                                        rf"step 2 instead, move {path} out of the way"):

@@ -13,7 +13,8 @@ import sys
 import pytest
 
 import train_utils
-from focalnet_jax import checkpoint, evaluation
+import focalnet_jax
+from focalnet_jax import checkpoint
 from focalnet_jax import train as trainer
 from focalnet_jax.train import loop
 from focalnet_jax.train import workdir as workdir_lib
@@ -71,7 +72,7 @@ def test_a_second_run_on_a_workdir_in_use_is_refused_and_eval_still_reads_it(tmp
                                            rf"{os.getpid()} on host .*Wait for it to finish or stop it, or pass "
                                            r"another --workdir.*eval.py, which needs no lock"):
       train(config, workdir)
-    assert evaluation.load_model(workdir).step == 2  # evaluating while it trains takes no lock
+    assert focalnet_jax.from_pretrained(workdir).info.step == 2  # evaluating while it trains takes no lock
   assert not os.path.exists(os.path.join(workdir, "run.lock"))  # released on exit
   saved = json.loads(open(os.path.join(workdir, "config.json")).read())
   assert saved["total_steps"] == 2 and saved["dataset"] == f"folder:{tmp_path}/images"
@@ -167,9 +168,11 @@ def test_a_failed_async_save_stops_at_once_naming_step_directory_cause_and_intac
 
 def test_reading_a_checkpoint_never_creates_a_directory(tmp_path):
   missing = tmp_path / "typo" / "checkpoints"
-  for read in (checkpoint.load_params, checkpoint.read_meta, evaluation.load_model):
+  for read in (checkpoint.load_params, checkpoint.read_meta):
     with pytest.raises(FileNotFoundError, match=rf"No checkpoint directory '{missing}'.*Check the path"):
       read(str(missing))
+  with pytest.raises(FileNotFoundError, match=rf"No checkpoint, weight file or hub id at '{missing}'"):
+    focalnet_jax.from_pretrained(str(missing))
   config = train_utils.tiny_config(init_from=str(missing))
   with pytest.raises(FileNotFoundError, match="No checkpoint directory"):
     train(config, tmp_path / "run")
@@ -181,7 +184,7 @@ def test_empty_dirs_missing_steps_and_unreadable_metadata_are_named(tmp_path):
 
   empty = tmp_path / "empty"
   empty.mkdir()
-  for read in (checkpoint.load_params, checkpoint.read_meta, evaluation.load_model):
+  for read in (checkpoint.load_params, checkpoint.read_meta, focalnet_jax.from_pretrained):
     with pytest.raises(FileNotFoundError, match=r"No checkpoint found in .*empty.*Check the path"):
       read(str(empty))
   ckpts = tmp_path / "ckpts"

@@ -9,8 +9,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from focalnet_jax.evaluation.report import LoadedModel, class_names_for, load_model, num_classes_of
+from focalnet_jax.evaluation.report import as_pretrained, num_classes_of
 from focalnet_jax.train import eval_step as eval_lib
+from focalnet_jax.weights import Pretrained
 
 
 def preprocess_files(paths: Sequence[str], config: ml_collections.ConfigDict) -> np.ndarray:
@@ -29,19 +30,19 @@ def top_k(logits: np.ndarray, class_names: Sequence[str], k: int = 5) -> list[li
   return [[(class_names[i], float(row[i])) for i in idx] for row, idx in zip(probs, order)]
 
 
-def predict_files(checkpoint_or_path: LoadedModel | str, image_paths: Sequence[str],
+def predict_files(checkpoint_or_path: Pretrained | str, image_paths: Sequence[str],
                   config: ml_collections.ConfigDict, *, ema: bool = False,
                   k: int = 5) -> list[list[tuple[str, float]]]:
   """Top-k (class, probability) for each image file, from a checkpoint (a path, or one opened by
-  `load_model`); `config` gives the eval transform (image_size, crop_ratio, interpolation, mean/std)."""
+  `focalnet_jax.from_pretrained`, whose class names label the classes); `config` gives the eval
+  transform (image_size, crop_ratio, interpolation, mean/std; `evaluation.eval_config` makes it
+  the weights' own)."""
   for p in image_paths:
     if not os.path.isfile(p):
       raise FileNotFoundError(f"No image file at {p!r}.")
-  loaded = checkpoint_or_path
-  if isinstance(loaded, str):
-    loaded = load_model(loaded, ema=ema)
-  n = num_classes_of(loaded.params)
+  loaded = as_pretrained(checkpoint_or_path, ema=ema)
+  num_classes_of(loaded.params)  # a clear error for a model without a head
   images = preprocess_files(image_paths, config)
   logits_fn = eval_lib.model_logits_fn(loaded.model, config.model.chunk_elements)
   logits = jax.jit(logits_fn)(loaded.params, jnp.asarray(images))
-  return top_k(np.asarray(logits), class_names_for(loaded.meta, n), k)
+  return top_k(np.asarray(logits), loaded.info.class_names, k)

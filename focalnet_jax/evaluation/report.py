@@ -1,5 +1,6 @@
-"""A checkpoint, evaluated on a dataset split: the model rebuilt from its metadata, exact sharded
-metrics (`focalnet_jax.train.eval_step`), and a JSON report beside the checkpoint.
+"""A checkpoint, evaluated on a dataset split: the model and its eval preprocessing as
+`focalnet_jax.from_pretrained` reads them, exact sharded metrics (`focalnet_jax.train.eval_step`),
+and a JSON report beside the checkpoint.
 
 Label spaces (see `focalnet_jax.data.labels`): ImageNet-A and -R are scored with the logits
 restricted to their 200 classes; ImageNet-ReaL adds `real_top1`.
@@ -9,62 +10,27 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any, NamedTuple
+from typing import Any, Mapping
 
 import jax
 import ml_collections
 import numpy as np
 
-from focalnet_jax import checkpoint, pretrained
 from focalnet_jax.data import labels
-from focalnet_jax.model import FocalNet, variants
 from focalnet_jax.train import eval_step as eval_lib
 from focalnet_jax.train import sharding
+from focalnet_jax.weights import Pretrained, PretrainedInfo, from_pretrained
 
-# The data settings a training run's config carries over to its evaluation.
-DATA_SETTINGS = ("dataset", "data_dir", "train_split", "eval_split", "image_size", "crop_ratio",
-                 "interpolation", "eval_batch_size", "digits_split_seed")
-
-
-class LoadedModel(NamedTuple):
-  """A checkpoint opened once: the module, its params, its metadata and its step."""
-
-  model: FocalNet
-  params: Any
-  meta: dict[str, Any]
-  step: int
-  path: str
+# The data settings (beyond the preprocessing) a training run's config carries over to its evaluation.
+DATA_SETTINGS = ("dataset", "data_dir", "train_split", "eval_split", "eval_batch_size", "digits_split_seed")
 
 
-def checkpoint_dir(path: str) -> str:
-  """A training workdir (holding checkpoints/) or a checkpoint directory -> the latter."""
-  path = os.path.abspath(os.path.expanduser(path))
-  nested = os.path.join(path, "checkpoints")
-  return nested if os.path.isdir(nested) else path
-
-
-def load_model(path: str, *, step: int | None = None, ema: bool = False, dtype: str | None = None) -> LoadedModel:
-  """(model, params, meta, step, path) of a checkpoint written by train.py or by the converter,
-  read in one restore; or of published weights (a weight file, a hub snapshot or HF directory, a
-  hub id: `focalnet_jax.from_pretrained`), whose meta carries their preprocessing and class names."""
-  if pretrained.is_published(path):
-    if step is not None or ema:
-      raise ValueError(f"{path!r} holds published weights: they have no steps and no EMA copy; drop --step/--ema.")
-    loaded = pretrained.from_pretrained(path, **({"dtype": dtype} if dtype else {}))
-    return LoadedModel(loaded.model, loaded.variables["params"], loaded.info.meta(), 0, loaded.info.directory)
-  ckpt = checkpoint_dir(path)
-  state, meta, step = checkpoint.restore_state(ckpt, step=step)
-  if "model" not in meta:
-    raise ValueError(f"Checkpoint {ckpt!r} has no 'model' in its metadata; it was not written by "
-                     "focalnet_jax (train.py or python -m focalnet_jax.tools.convert).")
-  key = "ema_params" if ema else "params"
-  if key not in state:
-    raise KeyError(f"Checkpoint {ckpt!r} step {step} has no {key!r} (it has {sorted(state)})."
-                   + (" It was written without EMA; evaluate the raw params instead." if ema else ""))
-  overrides = dict(meta.get("model_overrides", {}))
-  if dtype:
-    overrides["dtype"] = dtype
-  return LoadedModel(variants.create_model(meta["model"], **overrides), state[key], meta, step, ckpt)
+def as_pretrained(checkpoint_or_path: Pretrained | str, *, step: int | None = None, ema: bool = False,
+                  dtype: str | None = None) -> Pretrained:
+  """`checkpoint_or_path` as it is when already loaded, else `from_pretrained(path, step, ema, dtype)`."""
+  if isinstance(checkpoint_or_path, Pretrained):
+    return checkpoint_or_path
+  return from_pretrained(checkpoint_or_path, step=step, ema=ema, **({"dtype": dtype} if dtype else {}))
 
 
 def num_classes_of(params: Any) -> int:
@@ -74,37 +40,21 @@ def num_classes_of(params: Any) -> int:
   return int(np.shape(head["kernel"])[-1])
 
 
-def class_names_for(meta: dict[str, Any], num_classes: int) -> tuple[str, ...]:
-  """The checkpoint's class names: the training data's, else ImageNet's, else class_<i>."""
-  names = meta.get("class_names")
-  if names and len(names) == num_classes:
-    return tuple(names)
-  return labels.imagenet_class_names(num_classes) or tuple(f"class_{i}" for i in range(num_classes))
-
-
-def settings_from_checkpoint(base: ml_collections.ConfigDict, meta: dict[str, Any]) -> ml_collections.ConfigDict:
-  """`base` (e.g. configs/default.py) with the data settings of the run that wrote the checkpoint,
-  or, for published weights, their own eval preprocessing, or, for a converted checkpoint, the
-  variant's own resolution."""
+def eval_config(base: ml_collections.ConfigDict, info: PretrainedInfo) -> ml_collections.ConfigDict:
+  """`base` (e.g. configs/default.py) with the weights' eval preprocessing (`info`: the training
+  run's, the published weights', else the official recipe's at the variant's resolution) and the
+  data settings of the run that wrote the checkpoint, if one did."""
   config = base.copy_and_resolve_references()
-  trained = meta.get("config")
-  if trained:
-    for key in DATA_SETTINGS:
-      if trained.get(key) is not None:
-        config[key] = trained[key]
-    if "aug" in trained:
-      config.aug.mean, config.aug.std = tuple(trained["aug"]["mean"]), tuple(trained["aug"]["std"])
-  elif meta.get("preprocessing"):  # published weights (pretrained.PretrainedInfo.meta)
-    prep = meta["preprocessing"]
-    config.image_size, config.crop_ratio, config.interpolation = (
-        prep["image_size"], prep["crop_ratio"], prep["interpolation"])
-    config.aug.mean, config.aug.std = tuple(prep["mean"]), tuple(prep["std"])
-  else:
-    config.image_size = variants.default_image_size(meta["model"])
+  trained = info.meta.get("config") or {}
+  for key in DATA_SETTINGS:
+    if trained.get(key) is not None:
+      config[key] = trained[key]
+  config.image_size, config.crop_ratio, config.interpolation = info.image_size, info.crop_ratio, info.interpolation
+  config.aug.mean, config.aug.std = info.mean, info.std
   return config
 
 
-def _label_folder_by_model(config: ml_collections.ConfigDict, meta: dict[str, Any],
+def _label_folder_by_model(config: ml_collections.ConfigDict, meta: Mapping[str, Any],
                            num_classes: int) -> ml_collections.ConfigDict:
   """An image folder is labelled in the model's label space (its class names: the training data's,
   or ImageNet-1K's wnids for a 1000-class head), so evaluating it neither lists nor needs a train
@@ -122,27 +72,26 @@ def _label_folder_by_model(config: ml_collections.ConfigDict, meta: dict[str, An
   return config
 
 
-def default_report_path(loaded: LoadedModel, config, ema: bool) -> str:
+def default_report_path(loaded: Pretrained, config, ema: bool) -> str:
   """Where a report goes unless told otherwise: beside the checkpoint, named by split, step and EMA."""
   name = config.dataset.replace("/", "_").replace(":", "_")
-  return os.path.join(loaded.path, f"eval_{name}_{config.eval_split}_step{loaded.step}{'_ema' if ema else ''}.json")
+  return os.path.join(loaded.info.directory,
+                      f"eval_{name}_{config.eval_split}_step{loaded.info.step}{'_ema' if ema else ''}.json")
 
 
-def evaluate_checkpoint(checkpoint_or_path: LoadedModel | str, config: ml_collections.ConfigDict, *,
+def evaluate_checkpoint(checkpoint_or_path: Pretrained | str, config: ml_collections.ConfigDict, *,
                         step: int | None = None, ema: bool = False, dtype: str | None = None,
                         output: str | None = None, write: bool = True) -> dict[str, Any]:
-  """Evaluates a checkpoint (a path, or one opened by `load_model`) on `config.dataset` /
-  `config.eval_split` and returns the report; with `write` (process 0) it is also written as
-  JSON (`output`, default beside the checkpoint; see `write_report`)."""
+  """Evaluates a checkpoint (a path, or one opened by `focalnet_jax.from_pretrained`) on
+  `config.dataset` / `config.eval_split` and returns the report; with `write` (process 0) it is
+  also written as JSON (`output`, default beside the checkpoint; see `write_report`)."""
   from focalnet_jax import data as data_lib  # noqa: PLC0415
 
-  loaded = checkpoint_or_path
-  if isinstance(loaded, str):
-    loaded = load_model(loaded, step=step, ema=ema, dtype=dtype)
+  loaded = as_pretrained(checkpoint_or_path, step=step, ema=ema, dtype=dtype)
   model, params = loaded.model, loaded.params
   model.check_image_size(config.image_size, config.image_size)
   n_model = num_classes_of(params)
-  config = _label_folder_by_model(config, loaded.meta, n_model)
+  config = _label_folder_by_model(config, loaded.info.meta, n_model)
   dataset = data_lib.from_config(config)
   info = dataset.info(config)
   subset = labels.subset_indices(config.dataset)
@@ -164,7 +113,7 @@ def evaluate_checkpoint(checkpoint_or_path: LoadedModel | str, config: ml_collec
                                num_batches=-(-info.num_eval // config.eval_batch_size))
   elapsed = time.time() - t0
   report = {
-      "checkpoint": loaded.path, "step": int(loaded.step), "ema": ema, "model": loaded.meta["model"],
+      "checkpoint": loaded.info.directory, "step": int(loaded.info.step), "ema": ema, "model": loaded.info.variant,
       "dataset": config.dataset, "split": config.eval_split, "image_size": config.image_size,
       "crop_ratio": config.crop_ratio, "interpolation": config.interpolation,
       **result, "images_per_s": result["num_examples"] / max(elapsed, 1e-9), "seconds": elapsed,

@@ -9,7 +9,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from focalnet_jax.model import FocalNet
+from focalnet_jax.model.network import FocalNet  # not the package: its __init__ imports this module
 
 _HIERARCHICAL_T = dict(embed_dim=96, depths=(2, 2, 6, 2), drop_path_rate=0.2)
 _HIERARCHICAL_S = dict(embed_dim=96, depths=(2, 2, 18, 2), drop_path_rate=0.3)

@@ -3,7 +3,7 @@ r"""A trained FocalNet, exported for serving outside Python and JAX.
   python -m focalnet_jax.tools.export --checkpoint weights/focalnet_tiny_srf --output tiny.stablehlo
   python -m focalnet_jax.tools.export --checkpoint runs/quickstart --output tiny_tf --format savedmodel
 
-`--checkpoint` is anything `eval.py --checkpoint` accepts (`focalnet_jax.evaluation.load_model`).
+`--checkpoint` is anything `eval.py --checkpoint` accepts (`focalnet_jax.from_pretrained`).
 Both formats take float32 NHWC images, normalised as for evaluation, and return float32 logits;
 the batch dimension is symbolic unless `--batch-size` fixes it.
   - 'stablehlo': a serialized `jax.export.Exported` (weights inside). Any process with jax runs it
@@ -173,14 +173,6 @@ def export(model: Any, variables: Any, *, format: str = "stablehlo", output: str
   return data
 
 
-def default_image_size(meta: dict[str, Any]) -> int:
-  """The side a checkpoint's model was trained (or published) at: its run's config, else its variant's."""
-  from focalnet_jax.model import variants
-
-  size = (meta.get("config") or {}).get("image_size")
-  return int(size) if size else variants.default_image_size(meta["model"])
-
-
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="python -m focalnet_jax.tools.export", description=__doc__.split("\n\n")[0],
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -200,13 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
-  from focalnet_jax.evaluation import load_model
+  from focalnet_jax.weights import from_pretrained
 
-  loaded = load_model(args.checkpoint, ema=args.ema, dtype=args.dtype)
-  size = args.image_size or [default_image_size(loaded.meta)]
+  loaded = from_pretrained(args.checkpoint, ema=args.ema, **({"dtype": args.dtype} if args.dtype else {}))
+  size = args.image_size or [loaded.info.image_size]  # the side it was trained (or published) at
   if len(size) not in (1, 2):
     raise SystemExit(f"--image-size takes one side or height and width, got {size}.")
-  export(loaded.model, {"params": loaded.params}, format=args.format, output=args.output,
+  export(loaded.model, loaded.variables, format=args.format, output=args.output,
          image_size=size[0] if len(size) == 1 else tuple(size), batch_size=args.batch_size,
          platforms=args.platforms)
   batch = "symbolic" if args.batch_size is None else args.batch_size

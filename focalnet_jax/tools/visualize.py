@@ -11,6 +11,7 @@ box), so a figure's pixel size depends only on its layout, never on its text.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from typing import Any, Sequence
@@ -213,29 +214,31 @@ def image_figure(checkpoint_path: str, image_path: str, *, config: ml_collection
                  title: str | None = None) -> plt.Figure:
   """Checkpoint + image file -> the modulation figure (see `modulation_figure`).
 
-  The image goes through the eval transform of `config`, or (None) of the run that wrote
-  the checkpoint (`evaluation.settings_from_checkpoint` over configs/default.py).
+  The image goes through the eval transform of `config`, or (None) the weights' own (that of
+  the run that wrote the checkpoint, or the published weights': `from_pretrained(...).info`).
   """
-  from focalnet_jax import evaluation, pretrained
+  from focalnet_jax import evaluation
+  from focalnet_jax.weights import from_pretrained, is_hub_id
 
-  if not os.path.exists(checkpoint_path) and not pretrained.is_hub_id(checkpoint_path):
+  if not os.path.exists(checkpoint_path) and not is_hub_id(checkpoint_path):
     raise FileNotFoundError(
         f"No checkpoint at {checkpoint_path!r}: pass a train.py --workdir (holding checkpoints/), "
         "a directory written by `python -m focalnet_jax.tools.convert`, published weights or a hub id.")
   if not os.path.isfile(image_path):
     raise FileNotFoundError(f"No image file at {image_path!r}.")
-  model, params, meta, step, _ = evaluation.load_model(checkpoint_path, step=step, ema=ema)
-  if config is None:
-    from configs import default  # noqa: PLC0415 - the repo's configs/ holds every default
-
-    config = evaluation.settings_from_checkpoint(default.get_config(), meta)
-  model.check_image_size(config.image_size, config.image_size)
-  images = evaluation.preprocess_files([image_path], config)
-  logits, inter = modulation_intermediates(model, params, jnp.asarray(images))
-  names = evaluation.class_names_for(meta, evaluation.num_classes_of(params))
-  preds = evaluation.top_k(np.asarray(logits), names, min(k, len(names)))[0]
-  title = title or f"{meta['model']} (step {step}{', EMA' if ema else ''}) on {os.path.basename(image_path)}"
-  return modulation_figure(model, images[0], inter, preds, mean=config.aug.mean, std=config.aug.std,
+  loaded = from_pretrained(checkpoint_path, step=step, ema=ema)
+  model, info = loaded.model, loaded.info
+  if config is not None:  # the caller's eval transform instead of the weights' own
+    info = dataclasses.replace(info, image_size=config.image_size, crop_ratio=config.crop_ratio,
+                               interpolation=config.interpolation, mean=tuple(config.aug.mean),
+                               std=tuple(config.aug.std))
+  model.check_image_size(info.image_size, info.image_size)
+  images = info.load_images([image_path])
+  logits, inter = modulation_intermediates(model, loaded.params, jnp.asarray(images))
+  evaluation.num_classes_of(loaded.params)  # a clear error for a model without a head
+  preds = evaluation.top_k(np.asarray(logits), info.class_names, min(k, len(info.class_names)))[0]
+  title = title or f"{info.variant} (step {info.step}{', EMA' if ema else ''}) on {os.path.basename(image_path)}"
+  return modulation_figure(model, images[0], inter, preds, mean=info.mean, std=info.std,
                            reduce=reduce, title=title)
 
 

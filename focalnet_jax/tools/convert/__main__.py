@@ -1,4 +1,4 @@
-"""`python -m focalnet_jax.tools.convert`, the same command as `python -m focalnet_jax.convert`."""
+"""`python -m focalnet_jax.tools.convert`: the converter's command line (`command.main`)."""
 import sys
 
 from focalnet_jax.tools.convert.command import main

@@ -1,4 +1,4 @@
-"""`python -m focalnet_jax.convert`: a published weight file -> a focalnet_jax checkpoint directory."""
+"""`python -m focalnet_jax.tools.convert`: a published weight file -> a focalnet_jax checkpoint directory."""
 from __future__ import annotations
 
 import argparse
@@ -8,16 +8,16 @@ import shutil
 from typing import Any, Sequence
 
 from focalnet_jax.tools import cli
-from focalnet_jax.tools.convert.layouts import detect_layout
-from focalnet_jax.tools.convert.reading import load_checkpoint
-from focalnet_jax.tools.convert.diagnose import compact
-from focalnet_jax.tools.convert.to_flax import backbone_conversion, convert_state_dict
+from focalnet_jax.weights.layouts import detect_layout
+from focalnet_jax.weights.reading import load_checkpoint
+from focalnet_jax.weights.diagnose import compact
+from focalnet_jax.weights.to_flax import backbone_conversion, convert_state_dict
 
 
 def build_parser() -> argparse.ArgumentParser:
   """The converter's arguments."""
   parser = argparse.ArgumentParser(
-      prog="python -m focalnet_jax.convert",
+      prog="python -m focalnet_jax.tools.convert",
       description="Convert published PyTorch FocalNet weights (official .pth, timm or HF transformers "
       ".safetensors/.bin) into a focalnet_jax checkpoint directory.",
   )

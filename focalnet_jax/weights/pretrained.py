@@ -4,9 +4,10 @@
 
 `source` is
   - a weight file: `.safetensors`, `.pth`/`.pt` or `.bin`, in the official, timm or HF
-    transformers key layout (`focalnet_jax.tools.convert` reads and converts it);
+    transformers key layout (`focalnet_jax.weights` reads and converts it);
   - a directory: a timm hub snapshot or an HF transformers `save_pretrained` directory (a weight
-    file beside its `config.json`), or a focalnet_jax checkpoint (train.py, the converter);
+    file beside its `config.json`), or a focalnet_jax checkpoint (a train.py workdir or its
+    checkpoints/, the converter's output; `step=` and `ema=` pick what to read);
   - a Hugging Face hub id (`timm/focalnet_tiny_srf.ms_in1k`, `microsoft/focalnet-tiny`), fetched
     through `huggingface_hub` (optional), so its cache, `HF_HOME` and `HF_HUB_OFFLINE=1` behave as
     they do for timm and transformers.
@@ -16,7 +17,10 @@ The variant is read off the weights' keys and shapes and the `config.json` besid
 The result unpacks as `(model, variables)` and carries `.info` (`PretrainedInfo`): the weights'
 eval preprocessing (image size, crop ratio, interpolation, mean, std) and class names, e.g.
 `load_eval_images(paths, **pretrained.info.transform)`. timm evaluates its `ms_in1k` weights at
-crop 0.9, the official code (whose weights HF republishes) at 0.875.
+crop 0.9, the official code (whose weights HF republishes) at 0.875. This is the one loader:
+eval.py, `focalnet_jax.evaluation`, export and visualize read checkpoints through it, and the
+rules here (`_published_info`, `info_from_meta`, `_class_names`) are the only ones that say how
+weights are preprocessed and what their classes are called.
 """
 from __future__ import annotations
 
@@ -51,7 +55,11 @@ class PretrainedInfo:
   class_names: tuple[str, ...]
   source: str  # as given: a path or a hub id
   layout: str  # 'timm', 'hf', 'official' or 'focalnet_jax'
-  directory: str  # where reports about these weights go by default
+  directory: str  # where reports about these weights go by default (a checkpoint's own directory)
+  step: int = 0  # the checkpoint step read (published weights: 0)
+  # Checkpoint-style metadata: a focalnet_jax checkpoint's own (its training config and all), or
+  # for published weights their variant, preprocessing, class names and source.
+  meta: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
   @property
   def transform(self) -> dict[str, Any]:
@@ -64,12 +72,6 @@ class PretrainedInfo:
     from focalnet_jax.data.eval_images import load_eval_images
 
     return load_eval_images(paths, **self.transform)
-
-  def meta(self) -> dict[str, Any]:
-    """Checkpoint-style metadata (`focalnet_jax.evaluation.load_model`'s `meta`)."""
-    return {"model": self.variant, "model_overrides": dict(self.overrides), "class_names": list(self.class_names),
-            "preprocessing": {k: v for k, v in self.transform.items()},
-            "source": {"path": self.source, "layout": self.layout}}
 
 
 class Pretrained(tuple):
@@ -87,6 +89,10 @@ class Pretrained(tuple):
   @property
   def variables(self) -> dict[str, Any]:
     return self[1]
+
+  @property
+  def params(self) -> Any:
+    return self[1]["params"]
 
   def __repr__(self) -> str:
     return f"Pretrained({self.info.variant} from {self.info.source!r}, {self.info.layout} layout)"
@@ -108,12 +114,13 @@ def is_published(source: str) -> bool:
   return os.path.isfile(source) or is_hub_id(source)
 
 
-def from_pretrained(source: str | os.PathLike, *, variant: str | None = None, trust_pickle: bool = False,
-                    **overrides: Any) -> Pretrained:
+def from_pretrained(source: str | os.PathLike, *, variant: str | None = None, step: int | None = None,
+                    ema: bool = False, trust_pickle: bool = False, **overrides: Any) -> Pretrained:
   """Published or saved FocalNet weights -> `(model, variables)` with `.info` (see the module docstring).
 
   `variant` names the architecture where it cannot be read off the weights; `overrides` are
-  FocalNet fields (`dtype=jnp.bfloat16`, `num_classes=...`), as in `create_model`.
+  FocalNet fields (`dtype=jnp.bfloat16`, `num_classes=...`), as in `create_model`. For a
+  focalnet_jax checkpoint, `step` picks a step (default: the latest) and `ema` its EMA weights.
   `trust_pickle` reads `.pth` files that pickle more than tensors (only files you trust).
   """
   source = os.fspath(source)
@@ -124,7 +131,10 @@ def from_pretrained(source: str | os.PathLike, *, variant: str | None = None, tr
         "(a hub snapshot, an HF save_pretrained directory or a focalnet_jax checkpoint) or a hub id such as "
         "'timm/focalnet_tiny_srf.ms_in1k'.")
   if os.path.isdir(path) and not is_published(path):
-    return _from_checkpoint(source, path, variant, overrides)
+    return _from_checkpoint(source, path, variant, step, ema, overrides)
+  if step is not None or ema:
+    raise ValueError(f"{source!r} holds published weights: they have no steps and no EMA copy; drop step=/ema= "
+                     "(eval.py: --step/--ema).")
   return _from_published(source, path, variant, trust_pickle, overrides)
 
 
@@ -133,7 +143,9 @@ def _from_published(source: str, path: str, variant: str | None, trust_pickle: b
   import jax
 
   from focalnet_jax.model.variants import create_model
-  from focalnet_jax.tools.convert import convert_state_dict, detect_layout, load_checkpoint
+  from focalnet_jax.weights.layouts import detect_layout
+  from focalnet_jax.weights.reading import load_checkpoint
+  from focalnet_jax.weights.to_flax import convert_state_dict
 
   weights = path if os.path.isfile(path) else next(
       os.path.join(path, f) for f in WEIGHT_FILES if os.path.isfile(os.path.join(path, f)))
@@ -173,7 +185,7 @@ def _architecture(state_dict: Mapping[str, Any], layout: str, prefix: str, confi
   published variant whose architecture the keys and shapes show; plus the head size and what HF's
   config sets that the keys cannot show (post-norm, normalize_modulator)."""
   from focalnet_jax.model.variants import list_models, model_kwargs
-  from focalnet_jax.tools.convert import infer_architecture, matching_variants
+  from focalnet_jax.weights.diagnose import infer_architecture, matching_variants
 
   arch = infer_architecture(state_dict, layout, prefix)
   if variant is None and config and config.get("architecture") in list_models():
@@ -220,8 +232,11 @@ def _published_info(variant: str, overrides: Mapping[str, Any], layout: str, con
     labels = [id2label.get(str(i), id2label.get(i)) for i in range(len(id2label))]
     if labels and not all(str(n).startswith("LABEL_") for n in labels):  # HF's placeholder names
       names = labels
-  return PretrainedInfo(variant, dict(overrides), size, crop, interpolation, tuple(mean), tuple(std),
+  info = PretrainedInfo(variant, dict(overrides), size, crop, interpolation, tuple(mean), tuple(std),
                         _class_names(names, num_classes), source, layout, directory)
+  meta = {"model": variant, "model_overrides": dict(overrides), "class_names": list(info.class_names),
+          "preprocessing": info.transform, "source": {"path": source, "layout": layout}}
+  return dataclasses.replace(info, meta=meta)
 
 
 def _class_names(names: Sequence[str] | None, num_classes: int) -> tuple[str, ...]:
@@ -233,23 +248,38 @@ def _class_names(names: Sequence[str] | None, num_classes: int) -> tuple[str, ..
   return labels.imagenet_class_names(num_classes) or tuple(f"class_{i}" for i in range(num_classes))
 
 
-def _from_checkpoint(source: str, path: str, variant: str | None, overrides: dict[str, Any]) -> Pretrained:
-  """A focalnet_jax checkpoint (train.py's workdir or the converter's output), with its saved settings."""
-  from focalnet_jax.evaluation.report import load_model
+def checkpoint_dir(path: str) -> str:
+  """A training workdir (holding checkpoints/) or a checkpoint directory -> the latter."""
+  path = os.path.abspath(os.path.expanduser(path))
+  nested = os.path.join(path, "checkpoints")
+  return nested if os.path.isdir(nested) else path
+
+
+def _from_checkpoint(source: str, path: str, variant: str | None, step: int | None, ema: bool,
+                     overrides: dict[str, Any]) -> Pretrained:
+  """A focalnet_jax checkpoint (train.py's workdir or the converter's output) read in one restore,
+  with its saved settings; its params stay numpy arrays (the caller places them)."""
+  from focalnet_jax import checkpoint
   from focalnet_jax.model.variants import create_model
 
-  loaded = load_model(path)
-  if variant is not None and variant != loaded.meta["model"]:
-    raise ValueError(f"{source!r} holds {loaded.meta['model']}, not {variant}; drop variant= to load it.")
-  overrides = {**loaded.meta.get("model_overrides", {}), **overrides}
-  model = create_model(loaded.meta["model"], **overrides)
-  info = info_from_meta(loaded.meta, model.num_classes, source, loaded.path)
-  return Pretrained(model, {"params": loaded.params}, dataclasses.replace(info, overrides=overrides))
+  ckpt = checkpoint_dir(path)
+  state, meta, step = checkpoint.restore_state(ckpt, step=step)
+  if "model" not in meta:
+    raise ValueError(f"Checkpoint {ckpt!r} has no 'model' in its metadata; it was not written by "
+                     "focalnet_jax (train.py or python -m focalnet_jax.tools.convert).")
+  params = checkpoint.params_of(state, ckpt, step, ema)
+  if variant is not None and variant != meta["model"]:
+    raise ValueError(f"{source!r} holds {meta['model']}, not {variant}; drop variant= to load it.")
+  overrides = {**meta.get("model_overrides", {}), **overrides}
+  model = create_model(meta["model"], **overrides)
+  info = info_from_meta(meta, model.num_classes, source, ckpt)
+  return Pretrained(model, {"params": params}, dataclasses.replace(info, overrides=overrides, step=step))
 
 
 def info_from_meta(meta: Mapping[str, Any], num_classes: int, source: str, directory: str) -> PretrainedInfo:
   """The `PretrainedInfo` of a focalnet_jax checkpoint: its training run's eval settings, the
-  preprocessing of the weights it was converted from, else the official recipe's."""
+  preprocessing of the weights it was converted from, else the official recipe's (whose values
+  configs/default.py also holds)."""
   from focalnet_jax.data.eval_images import IMAGENET_MEAN, IMAGENET_STD
   from focalnet_jax.model.variants import default_image_size
 
@@ -263,7 +293,7 @@ def info_from_meta(meta: Mapping[str, Any], num_classes: int, source: str, direc
   return PretrainedInfo(meta["model"], dict(meta.get("model_overrides", {})), int(settings["image_size"]),
                         float(settings["crop_ratio"]), settings["interpolation"], tuple(settings["mean"]),
                         tuple(settings["std"]), _class_names(meta.get("class_names"), num_classes), source,
-                        "focalnet_jax", directory)
+                        "focalnet_jax", directory, meta=dict(meta))
 
 
 def hub_snapshot(repo_id: str) -> str:

@@ -13,9 +13,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from focalnet_jax.data.labels import IMAGENET1K_CLASSES, IMAGENET22K_CLASSES
-from focalnet_jax.tools.convert.diagnose import Problems, report
-from focalnet_jax.tools.convert.layouts import Layout, detect_layout, get_layout, torch_key
-from focalnet_jax.tools.convert.reading import unwrap_state_dict
+from focalnet_jax.weights.diagnose import Problems, report
+from focalnet_jax.weights.layouts import Layout, detect_layout, get_layout, torch_key
+from focalnet_jax.weights.reading import unwrap_state_dict
 
 Path = tuple[str, ...]
 

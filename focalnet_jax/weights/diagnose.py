@@ -9,7 +9,7 @@ import re
 from typing import Any, Mapping, Sequence
 
 from focalnet_jax.data.labels import IMAGENET1K_CLASSES, IMAGENET22K_CLASSES
-from focalnet_jax.tools.convert.layouts import Layout, get_layout
+from focalnet_jax.weights.layouts import Layout, get_layout
 
 _MAX_MISMATCHES = 8  # shape mismatches listed in an error; a wrong variant mismatches hundreds
 _BACKBONE_ONLY = ("out_indices", "out_norms", "conv_stem_padding")  # FocalNetBackbone's, not FocalNet's
