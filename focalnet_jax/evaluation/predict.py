@@ -10,6 +10,7 @@ import ml_collections
 import numpy as np
 
 from focalnet_jax.evaluation.report import LoadedModel, class_names_for, load_model, num_classes_of
+from focalnet_jax.train import config_check
 from focalnet_jax.train import eval_step as eval_lib
 
 
@@ -42,6 +43,6 @@ def predict_files(checkpoint_or_path: LoadedModel | str, image_paths: Sequence[s
     loaded = load_model(loaded, ema=ema)
   n = num_classes_of(loaded.params)
   images = preprocess_files(image_paths, config)
-  logits_fn = eval_lib.model_logits_fn(loaded.model, config.model.chunk_elements)
+  logits_fn = eval_lib.model_logits_fn(loaded.model, config_check.execution_of(config).chunk_elements)
   logits = jax.jit(logits_fn)(loaded.params, jnp.asarray(images))
   return top_k(np.asarray(logits), class_names_for(loaded.meta, n), k)
