@@ -12,7 +12,7 @@ from absl import flags
 from ml_collections import config_flags
 
 import train_utils
-from focalnet_jax.model import variants
+from focalnet_jax.model import Execution, variants
 from focalnet_jax.train import optim
 from focalnet_jax.train.state import build_model
 

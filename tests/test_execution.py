@@ -77,10 +77,11 @@ def test_former_model_kwargs_warn_and_build_the_same_model():
   with pytest.warns(FutureWarning) as warned:
     old = create_model("focalnet_tiny_srf", **TINY, depthwise_impl="xla", remat="dots", f_align=8)
   assert old.execution == new.execution
+  former = (("depthwise_impl", "depthwise", "xla"), ("remat", "remat", "dots"), ("f_align", "f_align", 8))
   assert [str(w.message) for w in warned] == [
-      f"create_model(..., {old}={value!r}) is deprecated and will be removed in the next release; pass "
-      f"execution=Execution({new}={value!r}) instead (focalnet_jax.model.Execution, docs/execution.md)."
-      for old, new, value in (("depthwise_impl", "depthwise", "xla"), ("remat", "remat", "dots"), ("f_align", "f_align", 8))]
+      f"create_model(..., {key}={value!r}) is deprecated and will be removed in the next release; pass "
+      f"execution=Execution({field}={value!r}) instead (focalnet_jax.model.Execution, docs/execution.md)."
+      for key, field, value in former]
   assert {w.filename for w in warned} == {__file__}  # reported at the caller's line
   with pytest.warns(FutureWarning, match=r"create_backbone\(\.\.\., focal_context_impl='fused'\)"):
     backbone = create_backbone("focalnet_tiny_srf", embed_dim=8, depths=(1, 1), out_indices=(0, 1),
@@ -161,7 +162,8 @@ def test_a_checkpoint_written_before_execution_resumes_and_loads(tmp_path):
   # The same run under the new keys, and under the former ones (with a warning), continues it.
   result = trainer.train_and_evaluate(config, str(workdir), data=data)
   assert result["step"] == 2
-  history = [json.loads(line) for line in open(workdir / "config_history.jsonl")]
+  with open(workdir / "config_history.jsonl") as f:
+    history = [json.loads(line) for line in f]
   assert [h["start_step"] for h in history] == [0, 1]
   shutil.rmtree(workdir / "checkpoints" / "2")
   former = train_utils.tiny_config(total_steps=2, checkpoint_every_steps=1, **{"model.depthwise_impl": "xla",

@@ -8,6 +8,7 @@ from focalnet_jax.model.variants import create_model, default_image_size, list_m
 from focalnet_jax.model.backbone import FeatureMaps, FocalNetBackbone, create_backbone  # after variants, which it uses
 
 __all__ = [
-    "DropPath", "Execution", "FeatureMaps", "FocalModulation", "FocalNet", "FocalNetBackbone", "FocalNetBlock", "FocalNetStage",
+    "DropPath", "Execution", "FeatureMaps", "FocalModulation", "FocalNet", "FocalNetBackbone", "FocalNetBlock",
+    "FocalNetStage",
     "create_backbone", "create_model", "default_image_size", "dense_init", "gelu", "list_models", "model_kwargs", "nearest_multiples", "per_stage",
 ]

@@ -8,7 +8,8 @@ shared memory, compute capability; `gpu_targets/*.txtpb` hold the H100 SXM's and
 specifications). The program is the one `python -m focalnet_jax.benchmark` times on a GPU (the
 trainer's own step, or the chunked forward), compiled once per variant of the execution switches
 (`focalnet_jax.model.Execution`: depthwise, focal_context, remat, f_align, chunk_elements) and of
-what the LayerNorms write (`norm`: float32 or bfloat16, which changes values too). For each, the table gives what XLA decided:
+what the LayerNorms write (`norm`: float32 or bfloat16, which changes values too). For each, the
+table gives what XLA decided:
 kernel launches (GEMMs, cuDNN convolutions, fusions), the device-memory traffic of one step as
 `hlo_traffic` models it, the time that traffic takes at --hbm-tbps (a floor: memory-bound
 FocalNet cannot run faster), and the device memory XLA allocates (arguments + temporaries +
@@ -154,8 +155,8 @@ def compile_variant(args: argparse.Namespace, spec: str, device: Any) -> Compile
   ns = argparse.Namespace(**{**vars(args), **dict.fromkeys(run), "norm_dtype": norm, "ema_decay": None})
   config = benchmark.benchmark_config(ns, args.image_size, 0)
   config.execution.update(run)
-  details = ", ".join([str(run["depthwise"])] + [f"{k} {v}" for k, v in run.items()
-                                                if k not in ("depthwise", "chunk_elements")] + [f"{norm or 'float32'} norms"])
+  named = [f"{k} {v}" for k, v in run.items() if k not in ("depthwise", "chunk_elements")]
+  details = ", ".join([str(run["depthwise"]), *named, f"{norm or 'float32'} norms"])
   m = config.model
   num_classes = m.num_classes or create_model(m.name).num_classes
   sharding = jax.sharding.SingleDeviceSharding(device)
