@@ -10,7 +10,7 @@ r"""Evaluates a FocalNet checkpoint on a dataset split, or predicts the classes 
   python eval.py --checkpoint weights/focalnet_tiny_srf --image cat.jpg --image dog.png
 
 `--checkpoint` is a training workdir, its checkpoints/ directory, or a directory written by
-`python -m focalnet_jax.convert`. The data settings come from `--config` if given, else from the
+`python -m focalnet_jax.tools.convert`. The data settings come from `--config` if given, else from the
 training run that wrote the checkpoint (its saved config), else configs/default.py at the
 variant's resolution; the flags below override them. The report (top-1, top-5, mean loss, number
 of examples, images/s) is printed and written as JSON beside the checkpoint (or to --output).

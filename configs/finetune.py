@@ -1,6 +1,6 @@
 r"""Fine-tune a 22K-pretrained FocalNet (large/xlarge/huge) on ImageNet-1K.
 
-  python -m focalnet_jax.convert --model focalnet_large_fl3 --checkpoint model.safetensors \
+  python -m focalnet_jax.tools.convert --model focalnet_large_fl3 --checkpoint model.safetensors \
       --output weights/focalnet_large_fl3_22k --head-to-1k --override num_classes=1000
   python train.py --config configs/finetune.py:focalnet_large_fl3 --workdir runs/l3_ft \
       --config.init_from=weights/focalnet_large_fl3_22k --config.data_dir=$TFDS_DATA_DIR

@@ -14,7 +14,8 @@ from configs import default
 
 
 def get_config(arg=None):
-  config = default.get_config(arg)
+  del arg  # one scale: no variants
+  config = default.get_config()
   config.model.name = "focalnet_tiny_srf"
   config.model.embed_dim = 32
   config.model.depths = (1, 2, 1)

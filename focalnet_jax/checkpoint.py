@@ -1,7 +1,7 @@
 """Checkpoints on disk: one orbax `CheckpointManager` layout for everything we write.
 
 A checkpoint directory holds numbered steps; each step has two items:
-  - 'state': a pytree. Training writes its whole train state; `python -m focalnet_jax.convert`
+  - 'state': a pytree. Training writes its whole train state; `python -m focalnet_jax.tools.convert`
     writes `{'params': ...}` at step 0. Either way `state['params']` holds the model params,
     and training with EMA also has `state['ema_params']`.
   - 'meta': JSON with at least `{'model': NAME, 'model_overrides': {...}}`, enough to rebuild
@@ -59,7 +59,7 @@ def manager(directory: str | os.PathLike, *, create: bool = False, keep: int | N
   if not create and not os.path.isdir(directory):
     raise FileNotFoundError(
         f"No checkpoint directory {directory!r}: expected a training workdir's checkpoints/ or a "
-        "directory written by `python -m focalnet_jax.convert`. Check the path.")
+        "directory written by `python -m focalnet_jax.tools.convert`. Check the path.")
   policy = ocp.checkpoint_managers.LatestN(keep) if keep is not None else None
   options = ocp.CheckpointManagerOptions(create=create, read_only=not create, preservation_policy=policy,
                                          enable_async_checkpointing=async_save,
@@ -88,7 +88,7 @@ def _checked_step(mngr: ocp.CheckpointManager, directory: str, step: int | None)
   if not steps:
     raise FileNotFoundError(
         f"No checkpoint found in {directory!r}: expected numbered step directories written by "
-        "train.py or `python -m focalnet_jax.convert`. Check the path."
+        "train.py or `python -m focalnet_jax.tools.convert`. Check the path."
     )
   if step is None:
     return max(steps)

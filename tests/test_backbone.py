@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from focalnet_jax import convert
 from focalnet_jax.model import Execution
+from focalnet_jax.tools import convert
 from focalnet_jax.model.backbone import FocalNetBackbone, classifier_params, create_backbone
 from test_convert import hf_model, randomize_, rel_err
 from torch_refs import import_timm, import_torch

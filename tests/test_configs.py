@@ -16,13 +16,17 @@ from focalnet_jax.model import Execution, variants
 from focalnet_jax.train import optim
 from focalnet_jax.train.state import build_model
 
-import configs.finetune  # noqa: E402  (train_utils puts the repository on sys.path)
+import configs.default  # noqa: E402  (train_utils puts the repository on sys.path)
+import configs.finetune  # noqa: E402
 
 CONFIGS = sorted(p for p in glob.glob(os.path.join(train_utils.ROOT, "configs", "*.py"))
                  if not p.endswith("__init__.py"))
+DEFAULT = os.path.join(train_utils.ROOT, "configs", "default.py")
 FINETUNE = os.path.join(train_utils.ROOT, "configs", "finetune.py")
-# Every config a user can name: each file, and finetune.py once per 22K variant (finetune.py:<variant>).
-SPECS = CONFIGS + [f"{FINETUNE}:{name}" for name in configs.finetune.IMAGE_SIZE]
+# Every config a user can name: each file, default.py once per ImageNet-1K variant (default.py:<variant>)
+# and finetune.py once per 22K variant (finetune.py:<variant>).
+SPECS = (CONFIGS + [f"{DEFAULT}:{name}" for name in configs.default.PAPER_TOP1]
+         + [f"{FINETUNE}:{name}" for name in configs.finetune.IMAGE_SIZE])
 IMAGENET_TRAIN = 1_281_167
 
 
@@ -38,8 +42,17 @@ def load(path, *overrides):
 
 def test_every_variant_has_a_config():
   names = {os.path.basename(p)[:-3] for p in CONFIGS}
-  assert {"default", "quickstart", "focalnet_t", "focalnet_t_lrf", "focalnet_s", "focalnet_s_lrf", "focalnet_b",
-          "focalnet_b_lrf", "focalnet_t_iso", "focalnet_s_iso", "focalnet_b_iso", "finetune"} <= names
+  assert {"default", "quickstart", "focalnet_t", "finetune"} <= names
+  # The nine ImageNet-1K variants of the paper are default.py:<variant>, each building that variant.
+  assert set(configs.default.PAPER_TOP1) == {n for n in variants.list_models() if n.endswith(("srf", "lrf", "iso"))}
+  for name in configs.default.PAPER_TOP1:
+    assert load(f"{DEFAULT}:{name}").model.name == name
+
+
+def test_focalnet_t_is_the_default_recipe_and_an_unknown_variant_is_refused():
+  assert load(os.path.join(train_utils.ROOT, "configs", "focalnet_t.py")).to_dict() == load(DEFAULT).to_dict()
+  with pytest.raises(flags.IllegalFlagValueError, match="not one of the ImageNet-1K variants.*finetune.py"):
+    load(f"{DEFAULT}:focalnet_large_fl3")
   # The 22K models are fine-tuned through finetune.py:<variant>, one per 22K variant.
   assert set(configs.finetune.IMAGE_SIZE) == {n for n in variants.list_models() if n.endswith(("fl3", "fl4"))}
 
@@ -64,7 +77,7 @@ def test_config_loads_and_builds_its_model(path):
     assert config.image_size == variants.default_image_size(config.model.name)
 
 
-@pytest.mark.parametrize("name", ["focalnet_b_iso.py", "finetune.py:focalnet_large_fl4"])
+@pytest.mark.parametrize("name", ["default.py:focalnet_base_iso", "finetune.py:focalnet_large_fl4"])
 def test_big_models_build_abstractly(name):
   config = load(os.path.join(train_utils.ROOT, "configs", name))
   model, _ = build_model(config, 1000)

@@ -189,7 +189,7 @@ def test_converted_pytorch_model_predicts_like_pytorch(tmp_path):
   timm = import_timm()
   from safetensors.numpy import save_file
 
-  from focalnet_jax import convert
+  from focalnet_jax.tools import convert
 
   torch.manual_seed(0)
   ref = timm.create_model("focalnet_tiny_srf", pretrained=False, num_classes=7).eval()

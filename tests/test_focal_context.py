@@ -1,4 +1,4 @@
-"""The focal context Z^out (kernels/focal_context.py): every implementation gives the reference's
+"""The focal context Z^out (model/focal_context.py): every implementation gives the reference's
 values and gradients (w.r.t. Z^0, the kernels and the gates) for every switch of the paper's
 ablations, under jit, vmap, a sharded batch and shard_map; the fused path stores less for the
 backward pass; a whole FocalNet gives the same logits and gradients on either path.
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from focalnet_jax.kernels import focal_context as fc
-from focalnet_jax.kernels import mosaic_common
+from focalnet_jax.model import focal_context as fc
+from focalnet_jax.kernels import mosaic
 from focalnet_jax.model import Execution, FocalNet
 
 from test_model import images, random_variables, tiny_model, tree_allclose
@@ -20,7 +20,7 @@ from test_model import images, random_variables, tiny_model, tree_allclose
 SHAPE = (2, 9, 7, 4)  # odd, unequal sides: padding and the mean see every edge
 # Each is checked against the reference; 'mosaic' where jax has its Mosaic GPU interpreter (>= 0.11).
 IMPLS = [pytest.param(i, marks=pytest.mark.skipif(
-    i == "mosaic" and not mosaic_common.available(), reason="needs jax >= 0.11 (Mosaic GPU interpreter)"))
+    i == "mosaic" and not mosaic.available(), reason="needs jax >= 0.11 (Mosaic GPU interpreter)"))
          for i in fc.available() if i != "reference"]
 
 

@@ -1,20 +1,20 @@
-"""The Mosaic GPU backward kernel of the focal levels (kernels/mosaic_focal_backward.py), run in jax's
+"""The Mosaic GPU backward kernel of the focal levels (kernels/mosaic/backward.py), run in jax's
 Mosaic GPU interpreter on CPU (jax >= 0.11), compiled where the default backend is a GPU: dZ^0,
 every kernel's and every gate's gradient equal jax.vjp of an independent computation (XLA's grouped
 conv) for row tiles with halos, odd sides, widths that are not a multiple of 16, one to three
 levels, a map smaller than one 64-pixel chunk, bf16 and float32; which maps fall back to XLA.
-Model-level gradients of focal_context_impl='mosaic' are in test_focal_context.py.
+Model-level gradients of execution.focal_context='mosaic' are in test_focal_context.py.
 """
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from focalnet_jax.kernels import mosaic_focal_backward as mfb
-from focalnet_jax.kernels import mosaic_common as mc
+from focalnet_jax.kernels.mosaic import backward as mfb
+from focalnet_jax.kernels.mosaic import common as mc
 from focalnet_jax.model.layers import gelu
 
-from test_mosaic_focal_context import levels_by_xla
+from test_mosaic_focal_context import allocated_smem, levels_by_xla
 
 needs_interpreter = pytest.mark.skipif(not mc.available(), reason="needs jax >= 0.11 (Mosaic GPU interpreter)")
 
@@ -64,12 +64,17 @@ def test_gelu_vjp_is_autodiff_of_the_model_gelu_bit_for_bit(dtype):
   np.testing.assert_array_equal(np.asarray(jax.jit(mfb.gelu_vjp)(a, g)), np.asarray(want))
 
 
-def test_plans_fit_shared_memory_and_large_maps_fall_back():
-  for h, ks, itemsize in [(56, (3, 5), 2), (28, (3, 5), 2), (14, (3, 5), 2), (7, (3, 5), 2), (56, (3, 5, 7), 2),
-                          (56, (3, 5), 4), (13, (3,), 4)]:
-    p = mfb.plan(h, h, ks, itemsize)
+@needs_interpreter
+def test_what_the_kernel_allocates_fits_shared_memory_and_large_maps_fall_back():
+  for h, ks, dtype in [(56, (3, 5), jnp.bfloat16), (28, (3, 5), jnp.bfloat16), (14, (3, 5), jnp.bfloat16),
+                       (7, (3, 5), jnp.bfloat16), (56, (3, 5, 7), jnp.bfloat16), (56, (3, 5), jnp.float32),
+                       (13, (3,), jnp.float32)]:
+    p = mfb.plan(h, h, ks, jnp.dtype(dtype).itemsize)
     assert p is not None and h % p.rows == 0 and p.halo == sum(k // 2 for k in ks)
-    assert p.smem_bytes(itemsize) <= mc.SMEM_LIMIT
+    z = jnp.zeros((1, h, h, 16), dtype)
+    used = allocated_smem(mfb.focal_levels_bwd, z, [jnp.zeros((k, k, 1, 16), dtype) for k in ks],
+                          jnp.zeros((1, h, h, len(ks)), dtype), z, jnp.zeros((1, 16), jnp.float32))
+    assert used <= mc.SMEM_LIMIT, (h, ks, dtype, used)
   assert mfb.plan(56, 56, (3, 5), 2).rows == 8  # FocalNet-T stage 1: 8-row tiles
   # Falls back to XLA's recompute: no levels, or not even one-row tiles fit (lrf on a 224-wide map).
   assert mfb.plan(7, 7, (), 2) is None
@@ -78,7 +83,7 @@ def test_plans_fit_shared_memory_and_large_maps_fall_back():
 
 @needs_interpreter
 def test_focal_context_uses_the_kernel_backward_only_where_it_fits(monkeypatch):
-  from focalnet_jax.kernels import focal_context as fc
+  from focalnet_jax.model import focal_context as fc
   calls, xla_backward = [], fc._fused_bwd  # noqa: SLF001
   monkeypatch.setattr(fc, "_fused_bwd", lambda *a: calls.append(a) or xla_backward(*a))
   z = jnp.ones((1, 7, 7, 16), jnp.float32)

@@ -1,8 +1,8 @@
-"""The Mosaic GPU focal-context kernel (kernels/mosaic_focal_context.py), run in jax's Mosaic GPU
+"""The Mosaic GPU focal-context kernel (kernels/mosaic/forward.py), run in jax's Mosaic GPU
 interpreter on CPU (jax >= 0.11), compiled where the default backend is a GPU: every level, the gated sum and the per-tile
 sums of Z^L equal an independent computation (XLA's grouped conv) for row tiles with halos,
 odd sides, widths that are not a multiple of 16, one to three levels, bf16 and float32. Model-level
-values and gradients of focal_context_impl='mosaic' are in test_focal_context.py.
+values and gradients of execution.focal_context='mosaic' are in test_focal_context.py.
 """
 import jax
 import jax.numpy as jnp
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from jax import lax
 
-from focalnet_jax.kernels import focal_context as fc
-from focalnet_jax.kernels import mosaic_common as mc
-from focalnet_jax.kernels import mosaic_focal_context as mfc
+from focalnet_jax.model import focal_context as fc
+from focalnet_jax.kernels.mosaic import common as mc
+from focalnet_jax.kernels.mosaic import forward as mfc
 from focalnet_jax.model.layers import gelu
 
 needs_interpreter = pytest.mark.skipif(not mc.available(), reason="needs jax >= 0.11 (Mosaic GPU interpreter)")
@@ -53,12 +53,40 @@ def test_levels_gated_sum_and_tile_sums_equal_xla(shape, kernel_sizes, dtype):
   np.testing.assert_allclose(np.asarray(sums), np.asarray(want_sums), rtol=1e-4, atol=1e-3)
 
 
-def test_tiles_divide_the_rows_and_fit_shared_memory():
+def allocated_smem(kernel_fn, *args) -> int:
+  """Bytes of shared memory the scratch arrays that `kernel_fn` hands to Mosaic GPU take: each array
+  from a 1 KiB boundary, as Mosaic GPU allocates them, plus its reserved reduction scratch and barrier
+  (measured from the arrays the kernel actually requests, not from the tiling's own arithmetic)."""
+  requested = []
+
+  def fake_launch(body, out_type, scratch_types, grid, interpret):
+    requested.extend(s for s in scratch_types if hasattr(s, "shape"))
+    return lambda *a: jax.tree.map(lambda o: jnp.zeros(o.shape, o.dtype), out_type)
+
+  real, mc.launch = mc.launch, fake_launch
+  try:
+    kernel_fn.__wrapped__(*args, interpret=True)  # unjitted: no trace cached under the real launch
+  finally:
+    mc.launch = real
+  kib = lambda n: -(-n // 1024) * 1024  # noqa: E731
+  return sum(kib(int(np.prod(s.shape)) * jnp.dtype(s.dtype).itemsize) for s in requested) + 2048 + 1024
+
+
+@needs_interpreter
+def test_tiles_divide_the_rows_and_what_the_kernel_allocates_fits_shared_memory():
   for h, ks in [(56, (3, 5)), (28, (3, 5, 7)), (7, (3, 5)), (96, (3, 5, 7)), (13, (3,))]:
     t = mfc.tiling(h, h, ks, 2)
     assert h % t.rows == 0 and t.halo == sum(k // 2 for k in ks) and t.window == t.rows + 2 * t.halo
-    assert 2 * mc.CHANNELS * (t.buffers * t.size + t.rows * h + mc.CHUNK) <= mc.SMEM_LIMIT
-  assert mfc.tiling(56, 56, (3, 5), 2).rows == 8  # FocalNet-T stage 1: 8-row tiles, two blocks per SM
+    z = jnp.zeros((1, h, h, 16), jnp.bfloat16)
+    kernels = [jnp.zeros((k, k, 1, 16), jnp.bfloat16) for k in ks]
+    used = allocated_smem(mfc.focal_levels, z, kernels, jnp.zeros((1, h, h, len(ks)), jnp.bfloat16))
+    assert used <= mc.SMEM_LIMIT, (h, ks, used)
+  # FocalNet-T stage 1: 8-row tiles whose whole allocation fits two blocks per SM.
+  t = mfc.tiling(56, 56, (3, 5), 2)
+  z = jnp.zeros((1, 56, 56, 16), jnp.bfloat16)
+  used = allocated_smem(mfc.focal_levels, z, [jnp.zeros((k, k, 1, 16), jnp.bfloat16) for k in (3, 5)],
+                        jnp.zeros((1, 56, 56, 2), jnp.bfloat16))
+  assert t.rows == 8 and used <= mc.SMEM_BUDGET
 
 
 @pytest.mark.skipif(mc.available(), reason="this jax has the Mosaic GPU API")

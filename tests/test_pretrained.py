@@ -188,7 +188,7 @@ def test_focalnet_jax_checkpoint_and_single_image_prediction(timm_tiny, tmp_path
   from configs import default
   from safetensors.torch import save_file
 
-  from focalnet_jax import convert
+  from focalnet_jax.tools import convert
 
   save_file(timm_tiny.state_dict(), str(tmp_path / "model.safetensors"))
   convert.main(["--model", "focalnet_tiny_srf", "--checkpoint", str(tmp_path / "model.safetensors"),

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs.dense import segmentation_tiny
-from focalnet_jax.dense import FPN, cross_entropy_sums, pixel_cross_entropy, resize_nearest
-from focalnet_jax.dense.train import build_model, train_and_evaluate
+from configs.segmentation import segmentation_tiny
+from focalnet_jax.segmentation import FPN, cross_entropy_sums, pixel_cross_entropy, resize_nearest
+from focalnet_jax.segmentation.train import build_model, train_and_evaluate
 from focalnet_jax.model.backbone import create_backbone
 from torch_refs import import_torch
 

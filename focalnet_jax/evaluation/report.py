@@ -56,7 +56,7 @@ def load_model(path: str, *, step: int | None = None, ema: bool = False, dtype: 
   state, meta, step = checkpoint.restore_state(ckpt, step=step)
   if "model" not in meta:
     raise ValueError(f"Checkpoint {ckpt!r} has no 'model' in its metadata; it was not written by "
-                     "focalnet_jax (train.py or python -m focalnet_jax.convert).")
+                     "focalnet_jax (train.py or python -m focalnet_jax.tools.convert).")
   key = "ema_params" if ema else "params"
   if key not in state:
     raise KeyError(f"Checkpoint {ckpt!r} step {step} has no {key!r} (it has {sorted(state)})."

@@ -107,7 +107,7 @@ def _varying_axes(a: jax.Array) -> frozenset:
   return frozenset(manual.varying if manual is not None else getattr(aval, "vma", ()))
 
 
-def _varying_like(a: jax.Array, *refs: jax.Array) -> jax.Array:
+def varying_like(a: jax.Array, *refs: jax.Array) -> jax.Array:
   """`a`, marked as varying over every manual mesh axis that any of `refs` varies over.
 
   Inside `shard_map` a replicated kernel applied to a per-device batch must enter a
@@ -122,7 +122,7 @@ def _varying_like(a: jax.Array, *refs: jax.Array) -> jax.Array:
 @register("shift")
 def depthwise_conv_shift(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """The depthwise convolution as k*k shifted multiply-adds, with a custom gradient."""
-  return _depthwise_conv_shift(_varying_like(x, kernel), _varying_like(kernel, x))
+  return _depthwise_conv_shift(varying_like(x, kernel), varying_like(kernel, x))
 
 
 @jax.custom_vjp
@@ -131,7 +131,7 @@ def _depthwise_conv_native(x: jax.Array, kernel: jax.Array) -> jax.Array:
   out = jax.ffi.ffi_call(
       "focalnet_depthwise_conv_fwd", jax.ShapeDtypeStruct(x.shape, x.dtype), vmap_method="sequential"
   )(x, kernel.reshape(k, k, -1))
-  return _varying_like(out, x)  # custom-call results carry no shard_map axes of their own
+  return varying_like(out, x)  # custom-call results carry no shard_map axes of their own
 
 
 def _native_fwd(x, kernel):
@@ -146,7 +146,7 @@ def _native_bwd(residuals, g):
       (jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct((k, k, x.shape[-1]), x.dtype)),
       vmap_method="sequential",
   )(x, kernel.reshape(k, k, -1)[::-1, ::-1], g)
-  dx, dk = (_varying_like(a, x, g) for a in (dx, dk))
+  dx, dk = (varying_like(a, x, g) for a in (dx, dk))
   return dx, dk.reshape(kernel.shape)
 
 
@@ -155,7 +155,7 @@ _depthwise_conv_native.defvjp(_native_fwd, _native_bwd)
 
 @register("native")
 def depthwise_conv_native(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """Compiled C++ kernels for XLA:CPU (`focalnet_jax/csrc`), float32, with their own backward.
+  """Compiled C++ kernels for XLA:CPU (`focalnet_jax/kernels/csrc`), float32, with their own backward.
 
   The forward keeps each position's k*k taps in registers; the backward computes the input and
   kernel gradients in one sweep over rows, split over XLA's intra-op threads. Other dtypes,
@@ -164,7 +164,7 @@ def depthwise_conv_native(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """
   if x.dtype != jnp.float32 or jax.default_backend() != "cpu" or not native.available():
     return _IMPLEMENTATIONS[_pure_jax_default()](x, kernel)
-  return _depthwise_conv_native(_varying_like(x, kernel), _varying_like(kernel, x))
+  return _depthwise_conv_native(varying_like(x, kernel), varying_like(kernel, x))
 
 
 def _pure_jax_default() -> str:

@@ -1,4 +1,4 @@
-"""Builds and loads the compiled CPU kernels in `focalnet_jax/csrc` (XLA custom calls).
+"""Builds and loads the compiled CPU kernels in `focalnet_jax/kernels/csrc` (XLA custom calls).
 
 The kernels are C++ against the XLA FFI headers that ship with jaxlib. They are compiled on
 first use with the machine's C++ compiler (`$CXX`, else `c++`/`g++`/`clang++`) for the CPU

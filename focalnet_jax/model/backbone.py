@@ -137,7 +137,7 @@ def create_backbone(name: str, *, detection: bool = False, **overrides: Any) -> 
 
 
 def backbone_from_meta(meta: dict[str, Any], **overrides: Any) -> FocalNetBackbone:
-  """The backbone a converted backbone checkpoint describes (`python -m focalnet_jax.convert
+  """The backbone a converted backbone checkpoint describes (`python -m focalnet_jax.tools.convert
   --backbone` writes `{'model', 'model_overrides', 'backbone': {out_indices, out_norms,
   detection}}`), with `overrides` (e.g. `execution`) applied last."""
   if "backbone" not in meta:

@@ -16,8 +16,9 @@ import dataclasses
 import warnings
 from typing import Any, Callable, Mapping
 
-from focalnet_jax.kernels import aligned_projection, chunking, depthwise, focal_context
+from focalnet_jax.kernels import aligned_projection, chunking, depthwise
 from focalnet_jax.kernels import remat as remat_lib
+from focalnet_jax.model import focal_context
 
 
 def _valid(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -37,7 +38,7 @@ class Execution:
       "auto", "the depthwise conv of every focal level (focalnet_jax.kernels.depthwise); 'auto': 'native' or "
       "'shift' on CPU, 'xla' on accelerators", f"one of {depthwise.available()}", depthwise.resolve)
   focal_context: str = _switch(
-      "reference", "how Z^out (levels, global context, gated sum) is computed (focalnet_jax.kernels.focal_context)",
+      "reference", "how Z^out (levels, global context, gated sum) is computed (focalnet_jax.model.focal_context)",
       f"one of {focal_context.available()}", focal_context.check)
   remat: str = _switch(
       "none", "what each block keeps for the backward pass (focalnet_jax.kernels.remat)",

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from focalnet_jax.kernels.activations import gelu  # noqa: F401 (the model's GELU, shared with the kernels)
 from focalnet_jax.kernels.patch_conv import patch_conv
 
 Dtype = Any
@@ -33,16 +34,6 @@ def conv_bias_init(fan_in: int) -> nn.initializers.Initializer:
     return jax.random.uniform(key, shape, dtype, -bound, bound)
 
   return init
-
-
-def gelu(x: jax.Array) -> jax.Array:
-  """Exact GELU, x * Phi(x), written as PyTorch's CPU kernel writes it: 0.5 x (1 + erf(x / sqrt 2)).
-
-  Flax's `nn.gelu(approximate=False)` goes through erfc, which XLA:CPU lowers to an
-  exp-based expansion about 2.7x slower than its erf polynomial; the two agree to float32
-  rounding (and this form is PyTorch's). Flax's default is the tanh approximation.
-  """
-  return x * (0.5 * (1.0 + lax.erf(x * np.asarray(1.0 / np.sqrt(2.0), x.dtype))))
 
 
 # The dtypes a LayerNorm may write (a model's `norm_dtype`; None writes float32). float16 is left

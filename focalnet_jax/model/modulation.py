@@ -11,7 +11,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from focalnet_jax.kernels import aligned_projection, focal_context
+from focalnet_jax.kernels import aligned_projection
+from focalnet_jax.model import focal_context
 from focalnet_jax.model.execution import Execution
 from focalnet_jax.model.layers import conv_bias_init, conv_init, dense_init, layer_norm
 
@@ -28,9 +29,9 @@ class FocalModulation(nn.Module):
   unweighted (and `f` emits no gate channels), `interaction='add'` uses q + M.
 
   `execution` (model/execution.py) says how it runs, never what it computes: the depthwise conv
-  and the focal context implementations, and `f_align` > 1 has `f`'s matmul write each of q, f_z
-  and the gates at a multiple of that many channels (same parameters, same values;
-  `kernels/aligned_projection.py`); 1 is the plain nn.Dense.
+  and the focal context implementations ('reference', 'fused' or 'mosaic': model/focal_context.py),
+  and `f_align` > 1 has `f`'s matmul write each of q, f_z and the gates at a multiple of that many
+  channels (same parameters, same values; `kernels/aligned_projection.py`); 1 is the plain nn.Dense.
   """
 
   focal_level: int
@@ -76,7 +77,7 @@ class FocalModulation(nn.Module):
 
     # Z^l = GELU(DWConv_l(Z^{l-1})) for l = 1..L, k_l x k_l depthwise convs; the global context
     # Z^{L+1} = GELU(GlobalAvgPool(Z^L)), the mean in float32; Z^out = sum_l G^l * Z^l (divided by
-    # the number of terms with `normalize_modulator`). One call: see kernels/focal_context.py.
+    # the number of terms with `normalize_modulator`). One call: see model/focal_context.py.
     kernels = [
         self.param(f"focal_layers_{level}", conv_init, (k, k, 1, c), self.param_dtype).astype(self.dtype)
         for level, k in enumerate(self.kernel_sizes())

@@ -1,12 +1,12 @@
 """Compile the trainer's step for a GPU this machine does not have, and count what it would move.
 
   pip install "jax[cuda13]==$(python -c 'import jax; print(jax.__version__)')"   # the compiler; no GPU needed
-  python -m focalnet_jax.aot --target h200 --model focalnet_tiny_srf --batch-size 128 --mode train
+  python -m focalnet_jax.tools.aot --target h200 --model focalnet_tiny_srf --batch-size 128 --mode train
 
 XLA:GPU can compile without a GPU when it is told the device (a GpuTargetConfig: SM count,
 shared memory, compute capability; `gpu_targets/*.txtpb` hold the H100 SXM's and H200's public
-specifications). The program is the one `python -m focalnet_jax.benchmark` times on a GPU (the
-trainer's own step, or the chunked forward), compiled once per variant of the execution switches
+specifications). The program is the one `python -m focalnet_jax.tools.benchmark` times on a GPU
+(the trainer's own step, or the chunked forward), compiled once per variant of the execution switches
 (`focalnet_jax.model.Execution`: depthwise, focal_context, remat, f_align, chunk_elements) and of
 what the LayerNorms write (`norm`: float32 or bfloat16, which changes values too). For each, the
 table gives what XLA decided:

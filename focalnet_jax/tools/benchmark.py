@@ -1,8 +1,8 @@
 """Speed and memory of FocalNet, side by side with timm's PyTorch FocalNet.
 
-  python -m focalnet_jax.benchmark --model focalnet_tiny_srf --batch-size 8 --mode infer --compare timm
-  python -m focalnet_jax.benchmark --batch-size 16 --mode train --compare timm
-  python -m focalnet_jax.benchmark --mode infer --sweep 224,384,512,768,1024 --plot sweep.png
+  python -m focalnet_jax.tools.benchmark --model focalnet_tiny_srf --batch-size 8 --mode infer --compare timm
+  python -m focalnet_jax.tools.benchmark --batch-size 16 --mode train --compare timm
+  python -m focalnet_jax.tools.benchmark --mode infer --sweep 224,384,512,768,1024 --plot sweep.png
 
 Frameworks are measured in one process, round-robin (one timed round of each in turn, several
 rounds), so that load from elsewhere on a shared machine hits all of them alike; the table gives
@@ -132,7 +132,7 @@ def make_runners(args: argparse.Namespace, image_size: int) -> list[Runner]:
 
 def child_peak_rss(argv: list[str], index: int) -> int | None:
   """Peak RSS (bytes) of a child process running only runner `index` for a few steps."""
-  cmd = [sys.executable, "-m", "focalnet_jax.benchmark", *argv, "--memory-child", str(index)]
+  cmd = [sys.executable, "-m", "focalnet_jax.tools.benchmark", *argv, "--memory-child", str(index)]
   proc = subprocess.run(cmd, capture_output=True, text=True)
   for line in proc.stdout.splitlines()[::-1]:
     if line.startswith("{"):

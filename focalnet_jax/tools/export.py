@@ -1,7 +1,7 @@
 r"""A trained FocalNet, exported for serving outside Python and JAX.
 
-  python -m focalnet_jax.export --checkpoint weights/focalnet_tiny_srf --output tiny.stablehlo
-  python -m focalnet_jax.export --checkpoint runs/quickstart --output tiny_tf --format savedmodel
+  python -m focalnet_jax.tools.export --checkpoint weights/focalnet_tiny_srf --output tiny.stablehlo
+  python -m focalnet_jax.tools.export --checkpoint runs/quickstart --output tiny_tf --format savedmodel
 
 `--checkpoint` is anything `eval.py --checkpoint` accepts (`focalnet_jax.evaluation.load_model`).
 Both formats take float32 NHWC images, normalised as for evaluation, and return float32 logits;
@@ -169,7 +169,7 @@ def default_image_size(meta: dict[str, Any]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="python -m focalnet_jax.export", description=__doc__.split("\n\n")[0],
+  parser = argparse.ArgumentParser(prog="python -m focalnet_jax.tools.export", description=__doc__.split("\n\n")[0],
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--checkpoint", required=True, help="Anything eval.py --checkpoint accepts.")
   parser.add_argument("--output", required=True, help="File (stablehlo) or directory (savedmodel) to write.")

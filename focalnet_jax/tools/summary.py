@@ -6,10 +6,10 @@ multiply-adds (MACs) from the jaxpr of one forward pass (`jax.make_jaxpr` on
 laptop. The paper reports MACs / 1e9 under the name GFLOPs; the table and `summarize` keep
 that name for that unit.
 
-  python -m focalnet_jax.summary focalnet_tiny_srf
-  python -m focalnet_jax.summary focalnet_base_lrf --image-size 384
-  python -m focalnet_jax.summary focalnet_tiny_srf --override focal_levels=4 --override depths=[2,2,18,2]
-  python -m focalnet_jax.summary --all --image-size 224
+  python -m focalnet_jax.tools.summary focalnet_tiny_srf
+  python -m focalnet_jax.tools.summary focalnet_base_lrf --image-size 384
+  python -m focalnet_jax.tools.summary focalnet_tiny_srf --override focal_levels=4 --override depths=[2,2,18,2]
+  python -m focalnet_jax.tools.summary --all --image-size 224
 """
 from __future__ import annotations
 
@@ -229,7 +229,7 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
   """Prints the summary table of one variant (or of all); exits with status 2 on a bad argument."""
   parser = argparse.ArgumentParser(
-      prog="python -m focalnet_jax.summary",
+      prog="python -m focalnet_jax.tools.summary",
       description="Parameters, GFLOPs (multiply-adds) and stage output shapes of FocalNet "
       "variants, computed abstractly (no weights are allocated).",
   )

@@ -221,7 +221,7 @@ def image_figure(checkpoint_path: str, image_path: str, *, config: ml_collection
   if not os.path.exists(checkpoint_path) and not pretrained.is_hub_id(checkpoint_path):
     raise FileNotFoundError(
         f"No checkpoint at {checkpoint_path!r}: pass a train.py --workdir (holding checkpoints/), "
-        "a directory written by `python -m focalnet_jax.convert`, published weights or a hub id.")
+        "a directory written by `python -m focalnet_jax.tools.convert`, published weights or a hub id.")
   if not os.path.isfile(image_path):
     raise FileNotFoundError(f"No image file at {image_path!r}.")
   model, params, meta, step, _ = evaluation.load_model(checkpoint_path, step=step, ema=ema)

@@ -9,8 +9,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from focalnet_jax.dense.fpn import FPN
-from focalnet_jax.dense.seg_head import SemanticFPNHead
+from focalnet_jax.segmentation.fpn import FPN
+from focalnet_jax.segmentation.seg_head import SemanticFPNHead
 from focalnet_jax.model.backbone import FocalNetBackbone
 
 

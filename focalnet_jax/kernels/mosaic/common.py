@@ -1,5 +1,5 @@
-"""What the focal-context Mosaic GPU kernels share (forward: `mosaic_focal_context.py`, backward:
-`mosaic_focal_backward.py`): their constants, the TMA copy pieces, the WGMMA register layout's
+"""What the focal-context Mosaic GPU kernels share (forward: `forward.py`, backward:
+`backward.py`): their constants, the TMA copy pieces, the WGMMA register layout's
 broadcasts, one chunk's depthwise taps over flat pixel rows, and the launch.
 
 Both kernels keep each level as flat pixel rows (16 channels) in shared memory, so that the tap
@@ -17,11 +17,14 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
+from focalnet_jax.kernels.aligned_projection import round_up  # one rounding for every kernel's layout
+
 CHUNK = 64  # pixels per register array: the WGMMA layout's row tile
 CHANNELS = 16  # channels per CUDA block: 32-byte rows in bf16, the TMA's smallest efficient box
 TMA_BOX = 256  # the TMA copies at most this many elements along a dimension
 SMEM_BUDGET = 110 * 1024  # bytes per CUDA block: two blocks fit an SM's 227 KiB ...
 SMEM_LIMIT = 220 * 1024  # ... else one block per SM, rather than tiles of few rows
+REDUCTION_SCRATCH = 2048  # bytes Mosaic GPU reserves for cross-warp sums (CompilerParams' default)
 
 
 def available() -> bool:
@@ -29,8 +32,12 @@ def available() -> bool:
   return hasattr(plgpu, "InterpretGPUParams") and hasattr(plgpu, "Layout")
 
 
-def round_up(n: int, m: int) -> int:
-  return m * math.ceil(n / m)
+def smem_bytes(shapes, itemsize: int) -> int:
+  """What Mosaic GPU allocates for scratch arrays of these shapes in one dtype: each array from a
+  1024-byte boundary, then the reduction scratch and one barrier. Both kernels size their tiles by
+  this, from the very shapes they allocate."""
+  arrays = sum(round_up(math.prod(shape) * itemsize, 1024) for shape in shapes)
+  return arrays + REDUCTION_SCRATCH + 1024
 
 
 def pieces(n: int, step: int) -> list[tuple[int, int]]:

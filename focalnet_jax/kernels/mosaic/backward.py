@@ -1,6 +1,6 @@
 """The backward pass of the focal levels in one Mosaic GPU kernel (Hopper; jax >= 0.11).
 
-The forward kernel (`mosaic_focal_context.py`) writes only sum_l G^l * Z^l; this kernel turns its
+The forward kernel (`forward.py`) writes only sum_l G^l * Z^l; this kernel turns its
 cotangent dOut (and u, the global term's per-channel share of dZ^L, from XLA) into dZ^0, every
 level kernel's gradient and every level gate's gradient, recomputing the levels from Z^0 in
 shared memory. XLA instead recomputes every level, GELU input and cotangent through memory.
@@ -28,7 +28,7 @@ tile's own pixels only; the kernel writes per-tile (dK) and per-channel-block (d
 float32, which XLA finishes (B x T x L x taps x C and B x C/16 x H x W x L numbers).
 
 Not every shape fits: `plan` returns None when even one-row tiles overflow shared memory (large
-kernels on wide maps); the caller then keeps XLA's recompute (`focal_context._fused_bwd`).
+kernels on wide maps); the caller then keeps XLA's recompute (the model's fused backward).
 """
 from __future__ import annotations
 
@@ -43,11 +43,10 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from focalnet_jax.kernels import mosaic_common as mc
-from focalnet_jax.kernels.mosaic_common import CHANNELS, CHUNK
-from focalnet_jax.model.layers import gelu
+from focalnet_jax.kernels.mosaic import common as mc
+from focalnet_jax.kernels.mosaic.common import CHANNELS, CHUNK
+from focalnet_jax.kernels.activations import gelu
 
-_REDUCTION_SCRATCH = 2048  # bytes Mosaic GPU reserves for cross-warp sums (CompilerParams' default)
 
 
 class Plan(NamedTuple):
@@ -98,9 +97,7 @@ class Plan(NamedTuple):
             + [(levels, self.gate_size()), (levels, self.taps(), CHANNELS), (8, CHANNELS)])
 
   def smem_bytes(self, itemsize: int) -> int:
-    """What Mosaic GPU allocates: each array from a 1024-byte boundary, reduction scratch, barrier."""
-    arrays = sum(mc.round_up(math.prod(shape) * itemsize, 1024) for shape in self.scratch_shapes())
-    return arrays + _REDUCTION_SCRATCH + 1024
+    return mc.smem_bytes(self.scratch_shapes(), itemsize)
 
 
 def plan(h: int, w: int, kernel_sizes: Sequence[int], itemsize: int) -> Plan | None:
@@ -295,7 +292,7 @@ def focal_levels_bwd(z0: jax.Array, kernels: Sequence[jax.Array], gates: jax.Arr
   dtype, levels = z0.dtype, len(kernels)
   p = plan(h, w, [k.shape[0] for k in kernels], jnp.dtype(dtype).itemsize)
   if p is None:
-    raise ValueError(f"no row tile of a {h}x{w} map fits shared memory; use focal_context's XLA backward")
+    raise ValueError(f"no row tile of a {h}x{w} map fits shared memory; use the XLA backward")
   halo, tile, num_tiles, cp = p.halo, p.rows * w, h // p.rows, mc.round_up(c, CHANNELS)
 
   gp = mc.flat_pixels(gates, halo, levels, dtype).transpose(0, 2, 1)

@@ -3,7 +3,7 @@ project (backbone + FPN + Semantic FPN head, pixel cross-entropy, AdamW, one jit
 benchmark. Swap `synthetic.squares_batch` for your dataset's batches and `init_backbone` for
 converted or adapted backbone weights.
 
-  python -m focalnet_jax.dense.train --config configs/dense/segmentation_tiny.py
+  python -m focalnet_jax.segmentation.train --config configs/segmentation/segmentation_tiny.py
 """
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from focalnet_jax.dense import synthetic
-from focalnet_jax.dense.segmentation import (SegmentationModel, confusion_matrix, mean_iou,
+from focalnet_jax.segmentation import synthetic
+from focalnet_jax.segmentation.segmentation import (SegmentationModel, confusion_matrix, mean_iou,
                                              pixel_cross_entropy)
 from focalnet_jax.model.backbone import create_backbone
 

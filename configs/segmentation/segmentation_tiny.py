@@ -1,11 +1,11 @@
-r"""A tiny FocalNet + FPN + Semantic FPN head on the synthetic squares task (focalnet_jax.dense).
+r"""A tiny FocalNet + FPN + Semantic FPN head on the synthetic squares task (focalnet_jax.segmentation).
 
-  python -m focalnet_jax.dense.train --config configs/dense/segmentation_tiny.py
+  python -m focalnet_jax.segmentation.train --config configs/segmentation/segmentation_tiny.py
 
 About a minute on 2 CPU cores. A smoke run of the dense-prediction wiring, not a benchmark: no
 COCO/ADE20K numbers are claimed. For a real backbone, set `model.overrides` to {} (the variant's
 own architecture), `model.out_indices` as needed, and load converted weights
-(`python -m focalnet_jax.convert --backbone ...`) into `params['backbone']`.
+(`python -m focalnet_jax.tools.convert --backbone ...`) into `params['backbone']`.
 """
 import ml_collections
 

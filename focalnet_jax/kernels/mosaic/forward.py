@@ -35,9 +35,9 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from focalnet_jax.kernels import mosaic_common as mc
-from focalnet_jax.kernels.mosaic_common import CHANNELS, CHUNK, SMEM_BUDGET, SMEM_LIMIT, TMA_BOX
-from focalnet_jax.model.layers import gelu
+from focalnet_jax.kernels.mosaic import common as mc
+from focalnet_jax.kernels.mosaic.common import CHANNELS, CHUNK, SMEM_BUDGET, SMEM_LIMIT, TMA_BOX
+from focalnet_jax.kernels.activations import gelu
 
 
 class Tiling(NamedTuple):
@@ -49,14 +49,29 @@ class Tiling(NamedTuple):
   front: int  # flat slack before the window: the first level's taps reach p pixels back
   size: int  # flat pixels of one level buffer: the window, then slack for a last chunk's taps
   buffers: int  # level buffers: Z^0, then each level the last one still reads
+  w: int
+  kernel_sizes: tuple[int, ...]
 
   def tile_pixels(self, w: int) -> int:
     return self.rows * w
 
+  def gate_rows(self) -> int:
+    return mc.round_up(self.rows * self.w, 64)
+
+  def scratch_shapes(self) -> list[tuple[int, ...]]:
+    """Shared memory arrays in the compute dtype: the level buffers, every level's taps, the tile's
+    gates and the output tile (with a chunk of slack)."""
+    levels = len(self.kernel_sizes)
+    return [(self.buffers, self.size, CHANNELS), (levels, mc.tap_rows(self.kernel_sizes), CHANNELS),
+            (levels, self.gate_rows()), (self.rows * self.w + CHUNK, CHANNELS)]
+
+  def smem_bytes(self, itemsize: int) -> int:
+    return mc.smem_bytes(self.scratch_shapes(), itemsize)
+
 
 def tiling(h: int, w: int, kernel_sizes: Sequence[int], itemsize: int) -> Tiling:
-  """The largest row tile (a divisor of H, at most 8 rows) whose buffers fit `SMEM_BUDGET`, else
-  `SMEM_LIMIT`, else one row (every row tile re-reads 2R halo rows, so few rows cost reads)."""
+  """The largest row tile (a divisor of H, at most 8 rows) whose shared memory fits `SMEM_BUDGET`,
+  else `SMEM_LIMIT`, else one row (every row tile re-reads 2R halo rows, so few rows cost reads)."""
   pads = [k // 2 for k in kernel_sizes]
   halo = sum(pads)
   # Level l (0-based) < L - 1 writes buffer 1 for l = 0, else buffer 0 for l = 1 (Z^0 is no longer
@@ -67,8 +82,8 @@ def tiling(h: int, w: int, kernel_sizes: Sequence[int], itemsize: int) -> Tiling
   for rows in sorted((d for d in range(1, min(h, 8) + 1) if h % d == 0), reverse=True):
     window = rows + 2 * halo
     size = front + mc.round_up(window * w, 8) + CHUNK + max(pads) * (w + 1)
-    need = itemsize * CHANNELS * (buffers * size + rows * w + CHUNK)
-    candidates.append((need, Tiling(rows, halo, window, front, size, buffers)))
+    t = Tiling(rows, halo, window, front, size, buffers, w, tuple(kernel_sizes))
+    candidates.append((t.smem_bytes(itemsize), t))
   for budget in (SMEM_BUDGET, SMEM_LIMIT):
     for need, t in candidates:
       if need <= budget:
@@ -162,18 +177,15 @@ def focal_levels(z0: jax.Array, kernels: Sequence[jax.Array], gates: jax.Array, 
   tile, num_tiles = t.tile_pixels(w), h // t.rows
   cp = mc.round_up(c, CHANNELS)
   zp = mc.flat_pixels(z0, t.halo, cp, dtype)  # Z^0 with R zero rows above and below
-  taps, flat = mc.flat_kernels(kernels, dtype, cp)
-  gate_rows = mc.round_up(tile, 64)
+  _, flat = mc.flat_kernels(kernels, dtype, cp)
+  gate_rows = t.gate_rows()
   g = gates.astype(dtype).reshape(b, num_tiles, tile, num_levels).transpose(0, 1, 3, 2)
   g = jnp.pad(g, ((0, 0), (0, 0), (0, 0), (0, gate_rows - tile)))
   out, sums = mc.launch(
       functools.partial(_body, t=t, h=h, w=w, kernel_sizes=kernel_sizes),
       (jax.ShapeDtypeStruct((b, h * w, cp), dtype), jax.ShapeDtypeStruct((b, num_tiles, cp), jnp.float32)),
       [
-          plgpu.SMEM((t.buffers, t.size, CHANNELS), dtype),
-          plgpu.SMEM((num_levels, taps, CHANNELS), dtype),
-          plgpu.SMEM((num_levels, gate_rows), dtype),
-          plgpu.SMEM((tile + CHUNK, CHANNELS), dtype),
+          *(plgpu.SMEM(shape, dtype) for shape in t.scratch_shapes()),
           plgpu.Barrier(num_arrivals=len(mc.pieces(t.window * w, 8)) + num_levels * (1 + len(mc.pieces(tile, 64)))),
       ],
       (b, num_tiles, cp // CHANNELS), interpret,
