@@ -49,7 +49,8 @@ def parse_variant(spec: str) -> tuple[dict[str, Any], str | None]:
   for item in filter(None, spec.split(",")):
     key, eq, value = item.partition("=")
     if key in _FORMER_KEYS:
-      warnings.warn(f"--variant key {key!r} is deprecated; write {_FORMER_KEYS[key]}={value}.", FutureWarning)
+      warnings.warn(f"--variant key {key!r} is deprecated; write {_FORMER_KEYS[key]}={value}.", FutureWarning,
+                    stacklevel=2)
       key = _FORMER_KEYS[key]
     if not eq or key not in keys:
       raise SystemExit(f"--variant {spec!r}: {item!r} is not KEY=VALUE with KEY one of {', '.join(keys)}.")
@@ -212,8 +213,9 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--config", default=None, help="training config (path[:arg]); default configs/default.py")
   p.add_argument("--chunk-elements", default="0", help="infer: activation elements per stage chunk (0 = none)")
   p.add_argument("--variant", action="append", default=None,
-                 help="switches to compile, e.g. 'depthwise=shift,focal_context=fused,remat=dots,f_align=8,norm=bfloat16' "
-                      "(unnamed fields: xla, reference, none, 1, float32); repeat for more rows. Default: "
+                 help="switches to compile, e.g. "
+                      "'depthwise=shift,focal_context=fused,remat=dots,f_align=8,norm=bfloat16' (unnamed: "
+                      "Execution.reference(): xla, reference, none, 1; float32 norms); repeat for more rows. Default: "
                       + "; ".join(DEFAULT_VARIANTS))
   p.add_argument("--hbm-tbps", type=float, default=DEFAULT_HBM_TBPS,
                  help="device-memory bandwidth for the floor time (default: the H200's measured copy rate)")

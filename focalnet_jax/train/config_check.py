@@ -90,6 +90,11 @@ _BOOL = _rule(lambda v: isinstance(v, bool), lambda v: True, "True or False")
 _NORM_DTYPE = _rule(lambda v: v is None or v in NORM_DTYPES, lambda v: True,
                     "None (LayerNorms write float32) or " + " or ".join(map(repr, NORM_DTYPES)))
 
+def _switch(name: str):
+  """The rule of execution switch `name`: what Execution accepts for it."""
+  return lambda v: execution_lib.problem(name, v)
+
+
 RULES: dict[str, Callable[[Any], str | None]] = {
     "batch_size": _int(1), "eval_batch_size": _int(1), "grad_accum_steps": _int(1),
     "log_every_steps": _int(1), "checkpoint_every_steps": _int(1),
@@ -118,9 +123,8 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "model.patch_size": _optional(_int(1)), "model.num_classes": _optional(_int(1)),
     "model.drop_rate": _optional(_BELOW_ONE), "model.drop_path_rate": _optional(_BELOW_ONE),
     "model.mlp_ratio": _optional(_POSITIVE), "model.norm_dtype": _NORM_DTYPE,
-    **{key: lambda v, name=key.split(".")[1]: execution_lib.problem(name, v) for key in EXECUTION_KEYS},
-    **{f"model.{old}": _optional(lambda v, name=new: execution_lib.problem(name, v))
-       for old, new in execution_lib.LEGACY_NAMES.items()},
+    **{f"execution.{name}": _switch(name) for name in execution_lib.field_names()},
+    **{f"model.{old}": _optional(_switch(new)) for old, new in execution_lib.LEGACY_NAMES.items()},
 }
 
 
