@@ -63,18 +63,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.use_global_context = config_dict.placeholder(bool)
   c.model.use_gating = config_dict.placeholder(bool)
   c.model.interaction = config_dict.placeholder(str)
-  # How the model runs, not what it computes. The depthwise conv of each focal level: None/'auto'
-  # picks the fastest for the backend when the model is created ('native' or 'shift' on CPU,
-  # 'xla' on accelerators; see focalnet_jax.kernels.depthwise).
-  c.model.depthwise_impl = config_dict.placeholder(str)
-  # The focal context Z^out of each modulation: None/'reference' is the paper's level loop under
-  # autodiff; 'fused' gives the same values and gradients from a custom VJP that stores only Z^0,
-  # the kernels and the gates and recomputes the levels in the backward pass (less activation
-  # memory in training; see focalnet_jax.model.focal_context).
-  c.model.focal_context_impl = config_dict.placeholder(str)
-  # Inference (evaluation) runs each stage over chunks of the batch of at most this many
-  # activation elements; 'auto': cache-sized chunks on CPU, whole batches on accelerators; 0: off.
-  c.model.chunk_elements = config_dict.FieldReference("auto", field_type=object)
   # Mixed precision: bfloat16 compute, float32 parameters (the master weights).
   c.model.dtype = "bfloat16"
   c.model.param_dtype = "float32"
@@ -83,12 +71,36 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # statistics are float32 either way and the head stays float32. It changes values, so like
   # `dtype` it is part of the recorded model, not an execution choice.
   c.model.norm_dtype = config_dict.placeholder(str)
+  # Deprecated (one release): the execution switches' former keys; use config.execution below.
+  # Set, they still apply, with a warning naming the new key.
+  c.model.depthwise_impl = config_dict.placeholder(str)
+  c.model.focal_context_impl = config_dict.placeholder(str)
+  c.model.remat = config_dict.placeholder(object)
+  c.model.f_align = config_dict.placeholder(int)
+  c.model.chunk_elements = config_dict.placeholder(object)
+
+  # --- execution: how the model runs, never what it computes (focalnet_jax/model/execution.py,
+  # docs/execution.md). Same parameters and values under every choice, so a checkpoint does not
+  # record them as its model, and a resumed run may change them. -------------------------------
+  c.execution = ml_collections.ConfigDict()
+  # The depthwise conv of each focal level: 'auto' picks the fastest for the backend when the model
+  # is built ('native' or 'shift' on CPU, 'xla' on accelerators; focalnet_jax.kernels.depthwise).
+  c.execution.depthwise = "auto"
+  # The focal context Z^out of each modulation: 'reference' is the paper's level loop under
+  # autodiff; 'fused' gives the same values and gradients from a custom VJP that stores only Z^0,
+  # the kernels and the gates and recomputes the levels in the backward pass (less activation
+  # memory in training; see focalnet_jax.model.focal_context).
+  c.execution.focal_context = "reference"
   # What each block keeps for the backward pass (kernels/remat.py): 'none' (all; fastest while it
   # fits), 'block' (only its input: least memory) or 'dots' (its matmul outputs; elementwise work
   # is recomputed). True / False mean 'block' / 'none'.
-  c.model.remat = config_dict.FieldReference("none", field_type=object)
-  # Execution choice: the layout f's matmul writes, q, f_z, gates at multiples of this (same params).
-  c.model.f_align = 1
+  c.execution.remat = config_dict.FieldReference("none", field_type=object)
+  # The layout f's matmul writes: q, f_z and the gates each at a multiple of this many channels
+  # (same parameters; kernels/aligned_projection.py); 1: the plain layout.
+  c.execution.f_align = 1
+  # Inference (evaluation) runs each stage over chunks of the batch of at most this many
+  # activation elements; 'auto': cache-sized chunks on CPU, whole batches on accelerators; 0: off.
+  c.execution.chunk_elements = config_dict.FieldReference("auto", field_type=object)
 
   # --- data (the contract of focalnet_jax.data; see notes in its module docstring) ---------
   c.dataset = "imagenet2012"  # TFDS name, 'folder:/path', 'digits' or 'synthetic'

@@ -1,11 +1,12 @@
 """FocalNet (Focal Modulation Networks) in JAX/Flax."""
 from focalnet_jax.model import (
-    FocalModulation, FocalNet, FocalNetBlock, FocalNetStage, create_model, default_image_size, list_models,
+    Execution, FocalModulation, FocalNet, FocalNetBlock, FocalNetStage, create_model, default_image_size, list_models,
     model_kwargs,
 )
 from focalnet_jax.weights import Pretrained, PretrainedInfo, from_pretrained
 
 __all__ = [
+    "Execution",
     "FocalModulation",
     "FocalNet",
     "FocalNetBlock",

@@ -17,14 +17,14 @@ import train_utils
 from test_configs import load
 from test_model import images, random_variables, tree_allclose
 from focalnet_jax.kernels import aligned_projection
-from focalnet_jax.model import FocalModulation
+from focalnet_jax.model import Execution, FocalModulation
 from focalnet_jax.model.layers import dense_init
 from focalnet_jax.model.variants import create_model
 from focalnet_jax.train import config_check
 from focalnet_jax.train.state import build_model
 
 # C = 12, L = 2: with align 8, q is 0..12, z starts at 16 and the gates at 32, so segments move.
-SMALL = dict(embed_dim=12, depths=(1, 1), num_classes=10, depthwise_impl="xla", drop_path_rate=0.0)
+SMALL = dict(embed_dim=12, depths=(1, 1), num_classes=10, execution=Execution(depthwise="xla"), drop_path_rate=0.0)
 ABLATIONS = {"default": {}, "no_gating": {"use_gating": False},
              "no_global_context": {"use_global_context": False}}
 
@@ -69,8 +69,8 @@ def logits_and_grads(model, variables, x):
 @pytest.mark.parametrize("ablation", sorted(ABLATIONS))
 def test_same_parameters_logits_and_gradients_as_the_plain_layout(reference, ablation, align):
   variables, x, logits, grads = reference(ablation)
-  model = small_model(f_align=align, **ABLATIONS[ablation])
-  assert model.f_align == align
+  model = small_model(execution=Execution(depthwise="xla", f_align=align), **ABLATIONS[ablation])
+  assert model.execution.f_align == align
   abstract = jax.eval_shape(model.init, jax.random.key(0),
                             jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
   assert shapes(abstract) == shapes(variables)  # same names and shapes: checkpoints do not see it
@@ -126,24 +126,24 @@ def test_the_matmul_writes_the_padded_width_and_returns_the_dense_segments():
 @pytest.mark.parametrize("bad", [0, -8, 8.0, "8", True, None])
 def test_f_align_must_be_a_positive_int(bad):
   with pytest.raises(ValueError, match="f_align"):
-    small_model(f_align=bad)
+    small_model(execution=Execution(f_align=bad))
   with pytest.raises(ValueError, match="f_align"):
-    FocalModulation(focal_level=2, focal_window=3, f_align=bad)
+    FocalModulation(focal_level=2, focal_window=3, execution=Execution(f_align=bad))
 
 
 def test_config_field_reaches_the_model_but_not_its_recorded_architecture():
   path = os.path.join(train_utils.ROOT, "configs", "focalnet_t.py")
-  config = load(path, "--config.model.f_align=8")
+  config = load(path, "--config.execution.f_align=8")
   model, overrides = build_model(config, 1000)
-  assert model.f_align == 8
-  assert "f_align" not in overrides
-  assert build_model(load(path), 1000)[0].f_align == 1  # the default: the plain layout
+  assert model.execution.f_align == 8
+  assert "f_align" not in overrides and "execution" not in overrides
+  assert build_model(load(path), 1000)[0].execution.f_align == 1  # the default: the plain layout
   config_check.check_values(config)
   # A run may resume under another layout: the states it goes through are the same.
   saved = json.loads(load(path).to_json_best_effort())
   assert config_check.config_changes(saved, config) == []
-  with pytest.raises(ValueError, match="model.f_align=0"):
-    config_check.check_values(load(path, "--config.model.f_align=0"))
+  with pytest.raises(ValueError, match="execution.f_align=0 must be an int >= 1"):
+    config_check.check_values(load(path, "--config.execution.f_align=0"))
 
 
 def test_benchmark_option_sets_the_field_and_names_the_row(tmp_path):
@@ -155,8 +155,8 @@ def test_benchmark_option_sets_the_field_and_names_the_row(tmp_path):
                   "  c.model.embed_dim, c.model.depths, c.model.num_classes = 8, (1, 1), 5\n"
                   "  return c\n")
   args = benchmark.parser().parse_args(["--config", str(path), "--f-align", "8"])
-  assert benchmark.benchmark_config(args, 32, 0).model.f_align == 8
+  assert benchmark.benchmark_config(args, 32, 0).execution.f_align == 8
   runner = benchmark.make_runner(args, "jax:0", 32)
-  assert runner.model.f_align == 8 and runner.name.endswith(", f_align 8)")
+  assert runner.model.execution.f_align == 8 and runner.name.endswith(", f_align 8)")
   plain = benchmark.make_runner(benchmark.parser().parse_args(["--config", str(path)]), "jax:0", 32)
   assert "f_align" not in plain.name

@@ -96,10 +96,14 @@ def test_shapes_and_tuples_are_sized_by_element_type():
 
 
 def test_a_wrong_variant_or_target_is_named_before_anything_compiles():
-  with pytest.raises(SystemExit, match="depthwise, context, remat, f_align"):
+  with pytest.raises(SystemExit, match="depthwise, focal_context, remat, f_align, chunk_elements, norm"):
     aot.parse_variant("depthwise=xla,kernel=shift")
-  assert aot.parse_variant("context=fused,f_align=8") == {"focal_context_impl": "fused", "f_align": 8}
-  assert aot.parse_variant("depthwise=xla,norm=bfloat16") == {"depthwise_impl": "xla", "norm_dtype": "bfloat16"}
+  assert aot.parse_variant("focal_context=fused,f_align=8") == ({"focal_context": "fused", "f_align": 8}, None)
+  assert aot.parse_variant("depthwise=xla,norm=bfloat16") == ({"depthwise": "xla"}, "bfloat16")
+  with pytest.raises(SystemExit, match=r"execution.remat='matmuls' must be one of \('none', 'block', 'dots'\)"):
+    aot.parse_variant("remat=matmuls")
+  with pytest.warns(FutureWarning, match="write focal_context=fused"):  # the former key, for one release
+    assert aot.parse_variant("context=fused") == ({"focal_context": "fused"}, None)
   with pytest.raises(SystemExit, match=r"'norm=bf16': norm takes float32 or bfloat16"):
     aot.parse_variant("norm=bf16")
   with pytest.raises(SystemExit, match="h100, h200"):

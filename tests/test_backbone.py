@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from focalnet_jax import weights
+from focalnet_jax.model import Execution
 from focalnet_jax.model.backbone import FocalNetBackbone, classifier_params, create_backbone
 from test_convert import hf_model, randomize_, rel_err
 from torch_refs import import_timm, import_torch
@@ -52,7 +53,7 @@ def test_stage_maps_equal_timm_features_only(timm_pair, size, out_indices):
   classifier, params = timm_pair
   x = np.random.default_rng(0).standard_normal((2, *size, 3)).astype(np.float32)
   reference, timm_info = timm_features(classifier, out_indices, x)
-  backbone = create_backbone("focalnet_tiny_lrf", out_indices=out_indices, depthwise_impl="xla", **SHRUNK)
+  backbone = create_backbone("focalnet_tiny_lrf", out_indices=out_indices, execution=Execution(depthwise="xla"), **SHRUNK)
   out = backbone.apply({"params": classifier_params(params)}, x)
   assert len(out) == len(reference) == len(out_indices)
   for ours, ref in zip(out, reference):
@@ -71,7 +72,7 @@ def test_last_stage_equals_hf_backbone():
   config.hidden_sizes = list(config.hidden_sizes)  # FocalNetBackbone concatenates it to a list
   hf_backbone = transformers.FocalNetBackbone(config).eval()
   hf_backbone.focalnet.load_state_dict(classifier.focalnet.state_dict())
-  backbone = create_backbone("focalnet_tiny_lrf", out_indices=(3,), depthwise_impl="xla", **SHRUNK)
+  backbone = create_backbone("focalnet_tiny_lrf", out_indices=(3,), execution=Execution(depthwise="xla"), **SHRUNK)
   x = np.random.default_rng(1).standard_normal((2, 64, 96, 3)).astype(np.float32)
   with torch.no_grad():
     reference = nhwc(hf_backbone(nchw(x)).feature_maps[-1])  # 'stage4'
@@ -81,7 +82,7 @@ def test_last_stage_equals_hf_backbone():
 def test_out_norms_are_named_per_output_and_normalise(timm_pair):
   _, params = timm_pair
   x = np.random.default_rng(2).standard_normal((1, 64, 64, 3)).astype(np.float32)
-  plain = create_backbone("focalnet_tiny_lrf", out_indices=(0, 2), depthwise_impl="xla", **SHRUNK)
+  plain = create_backbone("focalnet_tiny_lrf", out_indices=(0, 2), execution=Execution(depthwise="xla"), **SHRUNK)
   normed = plain.clone(out_norms=True)
   shapes = jax.eval_shape(normed.init, jax.random.key(0), x)["params"]
   assert {"norm0", "norm2"} <= set(shapes) and not {"norm1", "norm3", "layers_3", "norm"} & set(shapes)
@@ -99,7 +100,7 @@ def test_out_norms_are_named_per_output_and_normalise(timm_pair):
 
 def test_odd_sizes_are_padded_bottom_right(timm_pair):
   _, params = timm_pair
-  backbone = create_backbone("focalnet_tiny_lrf", depthwise_impl="xla", **SHRUNK)
+  backbone = create_backbone("focalnet_tiny_lrf", execution=Execution(depthwise="xla"), **SHRUNK)
   variables = {"params": classifier_params(params)}
   x = np.random.default_rng(4).standard_normal((1, 70, 45, 3)).astype(np.float32)
   padded = np.zeros((1, 96, 64, 3), np.float32)
@@ -133,8 +134,8 @@ def test_invalid_out_indices_name_the_range():
 def test_classifier_initialises_a_detection_backbone_with_larger_windows(timm_pair):
   """Kernels 3, 5, 7 zero-padded to 9, 11, 13: the backbone computes the classifier's stage maps."""
   _, params = timm_pair
-  classifier = create_backbone("focalnet_tiny_lrf", depthwise_impl="xla", **SHRUNK)
-  detection = create_backbone("focalnet_tiny_lrf", detection=True, out_norms=True, depthwise_impl="xla", **SHRUNK)
+  classifier = create_backbone("focalnet_tiny_lrf", execution=Execution(depthwise="xla"), **SHRUNK)
+  detection = create_backbone("focalnet_tiny_lrf", detection=True, out_norms=True, execution=Execution(depthwise="xla"), **SHRUNK)
   x = np.random.default_rng(5).standard_normal((1, 64, 96, 3)).astype(np.float32)
   fresh = detection.init(jax.random.key(0), x)["params"]
   adapted = weights.adapt_params(params, fresh)
@@ -167,7 +168,7 @@ def test_extra_focal_levels_get_zero_gates(timm_pair):
 def test_maps_come_out_in_norm_dtype_with_or_without_out_norms(out_norms):
   """The maps are the residual stream (or its per-output LayerNorm): float32 by default, bfloat16
   with bfloat16 norms; the parameters are the same either way."""
-  backbone = create_backbone("focalnet_tiny_lrf", out_norms=out_norms, dtype=jnp.bfloat16, depthwise_impl="xla",
+  backbone = create_backbone("focalnet_tiny_lrf", out_norms=out_norms, dtype=jnp.bfloat16, execution=Execution(depthwise="xla"),
                              **SHRUNK)
   narrow = backbone.clone(norm_dtype=jnp.bfloat16)
   x = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)

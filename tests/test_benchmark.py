@@ -80,7 +80,7 @@ def test_training_row_times_the_trainers_step(tiny_config):
   args = benchmark.parser().parse_args([
       "--config", tiny_config, "--batch-size", "4", "--image-size", "32", "--mode", "train", "--ema-decay", "0.5"])
   runner = benchmark.make_runner(args, "jax:2", 32)
-  assert runner.name == f"jax ({runner.model.depthwise_impl}, micro-batch 2, EMA)"
+  assert runner.name == f"jax ({runner.model.execution.depthwise}, micro-batch 2, EMA)"
   config = runner.config  # the paper's recipe from the config file, at the benchmark's sizes
   assert (config.mixup_alpha, config.cutmix_alpha, config.label_smoothing, config.grad_clip_norm) == (0.8, 1.0, 0.1, 5.0)
   assert (config.batch_size, config.grad_accum_steps, config.ema_decay, config.model.dtype) == (4, 2, 0.5, "float32")
@@ -99,8 +99,8 @@ def test_inference_row_names_its_stage_chunks(tiny_config):
   # smallest chunk that keeps the batch even over the test's 8 CPU devices, 8 images.
   args = benchmark.parser().parse_args(["--config", tiny_config, "--batch-size", "16", "--chunk-elements", "1000"])
   runner = benchmark.make_runner(args, "jax:0", 32)
-  assert runner.name == f"jax ({runner.model.depthwise_impl}, stage chunks 8,8)"
-  assert runner.series == f"jax ({runner.model.depthwise_impl}, stage chunks)"
+  assert runner.name == f"jax ({runner.model.execution.depthwise}, stage chunks 8,8)"
+  assert runner.series == f"jax ({runner.model.execution.depthwise}, stage chunks)"
   runner.compile()
   assert runner.out.shape == (16, 5)
 

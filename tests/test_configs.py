@@ -12,7 +12,7 @@ from absl import flags
 from ml_collections import config_flags
 
 import train_utils
-from focalnet_jax.model import variants
+from focalnet_jax.model import Execution, variants
 from focalnet_jax.train import optim
 from focalnet_jax.train.state import build_model
 
@@ -121,10 +121,11 @@ def test_execution_fields_reach_the_model_but_not_its_recorded_architecture():
   """How the model runs (depthwise and focal-context implementations, remat) is applied, but a
   checkpoint's model_overrides describe only the architecture: elsewhere, the machine chooses."""
   path = os.path.join(train_utils.ROOT, "configs", "focalnet_t.py")
-  config = load(path, "--config.model.depthwise_impl=xla", "--config.model.focal_context_impl=fused",
-                "--config.model.remat=dots", "--config.model.focal_levels=3")
+  config = load(path, "--config.execution.depthwise=xla", "--config.execution.focal_context=fused",
+                "--config.execution.remat=dots", "--config.execution.chunk_elements=0",
+                "--config.model.focal_levels=3")
   model, overrides = build_model(config, 1000)
-  assert (model.depthwise_impl, model.focal_context_impl, model.remat) == ("xla", "fused", "dots")
+  assert model.execution == Execution(depthwise="xla", focal_context="fused", remat="dots", chunk_elements=0)
   assert overrides == {"focal_levels": 3, "num_classes": 1000, "dtype": "bfloat16", "param_dtype": "float32"}
 
 

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from focalnet_jax import checkpoint, create_model, weights
+from focalnet_jax import Execution, checkpoint, create_model, weights
 from focalnet_jax.tools import convert
 from torch_refs import import_timm, import_torch, import_transformers
 
@@ -76,7 +76,7 @@ def _jitted_apply(name: str, overrides: tuple):
 def jax_logits(name: str, overrides: dict, variables, x_nhwc: np.ndarray) -> np.ndarray:
   # The reference depthwise conv compiles several times faster on CPU than the default there
   # ('shift'); the two are tested against each other elsewhere, conversion is tested here.
-  overrides = {"depthwise_impl": "xla", **overrides}
+  overrides = {"execution": Execution(depthwise="xla"), **overrides}
   key = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in overrides.items()))
   return np.asarray(_jitted_apply(name, key)(variables, x_nhwc))
 

@@ -9,6 +9,7 @@ import pytest
 
 from focalnet_jax import checkpoint, weights
 from focalnet_jax.tools import convert
+from focalnet_jax.model import Execution
 from focalnet_jax.model.backbone import backbone_from_meta, create_backbone
 from test_convert import hf_model, randomize_, rel_err, timm_to_official
 from torch_refs import import_timm, import_torch, import_transformers
@@ -72,7 +73,7 @@ def test_mmdet_detection_checkpoint_converts_and_runs(detector, out_indices):
   assert {f"norm{i}" for i in out_indices} <= set(variables["params"])  # out_norms found in the checkpoint
   assert not {"norm", "head"} & set(variables["params"])
   backbone = create_backbone("focalnet_tiny_lrf", detection=True, out_indices=out_indices, out_norms=True,
-                             depthwise_impl="xla", **SHRUNK)
+                             execution=Execution(depthwise="xla"), **SHRUNK)
   x = np.random.default_rng(0).standard_normal((2, 64, 96, 3)).astype(np.float32)
   out = backbone.apply(variables, x)
   for ours, ref in zip(out, reference_maps(classifier, out_indices, x, norms), strict=True):
@@ -120,7 +121,7 @@ def test_cli_writes_a_backbone_checkpoint_that_rebuilds(detector, tmp_path, caps
   assert meta["backbone"] == {"out_indices": [1, 3], "out_norms": True, "detection": True}
   assert meta["model_overrides"]["num_classes"] == 0
   params, _ = checkpoint.load_params(out)
-  backbone = backbone_from_meta(meta, depthwise_impl="xla")
+  backbone = backbone_from_meta(meta, execution=Execution(depthwise="xla"))
   x = np.random.default_rng(1).standard_normal((1, 64, 64, 3)).astype(np.float32)
   for ours, ref in zip(backbone.apply({"params": params}, x), reference_maps(classifier, (1, 3), x, norms), strict=True):
     assert rel_err(ours, ref) < TOL
@@ -154,7 +155,7 @@ def test_hf_backbone_weights_give_hf_feature_maps():
   variables = weights.convert_state_dict(state_dict, "focalnet_tiny_lrf", backbone=True, **SHRUNK)
   _, dropped = weights.backbone_conversion(state_dict, "focalnet_tiny_lrf", **SHRUNK)
   assert dropped == {"the classifier's final norm": ["focalnet.layernorm.bias", "focalnet.layernorm.weight"]}
-  backbone = create_backbone("focalnet_tiny_lrf", depthwise_impl="xla", **SHRUNK)
+  backbone = create_backbone("focalnet_tiny_lrf", execution=Execution(depthwise="xla"), **SHRUNK)
   x = np.random.default_rng(2).standard_normal((2, 64, 96, 3)).astype(np.float32)
   with torch.no_grad():
     reference = [nhwc(t) for t in hf_backbone(nchw(x)).feature_maps]

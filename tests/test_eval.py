@@ -12,7 +12,7 @@ from PIL import Image
 
 from configs import default
 import focalnet_jax
-from focalnet_jax import checkpoint, create_model, evaluation
+from focalnet_jax import Execution, checkpoint, create_model, evaluation
 from focalnet_jax.data import labels
 from focalnet_jax.train import sharding
 from focalnet_jax import data as data_lib
@@ -134,8 +134,8 @@ def test_imagenet_label_spaces():
 
 def colour_recogniser(tmp_path):
   """A tiny FocalNet whose head is a nearest-prototype classifier of blue/green/red features."""
-  overrides = dict(embed_dim=8, depths=[1, 1], patch_size=4, num_classes=3, depthwise_impl="xla")
-  model = create_model("focalnet_tiny_srf", **overrides)
+  overrides = dict(embed_dim=8, depths=[1, 1], patch_size=4, num_classes=3)
+  model = create_model("focalnet_tiny_srf", **overrides, execution=Execution(depthwise="xla"))
   config = eval_config()
   protos = np.stack([np.broadcast_to(np.array(c, np.float32) / 255, (32, 32, 3)) for c in COLOURS.values()])
   params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]

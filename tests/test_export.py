@@ -84,7 +84,7 @@ def test_both_formats_give_the_models_logits_in_a_fresh_process(trained, tmp_pat
 
 def test_artifact_holds_no_native_custom_calls_or_chunking(trained):
   model, variables, _ = trained
-  exported = jax.export.deserialize(export_lib.export(model.clone(depthwise_impl="shift"), variables, image_size=SIDE))
+  exported = jax.export.deserialize(export_lib.export(model.with_execution(depthwise="shift"), variables, image_size=SIDE))
   text = exported.mlir_module()
   calls = {line.split("@")[1].split("(")[0] for line in text.splitlines() if "stablehlo.custom_call @" in line}
   assert calls <= {"shape_assertion"}, calls  # the symbolic batch's checks only

@@ -13,7 +13,7 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 from focalnet_jax.kernels import chunking
 from focalnet_jax.kernels.chunking import CACHE_CHUNK_ELEMENTS, auto_chunk_size
 from focalnet_jax.kernels.patch_conv import patch_conv
-from focalnet_jax.model import gelu
+from focalnet_jax.model import Execution, gelu
 
 from test_model import images, random_variables, tiny_model, tree_allclose
 
@@ -78,9 +78,10 @@ def test_chunk_elements_must_be_auto_zero_or_positive(bad):
     chunking.resolve_chunk_elements(bad, train=False)
 
 
-def test_chunking_is_not_a_model_field():
-  with pytest.raises(TypeError, match="chunk_elements.*valid fields"):
-    tiny_model(chunk_elements=0)
+def test_chunking_is_an_execution_switch_checked_when_the_model_is_built():
+  assert tiny_model(execution=Execution(chunk_elements=64)).execution.chunk_elements == 64
+  with pytest.raises(ValueError, match=r"execution.chunk_elements=-1 must be 'auto', 0 or a positive int"):
+    tiny_model(execution=Execution(chunk_elements=-1))
 
 
 @pytest.mark.parametrize("batch", [16, 24])

@@ -13,7 +13,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from focalnet_jax.model import focal_context as fc
 from focalnet_jax.kernels import mosaic
-from focalnet_jax.model import FocalNet
+from focalnet_jax.model import Execution, FocalNet
 
 from test_model import images, random_variables, tiny_model, tree_allclose
 
@@ -174,20 +174,20 @@ def test_unknown_implementation_is_refused_with_the_choices():
   z0, kernels, gates, _ = arrays(1, True, True)
   with pytest.raises(ValueError, match="'fused'"):
     context_fn("fast", True, False)(z0, kernels, gates)
-  with pytest.raises(ValueError, match="focal_context_impl='fast'"):
-    tiny_model(focal_context_impl="fast")
+  with pytest.raises(ValueError, match="execution.focal_context='fast' must be one of"):
+    tiny_model(execution=Execution(focal_context="fast"))
 
 
 def test_default_is_the_reference():
-  assert FocalNet().focal_context_impl == "reference"
-  assert tiny_model().focal_context_impl == "reference"
+  assert FocalNet().execution.focal_context == "reference"
+  assert tiny_model().execution.focal_context == "reference"
 
 
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("overrides", [dict(), dict(normalize_modulator=True, use_gating=False, focal_levels=(1, 2, 0, 3))])
 def test_whole_network_equals_the_reference_path_in_logits_and_gradients(impl, overrides):
-  reference = tiny_model(depthwise_impl="xla", **overrides)
-  fused = reference.clone(focal_context_impl=impl)
+  reference = tiny_model(execution=Execution(depthwise="xla"), **overrides)
+  fused = reference.with_execution(focal_context=impl)
   variables = random_variables(reference)
   x = images(0, size=32)
   onehot = jax.nn.one_hot(jnp.arange(2), 10)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from scipy.special import erf
 
-from focalnet_jax.model import DropPath, FocalModulation, FocalNet, FocalNetBlock
+from focalnet_jax.model import DropPath, Execution, FocalModulation, FocalNet, FocalNetBlock
 from focalnet_jax.model.layers import layer_norm, resolve_norm_dtype
 from focalnet_jax.model.variants import create_model
 
@@ -145,7 +145,7 @@ def test_modulation_matches_the_equations(impl, gating, global_ctx, interaction,
       interaction=interaction,
       normalize_modulator=normalize,
       use_postln_in_modulation=postln,
-      depthwise_impl=impl,
+      execution=Execution(depthwise=impl),
   )
   # Applying the hand-built tree also checks the parameter layout (Flax rejects wrong shapes).
   params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), p)
@@ -166,7 +166,7 @@ def test_modulation_levels_and_windows(impl, L, window):
   rng = np.random.default_rng(L * 10 + window)
   p = random_modulation_params(rng, c, L, window, L + 1, postln=False)
   x = rng.normal(size=(1, 9, 6, c))
-  module = FocalModulation(focal_level=L, focal_window=window, depthwise_impl=impl)
+  module = FocalModulation(focal_level=L, focal_window=window, execution=Execution(depthwise=impl))
   params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), p)
   out = module.apply({"params": params}, jnp.asarray(x, jnp.float32))
   expected = np_modulation(

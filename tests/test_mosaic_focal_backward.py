@@ -3,7 +3,7 @@ Mosaic GPU interpreter on CPU (jax >= 0.11), compiled where the default backend 
 every kernel's and every gate's gradient equal jax.vjp of an independent computation (XLA's grouped
 conv) for row tiles with halos, odd sides, widths that are not a multiple of 16, one to three
 levels, a map smaller than one 64-pixel chunk, bf16 and float32; which maps fall back to XLA.
-Model-level gradients of focal_context_impl='mosaic' are in test_focal_context.py.
+Model-level gradients of execution.focal_context='mosaic' are in test_focal_context.py.
 """
 import math
 

@@ -2,7 +2,7 @@
 interpreter on CPU (jax >= 0.11), compiled where the default backend is a GPU: every level, the gated sum and the per-tile
 sums of Z^L equal an independent computation (XLA's grouped conv) for row tiles with halos,
 odd sides, widths that are not a multiple of 16, one to three levels, bf16 and float32. Model-level
-values and gradients of focal_context_impl='mosaic' are in test_focal_context.py.
+values and gradients of execution.focal_context='mosaic' are in test_focal_context.py.
 """
 import jax
 import jax.numpy as jnp

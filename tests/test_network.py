@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from focalnet_jax.kernels import depthwise
-from focalnet_jax.model import FocalModulation, FocalNet, FocalNetBlock, nearest_multiples
+from focalnet_jax.model import Execution, FocalModulation, FocalNet, FocalNetBlock, nearest_multiples
 from focalnet_jax.model.variants import create_model
 
 from test_model import abstract_variables, images, random_variables, tiny_model, tree_allclose
@@ -29,7 +29,7 @@ def test_drop_path_rates_rise_linearly_over_blocks():
 @pytest.fixture(scope="module")
 def tiny():
   # 'xla' depthwise convs compile faster eagerly; 'shift' is checked against it above.
-  model = tiny_model(depths=(1, 1, 1, 1), depthwise_impl="xla")
+  model = tiny_model(depths=(1, 1, 1, 1), execution=Execution(depthwise="xla"))
   return model, random_variables(model)
 
 
@@ -38,7 +38,7 @@ def iso():
   """A one-stage isotropic model: the cheapest network with several blocks."""
   model = create_model(
       "focalnet_tiny_iso", embed_dim=16, depths=(3,), num_classes=10, drop_path_rate=0.0,
-      depthwise_impl="xla",
+      execution=Execution(depthwise="xla"),
   )
   return model, random_variables(model)
 
@@ -84,7 +84,7 @@ def module_outputs(model, variables, x) -> tuple[jax.Array, dict[str, jax.Array]
 @pytest.mark.parametrize("arch", [{}, dict(use_layerscale=True, use_postln=True, use_postln_in_modulation=True)],
                          ids=["pre-norm", "post-norm+layerscale"])
 def test_bfloat16_norms_make_the_residual_stream_bfloat16_and_keep_the_head_float32(arch):
-  model = tiny_model(depths=(1, 1, 1, 1), depthwise_impl="xla", dtype=jnp.bfloat16, **arch)
+  model = tiny_model(depths=(1, 1, 1, 1), execution=Execution(depthwise="xla"), dtype=jnp.bfloat16, **arch)
   narrow = model.clone(norm_dtype="bfloat16")
   assert narrow.norm_dtype == jnp.bfloat16
   # The same parameters: names, shapes, dtypes (a checkpoint loads into either).
@@ -142,7 +142,7 @@ def test_focal_levels_zero_builds_and_runs(iso):
         (dict(focal_levels=(1, 2, 3)), "has 3 entries but the model has 4 stages"),
         (dict(focal_windows=(3, 3)), "one value per stage"),
         (dict(interaction="concat"), "'multiply' or 'add'"),
-        (dict(depthwise_impl="fft"), "is not one of"),
+        (dict(execution=Execution(depthwise="fft")), r"execution.depthwise='fft' must be one of \('auto', 'xla'"),
         (dict(focal_levels=0, use_global_context=False), "no context"),
         # A string is truthy: 'false' must not silently build the gated model.
         (dict(use_gating="false"), r"use_gating='false' must be True or False"),
@@ -186,22 +186,23 @@ def test_nearest_multiples_are_just_below_and_above_and_at_least_the_unit():
   assert nearest_multiples(0, 8) == [8]
 
 
-def test_auto_depthwise_impl_is_resolved_when_the_model_is_built():
+def test_auto_depthwise_is_resolved_when_the_model_is_built():
   concrete = depthwise.resolve("auto")
   assert concrete in ("native", "shift", "xla")
-  assert create_model("focalnet_tiny_srf").depthwise_impl == concrete
-  assert FocalNet(depthwise_impl="auto").depthwise_impl == concrete
-  assert FocalModulation(focal_level=1, focal_window=3).depthwise_impl == concrete
-  assert FocalNetBlock(focal_level=1, focal_window=3).depthwise_impl == concrete
-  assert tiny_model(depthwise_impl="xla").clone(depthwise_impl="auto").depthwise_impl == concrete
-  assert tiny_model(depthwise_impl="shift").depthwise_impl == "shift"  # a concrete name is kept
+  assert create_model("focalnet_tiny_srf").execution.depthwise == concrete
+  assert FocalNet(execution=Execution(depthwise="auto")).execution.depthwise == concrete
+  assert FocalModulation(focal_level=1, focal_window=3).execution.depthwise == concrete
+  assert FocalNetBlock(focal_level=1, focal_window=3).execution.depthwise == concrete
+  xla = tiny_model(execution=Execution(depthwise="xla"))
+  assert xla.with_execution(depthwise="auto").execution.depthwise == concrete
+  assert xla.with_execution(depthwise="shift").execution.depthwise == "shift"  # a concrete name is kept
 
 
 def test_no_positional_state_any_resolution(tiny):
   model, variables = tiny
   # The same parameter tree whatever resolution the model is built at...
   shapes = lambda size: jax.tree_util.tree_map(lambda a: a.shape, abstract_variables(full, size))  # noqa: E731
-  full = create_model("focalnet_tiny_srf", depthwise_impl="xla")
+  full = create_model("focalnet_tiny_srf", execution=Execution(depthwise="xla"))
   assert shapes(224) == shapes(384) == shapes(256)
   # ...and the same weights run at other sizes.
   assert model.apply(variables, images(1, size=64)).shape == (2, 10)
@@ -235,8 +236,8 @@ def test_isotropic_model_runs_at_other_sizes(iso):
 def test_remat_gives_identical_outputs_and_gradients(iso, policy):
   model, variables = iso
   x = images(3, size=32)
-  remat = model.clone(remat=policy)
-  assert remat.remat == ("block" if policy is True else policy) and model.remat == "none"
+  remat = model.with_execution(remat=policy)
+  assert remat.execution.remat == ("block" if policy is True else policy) and model.execution.remat == "none"
   assert jax.tree_util.tree_structure(abstract_variables(remat)) == jax.tree_util.tree_structure(variables)
 
   def loss(m):
@@ -255,7 +256,7 @@ def test_remat_policies_keep_what_they_say(iso):
   x = images(3, size=32)
 
   def residual_bytes(policy):
-    m = model.clone(remat=policy)
+    m = model.with_execution(remat=policy)
     # The vjp function carries the residuals its backward pass reads, as its pytree leaves.
     _, backward = jax.vjp(lambda p: jnp.sum(m.apply({"params": p}, x) ** 2), variables["params"])
     # Activations only (a leading batch axis): the parameters are kept under every policy.
@@ -263,8 +264,8 @@ def test_remat_policies_keep_what_they_say(iso):
 
   none, dots, block = (residual_bytes(p) for p in ("none", "dots", "block"))
   assert block < dots < none, (block, dots, none)
-  with pytest.raises(ValueError, match=r"model.remat='matmuls' is not one of \('none', 'block', 'dots'\)"):
-    model.clone(remat="matmuls")
+  with pytest.raises(ValueError, match=r"execution.remat='matmuls' must be one of \('none', 'block', 'dots'\)"):
+    model.with_execution(remat="matmuls")
 
 
 def test_intermediates_expose_modulator_and_gates(iso):

@@ -20,7 +20,7 @@ from torch_refs import import_timm, import_torch
 torch = import_torch()
 TOL = 1e-4
 SIDE = 64
-XLA = {"depthwise_impl": "xla"}  # compiles fastest on CPU; the implementations are tested equal elsewhere
+XLA = {"execution": focalnet_jax.Execution(depthwise="xla")}  # compiles fastest on CPU; the implementations are tested equal elsewhere
 
 
 def ours(pretrained, x):
@@ -127,7 +127,7 @@ try:
   focalnet_jax.from_pretrained("timm/focalnet_base_srf.ms_in1k")
 except FileNotFoundError as e:
   print("ERROR:", e)
-loaded = focalnet_jax.from_pretrained("timm/focalnet_tiny_srf.ms_in1k", depthwise_impl="xla")
+loaded = focalnet_jax.from_pretrained("timm/focalnet_tiny_srf.ms_in1k", execution=focalnet_jax.Execution(depthwise="xla"))
 model, variables = loaded
 np.save(sys.argv[1], np.asarray(model.apply(variables, np.load(sys.argv[2]), train=False)))
 print("CROP", loaded.info.crop_ratio, loaded.info.directory)

@@ -73,7 +73,7 @@ def test_macs_do_not_depend_on_implementation_switches():
   base = create_model("focalnet_tiny_srf", depths=(1, 1, 2, 1))
   ref = summary.count_macs(base, 64)
   # shift-based depthwise convs and remat are traced as the xla conv without remat.
-  assert summary.count_macs(base.clone(depthwise_impl="shift", remat=True), 64) == ref
+  assert summary.count_macs(base.with_execution(depthwise="shift", remat=True), 64) == ref
   # bfloat16 compute does the same multiply-adds.
   assert summary.count_macs(base.clone(dtype=jnp.bfloat16), 64) == ref
 
@@ -186,7 +186,6 @@ def test_cli_override_false_is_false(capsys):
         ("dtype=bfloat16", ("dtype", "bfloat16")),
         ("interaction=add", ("interaction", "add")),
         ('interaction="add"', ("interaction", "add")),
-        ("remat=dots", ("remat", "dots")),
         ("norm_dtype=bfloat16", ("norm_dtype", "bfloat16")),
     ],
 )
@@ -212,6 +211,9 @@ def test_override_values_are_json_or_a_bare_word(text, expected):
         ("norm_dtype=bf16", "norm_dtype takes a dtype name such as bfloat16, or null"),
         ("num_class=10", "Unknown FocalNet field 'num_class'. Did you mean num_classes?"),
         ("use_gating", "expects KEY=VALUE"),
+        # How the model runs is not the model: parameters and GFLOPs do not depend on it.
+        ("remat=dots", "remat is an execution switch (now execution.remat), not part of the model"),
+        ("depthwise_impl=xla", "now execution.depthwise"),
     ],
 )
 def test_override_errors_name_field_value_and_type(text, message):

@@ -331,6 +331,6 @@ def test_ablation_config_points_build_their_models(path):
       for key, value in run.overrides.items():  # each swept value reaches the model
         assert getattr(model, key.removeprefix("model.")) == value, (run.name, key)
       size = model.stride  # parameter shapes depend on neither the resolution nor the conv impl
-      model = model.clone(depthwise_impl="xla")  # traces one op per level, not k*k shifts
+      model = model.with_execution(depthwise="xla")  # traces one op per level, not k*k shifts
       shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)))
       assert shapes["params"]["head"]["kernel"].shape == (model.num_features, num_classes)

@@ -17,7 +17,8 @@ def get_config(arg=None):
   config.model.name = "focalnet_tiny_srf"
   config.model.out_indices = (0, 1, 2, 3)
   # Shrunk to run in seconds on a CPU; 'xla' compiles the depthwise convs fastest there.
-  config.model.overrides = ml_collections.ConfigDict(dict(embed_dim=16, depths=(1, 1, 1, 1), drop_path_rate=0.1, depthwise_impl="xla"))
+  config.model.overrides = ml_collections.ConfigDict(dict(embed_dim=16, depths=(1, 1, 1, 1), drop_path_rate=0.1,
+                                                       execution=dict(depthwise="xla")))
   config.fpn_channels = 32
   config.head_channels = 32
   config.head_groups = 8

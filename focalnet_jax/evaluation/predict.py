@@ -10,6 +10,7 @@ import ml_collections
 import numpy as np
 
 from focalnet_jax.evaluation.report import as_pretrained, num_classes_of
+from focalnet_jax.train import config_check
 from focalnet_jax.train import eval_step as eval_lib
 from focalnet_jax.weights import Pretrained
 
@@ -43,6 +44,6 @@ def predict_files(checkpoint_or_path: Pretrained | str, image_paths: Sequence[st
   loaded = as_pretrained(checkpoint_or_path, ema=ema)
   num_classes_of(loaded.params)  # a clear error for a model without a head
   images = preprocess_files(image_paths, config)
-  logits_fn = eval_lib.model_logits_fn(loaded.model, config.model.chunk_elements)
+  logits_fn = eval_lib.model_logits_fn(loaded.model, config_check.execution_of(config).chunk_elements)
   logits = jax.jit(logits_fn)(loaded.params, jnp.asarray(images))
   return top_k(np.asarray(logits), loaded.info.class_names, k)

@@ -18,7 +18,7 @@ import numpy as np
 
 from focalnet_jax.data import labels
 from focalnet_jax.train import eval_step as eval_lib
-from focalnet_jax.train import sharding
+from focalnet_jax.train import config_check, sharding
 from focalnet_jax.weights import Pretrained, PretrainedInfo, from_pretrained
 
 # The data settings (beyond the preprocessing) a training run's config carries over to its evaluation.
@@ -104,7 +104,7 @@ def evaluate_checkpoint(checkpoint_or_path: Pretrained | str, config: ml_collect
   if config.eval_batch_size % mesh.devices.size:
     raise ValueError(f"eval_batch_size={config.eval_batch_size} must be divisible by the {mesh.devices.size} devices.")
   params = jax.device_put(params, sharding.replicated(mesh))
-  logits_fn = eval_lib.model_logits_fn(model, config.model.chunk_elements)
+  logits_fn = eval_lib.model_logits_fn(model, config_check.execution_of(config).chunk_elements)
   step_fn = jax.jit(eval_lib.make_eval_step(logits_fn, n_model, subset), out_shardings=sharding.replicated(mesh))
   t0 = time.time()
   with jax.set_mesh(mesh):

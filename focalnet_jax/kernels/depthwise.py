@@ -21,7 +21,7 @@ from focalnet_jax.kernels.registry import Registry
 # (x: (B, H, W, C), kernel: (k, k, 1, C)) -> (B, H, W, C)
 DepthwiseFn = Callable[[jax.Array, jax.Array], jax.Array]
 
-_IMPLEMENTATIONS: Registry[DepthwiseFn] = Registry("depthwise_impl")
+_IMPLEMENTATIONS: Registry[DepthwiseFn] = Registry("execution.depthwise")
 register = _IMPLEMENTATIONS.register
 
 

@@ -1,4 +1,4 @@
-"""What a training step keeps of each block's forward pass for the backward pass (`model.remat`).
+"""What a training step keeps of each block's forward pass for the backward pass (`execution.remat`).
 
 - 'none': everything the backward needs is stored (fastest while it fits in memory).
 - 'block': each block is rematerialised whole: only its input is stored and its forward runs
@@ -29,13 +29,13 @@ _ALIASES = {True: "block", False: "none", "true": "block", "false": "none"}
 
 
 def resolve(remat: Any) -> str:
-  """The policy name for a `model.remat` value; a ValueError names the choices."""
+  """The policy name for an `execution.remat` value; a ValueError names the choices."""
   key = remat.lower() if isinstance(remat, str) else remat
   if isinstance(key, (bool, str)) and key in _ALIASES:
     return _ALIASES[key]
   if isinstance(key, str) and key in POLICIES:
     return key
-  raise ValueError(f"model.remat={remat!r} is not one of {tuple(POLICIES)} (or True / False).")
+  raise ValueError(f"remat={remat!r} is not one of {tuple(POLICIES)} (or True / False).")
 
 
 def wrap(module_cls: type[nn.Module], remat: str, static_argnums: tuple[int, ...]) -> type[nn.Module]:

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from focalnet_jax.model import execution as execution_lib
 from focalnet_jax.model.layers import layer_norm
 from focalnet_jax.model.network import FocalNet
 from focalnet_jax.model.variants import model_kwargs
@@ -128,7 +129,8 @@ def create_backbone(name: str, *, detection: bool = False, **overrides: Any) -> 
   """Variant `name` as a backbone; `detection=True` applies the official detection settings
   (`DETECTION_SETTINGS`) before `overrides`. E.g. `create_backbone('focalnet_tiny_lrf',
   out_indices=(1, 2, 3), out_norms=True, detection=True)`."""
-  kwargs = model_kwargs(name, num_classes=0)
+  overrides = dict(overrides)
+  kwargs = model_kwargs(name, num_classes=0, execution=execution_lib.take(overrides, "create_backbone"))
   kwargs.update(DETECTION_SETTINGS if detection else {})
   kwargs.update(overrides)
   return FocalNetBackbone(**kwargs)
@@ -137,7 +139,7 @@ def create_backbone(name: str, *, detection: bool = False, **overrides: Any) -> 
 def backbone_from_meta(meta: dict[str, Any], **overrides: Any) -> FocalNetBackbone:
   """The backbone a converted backbone checkpoint describes (`python -m focalnet_jax.tools.convert
   --backbone` writes `{'model', 'model_overrides', 'backbone': {out_indices, out_norms,
-  detection}}`), with `overrides` (e.g. `depthwise_impl`) applied last."""
+  detection}}`), with `overrides` (e.g. `execution`) applied last."""
   if "backbone" not in meta:
     raise ValueError(f"The checkpoint of {meta.get('model')!r} is not a backbone checkpoint (no 'backbone' in its "
                      "meta): load it as a classifier and take classifier_params(params).")

@@ -47,7 +47,7 @@ class ContextSpec:
 #   -> Z^out (B, H, W, C) in z0's dtype
 ContextFn = Callable[[ContextSpec, jax.Array, tuple[jax.Array, ...], jax.Array | None], jax.Array]
 
-_IMPLEMENTATIONS: Registry[ContextFn] = Registry("focal_context_impl")
+_IMPLEMENTATIONS: Registry[ContextFn] = Registry("execution.focal_context")
 register = _IMPLEMENTATIONS.register
 
 
@@ -205,7 +205,7 @@ def focal_context_mosaic(spec: ContextSpec, z0: jax.Array, kernels: tuple[jax.Ar
   recompute where it does not fit). Needs jax >= 0.11; on CPU it is interpreted (slow: tests only)."""
   if not mosaic.available():
     raise RuntimeError(
-        f"focal_context_impl='mosaic' needs jax >= 0.11 (its Mosaic GPU API and CPU interpreter); this is "
+        f"execution.focal_context='mosaic' needs jax >= 0.11 (its Mosaic GPU API and CPU interpreter); this is "
         f"jax {jax.__version__}. Use 'reference' or 'fused', or upgrade jax.")
   refs = (z0,) if gates is None else (z0, gates)
   return _mosaic(spec, z0, tuple(varying_like(k, *refs) for k in kernels), gates)

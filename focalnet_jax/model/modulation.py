@@ -11,8 +11,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from focalnet_jax.kernels import aligned_projection, depthwise
+from focalnet_jax.kernels import aligned_projection
 from focalnet_jax.model import focal_context
+from focalnet_jax.model.execution import Execution
 from focalnet_jax.model.layers import conv_bias_init, conv_init, dense_init, layer_norm
 
 Dtype = Any
@@ -27,11 +28,10 @@ class FocalModulation(nn.Module):
   `use_global_context=False` drops the global term, `use_gating=False` sums the levels
   unweighted (and `f` emits no gate channels), `interaction='add'` uses q + M.
 
-  `depthwise_impl` names a `kernels.depthwise` implementation; 'auto' is resolved to a
-  concrete name when the module is built. `focal_context_impl` names a
-  `model.focal_context` implementation of Z^out ('reference', 'fused' or 'mosaic'). `f_align` > 1 has
-  `f`'s matmul write each of q, f_z and the gates at a multiple of that many channels (same
-  parameters, same values; `kernels/aligned_projection.py`); 1 is the plain nn.Dense.
+  `execution` (model/execution.py) says how it runs, never what it computes: the depthwise conv
+  and the focal context implementations ('reference', 'fused' or 'mosaic': model/focal_context.py),
+  and `f_align` > 1 has `f`'s matmul write each of q, f_z and the gates at a multiple of that many
+  channels (same parameters, same values; `kernels/aligned_projection.py`); 1 is the plain nn.Dense.
   """
 
   focal_level: int
@@ -43,18 +43,14 @@ class FocalModulation(nn.Module):
   use_gating: bool = True
   interaction: str = "multiply"
   drop_rate: float = 0.0
-  depthwise_impl: str = "auto"
-  focal_context_impl: str = "reference"
-  f_align: int = 1
+  execution: Execution = Execution()
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   norm_dtype: Dtype | None = None  # what the optional post-LN writes (None: float32)
 
   def __post_init__(self):
-    # Resolved once here, not per call: the module then names what it runs.
-    object.__setattr__(self, "depthwise_impl", depthwise.resolve(self.depthwise_impl))
-    focal_context.check(self.focal_context_impl)
-    aligned_projection.check_align(self.f_align)
+    # Resolved here, not per call: the module then names what it runs (a no-op on a resolved value).
+    object.__setattr__(self, "execution", self.execution.resolve())
     super().__post_init__()
 
   def num_gates(self) -> int:
@@ -71,12 +67,12 @@ class FocalModulation(nn.Module):
     dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
     # One linear layer `f` fuses q, f_z and the gate projection: its output width is 2C + L + 1.
     # q = q(x);  Z^0 = f_z(x);  G = the gate projection of x (raw, no sigmoid or softmax).
-    if self.f_align == 1:
+    if self.execution.f_align == 1:
       x = dense(2 * c + self.num_gates(), kernel_init=dense_init, name="f")(x)
       q, z, gates = jnp.split(x, [c, 2 * c], axis=-1)
     else:  # the same `f`, its matmul writing each of q, Z^0, G at a multiple of f_align channels
       q, z, gates = aligned_projection.AlignedSplitDense(
-          (c, c, self.num_gates()), self.f_align, kernel_init=dense_init, dtype=self.dtype,
+          (c, c, self.num_gates()), self.execution.f_align, kernel_init=dense_init, dtype=self.dtype,
           param_dtype=self.param_dtype, name="f")(x)
 
     # Z^l = GELU(DWConv_l(Z^{l-1})) for l = 1..L, k_l x k_l depthwise convs; the global context
@@ -88,8 +84,8 @@ class FocalModulation(nn.Module):
     ]
     z_out = focal_context.focal_context(
         z, kernels, gates if self.use_gating else None, use_global_context=self.use_global_context,
-        normalize_modulator=self.normalize_modulator, depthwise_impl=self.depthwise_impl,
-        impl=self.focal_context_impl)
+        normalize_modulator=self.normalize_modulator, depthwise_impl=self.execution.depthwise,
+        impl=self.execution.focal_context)
 
     # M = h(Z^out), a 1x1 conv (PyTorch's conv init).
     modulator = dense(c, kernel_init=conv_init, bias_init=conv_bias_init(c), name="h")(z_out)

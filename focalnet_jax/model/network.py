@@ -15,6 +15,7 @@ head (final LayerNorm, pooling, logits) stays float32 whatever `norm_dtype` is.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -22,8 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from focalnet_jax.kernels import aligned_projection, depthwise
 from focalnet_jax.kernels import remat as remat_lib
+from focalnet_jax.model.execution import Execution
 from focalnet_jax.model.layers import DropPath, Downsample, Mlp, dense_init, layer_norm, resolve_norm_dtype
 from focalnet_jax.model.modulation import FocalModulation
 from focalnet_jax.model.validation import IntOrSeq, nearest_multiples, per_stage, validate
@@ -51,15 +52,13 @@ class FocalNetBlock(nn.Module):
   use_global_context: bool = True
   use_gating: bool = True
   interaction: str = "multiply"
-  depthwise_impl: str = "auto"
-  focal_context_impl: str = "reference"
-  f_align: int = 1
+  execution: Execution = Execution()
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   norm_dtype: Dtype | None = None
 
   def __post_init__(self):
-    object.__setattr__(self, "depthwise_impl", depthwise.resolve(self.depthwise_impl))
+    object.__setattr__(self, "execution", self.execution.resolve())
     super().__post_init__()
 
   @nn.compact
@@ -75,9 +74,7 @@ class FocalNetBlock(nn.Module):
         use_gating=self.use_gating,
         interaction=self.interaction,
         drop_rate=self.drop_rate,
-        depthwise_impl=self.depthwise_impl,
-        focal_context_impl=self.focal_context_impl,
-        f_align=self.f_align,
+        execution=self.execution,
         dtype=self.dtype,
         param_dtype=self.param_dtype,
         norm_dtype=self.norm_dtype,
@@ -121,16 +118,20 @@ class FocalNetStage(nn.Module):
   block_kwargs: dict
   drop_path_rates: Sequence[float]
   use_conv_embed: bool = False
-  remat: str = "none"  # a kernels.remat policy
+  execution: Execution = Execution()  # its `remat` policy applies to each block
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   norm_dtype: Dtype | None = None
 
+  def __post_init__(self):
+    object.__setattr__(self, "execution", self.execution.resolve())
+    super().__post_init__()
+
   def setup(self):
-    block_cls = remat_lib.wrap(FocalNetBlock, remat_lib.resolve(self.remat), static_argnums=(2,))
+    block_cls = remat_lib.wrap(FocalNetBlock, self.execution.remat, static_argnums=(2,))
     self.blocks = [
-        block_cls(drop_path_rate=self.drop_path_rates[j], dtype=self.dtype, param_dtype=self.param_dtype,
-                  norm_dtype=self.norm_dtype, **self.block_kwargs)
+        block_cls(drop_path_rate=self.drop_path_rates[j], execution=self.execution, dtype=self.dtype,
+                  param_dtype=self.param_dtype, norm_dtype=self.norm_dtype, **self.block_kwargs)
         for j in range(self.depth)
     ]
     if self.out_dim is not None:
@@ -151,7 +152,8 @@ class FocalNet(nn.Module):
   `num_classes == 0`; `features` returns the stage maps (strides 4/8/16/32).
   `__call__` is `embed`, then `run_stage` for each stage, then `head_from_tokens`; those
   pieces are public so that `kernels.chunking` can run each stage over pieces of the batch.
-  `depthwise_impl='auto'` is resolved to a concrete name when the model is built.
+  `execution` (model/execution.py: depthwise conv, focal context, remat, `f` layout, inference
+  chunks) is resolved when the model is built ('auto' made concrete); it never changes the values.
   """
 
   num_classes: int = 1000
@@ -175,26 +177,19 @@ class FocalNet(nn.Module):
   use_global_context: bool = True
   use_gating: bool = True
   interaction: str = "multiply"
-  # Implementation: compute/storage dtypes, what each block keeps for the backward pass
-  # ('none', 'block', 'dots': kernels/remat.py), depthwise conv, and the focal context Z^out
-  # ('reference', 'fused' or 'mosaic': model/focal_context.py), and the channel multiple
-  # at which the fused `f` matmul writes q, f_z and the gates (kernels/aligned_projection.py).
+  # Compute and storage dtypes.
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   # Numerics, not execution: what the trunk's LayerNorms write and so the residual stream's dtype
   # (None: float32; 'bfloat16' moves fewer bytes and changes values; see the module docstring).
   norm_dtype: Dtype | None = None
-  remat: str = "none"
-  depthwise_impl: str = "auto"
-  focal_context_impl: str = "reference"
-  f_align: int = 1
+  # How it runs, not what it computes (model/execution.py).
+  execution: Execution = Execution()
 
   def __post_init__(self):
     validate(self)
     # Resolved once here, not per call: the model then names what it runs.
-    object.__setattr__(self, "depthwise_impl", depthwise.resolve(self.depthwise_impl))
-    object.__setattr__(self, "remat", remat_lib.resolve(self.remat))
-    object.__setattr__(self, "f_align", aligned_projection.check_align(self.f_align))
+    object.__setattr__(self, "execution", self.execution.resolve())
     object.__setattr__(self, "norm_dtype", resolve_norm_dtype(self.norm_dtype))
     super().__post_init__()
 
@@ -215,11 +210,16 @@ class FocalNet(nn.Module):
     """Total downsampling: input sides must be multiples of this."""
     return self.patch_size * 2 ** (self.num_stages - 1)
 
+  def with_execution(self, **switches: Any) -> "FocalNet":
+    """The same network (same parameters and values) with the named execution switches changed,
+    e.g. `model.with_execution(depthwise='xla', remat='dots')`."""
+    return self.clone(execution=dataclasses.replace(self.execution, **switches))
+
   def with_reference_execution(self) -> "FocalNet":
     """The same network run the plain way every backend supports (same parameters and values):
-    'xla' depthwise convs, the reference focal context, no remat, `f` in its own layout.
-    `dtype` and `norm_dtype` are kept: they change the values, so they are the model's, not how it runs."""
-    return self.clone(depthwise_impl="xla", focal_context_impl="reference", remat="none", f_align=1)
+    `Execution.reference()`. `dtype` and `norm_dtype` are kept: they change the values, so they
+    are the model's, not how it runs."""
+    return self.clone(execution=Execution.reference())
 
   def check_image_size(self, height: int, width: int) -> None:
     """Raises ValueError, with the nearest valid sides, unless both sides are multiples of `stride`."""
@@ -265,9 +265,6 @@ class FocalNet(nn.Module):
           use_global_context=self.use_global_context,
           use_gating=self.use_gating,
           interaction=self.interaction,
-          depthwise_impl=self.depthwise_impl,
-          focal_context_impl=self.focal_context_impl,
-          f_align=self.f_align,
       )
       start = sum(self.depths[:i])
       stages.append(
@@ -277,7 +274,7 @@ class FocalNet(nn.Module):
               block_kwargs=block_kwargs,
               drop_path_rates=tuple(rates[start : start + self.depths[i]]),
               use_conv_embed=self.use_conv_embed,
-              remat=self.remat,
+              execution=self.execution,
               dtype=self.dtype,
               param_dtype=self.param_dtype,
               norm_dtype=self.norm_dtype,

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from focalnet_jax.model import focal_context
+from focalnet_jax.model.execution import Execution
 
 if TYPE_CHECKING:
   from focalnet_jax.model.network import FocalNet
@@ -75,7 +75,9 @@ def validate(model: FocalNet) -> None:
     )
   if model.mlp_ratio <= 0:
     raise ValueError(f"mlp_ratio={model.mlp_ratio} must be positive.")
-  focal_context.check(model.focal_context_impl)
+  if not isinstance(model.execution, Execution):
+    raise TypeError(f"execution={model.execution!r} must be a focalnet_jax.model.Execution, e.g. "
+                    "Execution(depthwise='xla') (create_model also takes a dict of its fields).")
   if model.interaction not in ("multiply", "add"):
     raise ValueError(f"interaction={model.interaction!r} must be 'multiply' or 'add'.")
   if not model.use_global_context and min(levels) == 0:

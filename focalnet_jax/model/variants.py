@@ -10,6 +10,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from focalnet_jax.model.network import FocalNet  # not the package: its __init__ imports this module
+from focalnet_jax.model import execution as execution_lib
 
 _HIERARCHICAL_T = dict(embed_dim=96, depths=(2, 2, 6, 2), drop_path_rate=0.2)
 _HIERARCHICAL_S = dict(embed_dim=96, depths=(2, 2, 18, 2), drop_path_rate=0.3)
@@ -75,11 +76,13 @@ def model_kwargs(name: str, **overrides: Any) -> dict[str, Any]:
     close = difflib.get_close_matches(name, VARIANTS, n=3)
     hint = f" Did you mean {' or '.join(close)}?" if close else ""
     raise ValueError(f"Unknown FocalNet variant {name!r}.{hint} Known: {', '.join(VARIANTS)}.")
+  overrides = dict(overrides)
+  execution = execution_lib.take(overrides, "create_model", stacklevel=4)  # create_model's caller
   unknown = sorted(set(overrides) - set(_FIELDS))
   if unknown:
     raise TypeError(f"Unknown FocalNet field(s) {unknown}; valid fields: {', '.join(_FIELDS)}.")
   kwargs = dict(VARIANTS[name][0])
-  kwargs.update(overrides)
+  kwargs.update(overrides, execution=execution)
   if isinstance(kwargs.get("depths"), list):
     kwargs["depths"] = tuple(kwargs["depths"])
   for key in ("focal_levels", "focal_windows"):
@@ -100,6 +103,9 @@ def default_image_size(name: str) -> int:
 def create_model(name: str, **overrides: Any) -> FocalNet:
   """Builds variant `name`; any FocalNet field can be overridden.
 
-  Example: `create_model('focalnet_tiny_srf', num_classes=10, dtype=jnp.bfloat16)`.
+  Example: `create_model('focalnet_tiny_srf', num_classes=10, dtype=jnp.bfloat16,
+  execution=Execution(depthwise='xla'))`; `execution` may also be a dict of its fields. The former
+  execution fields (`depthwise_impl=`, `focal_context_impl=`, `remat=`, `f_align=`) still work for
+  one release, with a FutureWarning.
   """
   return FocalNet(**model_kwargs(name, **overrides))

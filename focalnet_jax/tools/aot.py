@@ -5,10 +5,11 @@
 
 XLA:GPU can compile without a GPU when it is told the device (a GpuTargetConfig: SM count,
 shared memory, compute capability; `gpu_targets/*.txtpb` hold the H100 SXM's and H200's public
-specifications). The program is the one `python -m focalnet_jax.tools.benchmark` times on a GPU (the
-trainer's own step, or the chunked forward), compiled once per variant of the execution fields
-(depthwise conv, focal context, remat, f alignment) and of what the LayerNorms write (`norm`:
-float32 or bfloat16, which changes values too). For each, the table gives what XLA decided:
+specifications). The program is the one `python -m focalnet_jax.tools.benchmark` times on a GPU
+(the trainer's own step, or the chunked forward), compiled once per variant of the execution switches
+(`focalnet_jax.model.Execution`: depthwise, focal_context, remat, f_align, chunk_elements) and of
+what the LayerNorms write (`norm`: float32 or bfloat16, which changes values too). For each, the
+table gives what XLA decided:
 kernel launches (GEMMs, cuDNN convolutions, fusions), the device-memory traffic of one step as
 `hlo_traffic` models it, the time that traffic takes at --hbm-tbps (a floor: memory-bound
 FocalNet cannot run faster), and the device memory XLA allocates (arguments + temporaries +
@@ -22,6 +23,7 @@ import dataclasses
 import os
 import sys
 import time
+import warnings
 from typing import Any
 
 TARGETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gpu_targets")
@@ -29,36 +31,40 @@ TARGETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gpu_targ
 # the practical HBM ceiling, below the 4.8 TB/s of the data sheet.
 DEFAULT_HBM_TBPS = 4.3
 # The variants compiled by default: the default execution, then one field changed at a time.
-DEFAULT_VARIANTS = ("depthwise=xla", "depthwise=shift", "depthwise=xla,context=fused",
-                    "depthwise=shift,context=fused", "depthwise=xla,remat=dots", "depthwise=xla,remat=block",
+DEFAULT_VARIANTS = ("depthwise=xla", "depthwise=shift", "depthwise=xla,focal_context=fused",
+                    "depthwise=shift,focal_context=fused", "depthwise=xla,remat=dots", "depthwise=xla,remat=block",
                     "depthwise=xla,f_align=8", "depthwise=xla,norm=bfloat16")
+# A variant's keys before they were Execution's field names (deprecated for one release).
+_FORMER_KEYS = {"context": "focal_context"}
 
 
-def _norm_dtype(value: str) -> str:
+def parse_variant(spec: str) -> tuple[dict[str, Any], str | None]:
+  """'depthwise=xla,focal_context=fused,norm=bfloat16' -> ({'depthwise': 'xla', 'focal_context': 'fused'},
+  'bfloat16'): the execution switches it sets and what the LayerNorms write (None: float32)."""
+  from focalnet_jax.model import execution as execution_lib
   from focalnet_jax.model.layers import NORM_DTYPES
 
-  if value not in NORM_DTYPES:
-    raise ValueError(f"norm takes {' or '.join(NORM_DTYPES)}")
-  return value
-
-
-_FIELDS = {"depthwise": ("depthwise_impl", str), "context": ("focal_context_impl", str),
-           "remat": ("remat", str), "f_align": ("f_align", int), "norm": ("norm_dtype", _norm_dtype)}
-
-
-def parse_variant(spec: str) -> dict[str, Any]:
-  """'depthwise=xla,context=fused' -> {'depthwise_impl': 'xla', 'focal_context_impl': 'fused'}."""
-  fields = {}
+  keys = (*execution_lib.field_names(), "norm")
+  switches, norm = {}, None
   for item in filter(None, spec.split(",")):
     key, eq, value = item.partition("=")
-    if not eq or key not in _FIELDS:
-      raise SystemExit(f"--variant {spec!r}: {item!r} is not KEY=VALUE with KEY one of {', '.join(_FIELDS)}.")
-    name, kind = _FIELDS[key]
+    if key in _FORMER_KEYS:
+      warnings.warn(f"--variant key {key!r} is deprecated; write {_FORMER_KEYS[key]}={value}.", FutureWarning,
+                    stacklevel=2)
+      key = _FORMER_KEYS[key]
+    if not eq or key not in keys:
+      raise SystemExit(f"--variant {spec!r}: {item!r} is not KEY=VALUE with KEY one of {', '.join(keys)}.")
+    if key == "norm" and value not in NORM_DTYPES:
+      raise SystemExit(f"--variant {spec!r}: {item!r}: norm takes {' or '.join(NORM_DTYPES)}.")
+    if key == "norm":
+      norm = value
+      continue
+    switches[key] = execution_lib.parse_text(value)
     try:
-      fields[name] = kind(value)
+      execution_lib.resolve_field(key, switches[key])  # checked here, resolved for the target when built
     except ValueError as e:
-      raise SystemExit(f"--variant {spec!r}: {item!r}: {e}.") from e
-  return fields
+      raise SystemExit(f"--variant {spec!r}: {e}") from e
+  return switches, norm
 
 
 def target_config(target: str) -> str:
@@ -116,7 +122,7 @@ def abstract_program(config: Any, mode: str, num_classes: int, num_train: int) -
   images = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
   if mode == "infer":
     params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3))))["params"]
-    return forward_fn(model, config.model.chunk_elements), (params, images), {}
+    return forward_fn(model, model.execution.chunk_elements), (params, images), {}
   step_fn, init_fn = train_program(model, config, num_classes, num_train)
   rng = jax.eval_shape(lambda: jax.random.PRNGKey(0))
   state = jax.eval_shape(init_fn, rng)
@@ -138,17 +144,21 @@ def compile_variant(args: argparse.Namespace, spec: str, device: Any) -> Compile
   import jax
 
   from focalnet_jax import create_model
+  from focalnet_jax.model import Execution
+  from focalnet_jax.model import execution as execution_lib
   from focalnet_jax.tools import benchmark, hlo_traffic
 
-  ns = argparse.Namespace(**{**vars(args), "depthwise_impl": "xla", "focal_context_impl": "reference",
-                             "remat": "none", "f_align": 1, "norm_dtype": None, "ema_decay": None,
-                             "chunk_elements": "0" if args.mode == "train" else args.chunk_elements})
+  switches, norm = parse_variant(spec)
+  # Unnamed switches run the plain way (Execution.reference()); inference chunks as --chunk-elements.
+  plain = dataclasses.asdict(Execution.reference())
+  plain["chunk_elements"] = 0 if args.mode == "train" else execution_lib.parse_text(args.chunk_elements)
+  run = {**plain, **switches}
+  ns = argparse.Namespace(**{**vars(args), **dict.fromkeys(run), "norm_dtype": norm, "ema_decay": None})
   config = benchmark.benchmark_config(ns, args.image_size, 0)
-  for name, value in parse_variant(spec).items():
-    config.model[name] = value
+  config.execution.update(run)
+  named = [f"{k} {v}" for k, v in run.items() if k not in ("depthwise", "chunk_elements")]
+  details = ", ".join([str(run["depthwise"]), *named, f"{norm or 'float32'} norms"])
   m = config.model
-  details = (f"{m.depthwise_impl}, {m.focal_context_impl} context, remat {m.remat}, f_align {m.f_align}, "
-             f"{m.norm_dtype or 'float32'} norms")
   num_classes = m.num_classes or create_model(m.name).num_classes
   sharding = jax.sharding.SingleDeviceSharding(device)
   t0 = time.perf_counter()
@@ -203,8 +213,9 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--config", default=None, help="training config (path[:arg]); default configs/default.py")
   p.add_argument("--chunk-elements", default="0", help="infer: activation elements per stage chunk (0 = none)")
   p.add_argument("--variant", action="append", default=None,
-                 help="fields to compile, e.g. 'depthwise=shift,context=fused,remat=dots,f_align=8,norm=bfloat16' "
-                      "(unnamed fields: xla, reference, none, 1, float32); repeat for more rows. Default: "
+                 help="switches to compile, e.g. "
+                      "'depthwise=shift,focal_context=fused,remat=dots,f_align=8,norm=bfloat16' (unnamed: "
+                      "Execution.reference(): xla, reference, none, 1; float32 norms); repeat for more rows. Default: "
                       + "; ".join(DEFAULT_VARIANTS))
   p.add_argument("--hbm-tbps", type=float, default=DEFAULT_HBM_TBPS,
                  help="device-memory bandwidth for the floor time (default: the H200's measured copy rate)")

@@ -25,8 +25,11 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 
 import ml_collections
+
+from focalnet_jax.model import execution as execution_lib
 
 from focalnet_jax.tools.benchmark_runners import (  # noqa: F401 - register_torchvision_stubs: tests import it here
     JaxInferRunner, JaxTrainRunner, Result, Runner, TimmRunner, register_torchvision_stubs,
@@ -59,11 +62,6 @@ def micro_batch_sizes(args: argparse.Namespace) -> list[int]:
   return sizes if args.mode == "train" else sizes[:1]
 
 
-def chunk_elements(value: str) -> int | str:
-  """--chunk-elements: 'auto' or a number of activation elements."""
-  return value if value == "auto" else int(value)
-
-
 def load_config(spec: str) -> ml_collections.ConfigDict:
   """`get_config(arg)` of a config file given as 'path[:arg]'."""
   from focalnet_jax.tools import sweep  # its loader puts the repository's configs package on sys.path
@@ -85,11 +83,9 @@ def benchmark_config(args: argparse.Namespace, image_size: int, micro_batch_size
   config.model.name = args.model
   config.model.dtype = args.dtype
   config.model.norm_dtype = args.norm_dtype
-  config.model.depthwise_impl = args.depthwise_impl
-  config.model.focal_context_impl = args.focal_context_impl
-  config.model.remat = args.remat
-  config.model.f_align = args.f_align
-  config.model.chunk_elements = chunk_elements(args.chunk_elements)
+  for name in execution_lib.field_names():  # a switch not given keeps the config's value
+    if getattr(args, name) is not None:
+      config.execution[name] = execution_lib.parse_text(getattr(args, name))
   config.image_size = image_size
   config.batch_size = args.batch_size
   config.grad_accum_steps = num_micro
@@ -300,22 +296,11 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--ema-decay", type=float, default=None,
                  help="train: keep an EMA of the weights in the step, as train.py does with "
                       "--config.ema_decay (default: the config's, 0 = none)")
-  p.add_argument("--depthwise-impl", default="auto", help="depthwise conv implementation (focalnet_jax.kernels.depthwise)")
-  p.add_argument("--focal-context-impl", default="reference",
-                 help="focal context implementation (focalnet_jax.model.focal_context): reference, fused, mosaic")
-  p.add_argument("--remat", nargs="?", const="block", default="none", choices=("none", "block", "dots"),
-                 help="what each block keeps for the backward pass (focalnet_jax.kernels.remat); "
-                      "--remat alone means 'block'")
-  p.add_argument("--f-align", type=int, default=1,
-                 help="write each segment (q, f_z, gates) of the modulation's fused f matmul at a multiple "
-                      "of this many channels (focalnet_jax.kernels.aligned_projection; same parameters)")
+  add_execution_flags(p)
   p.add_argument("--micro-batch-size", default="0",
                  help="train: run the step's forward/backward over micro-batches of this size and "
                       "accumulate (the update is the whole batch's; the config's grad_accum_steps); "
                       "0 = whole batch. A comma list gives one JAX row each, e.g. 0,2")
-  p.add_argument("--chunk-elements", default="auto",
-                 help="infer: activation elements per stage chunk (kernels.chunking, the config's "
-                      "model.chunk_elements); 0 = whole batch. Training never chunks")
   p.add_argument("--compare", choices=("none", "timm"), default="none")
   p.add_argument("--no-torch-compile", action="store_true", help="with --compare timm: eager only")
   p.add_argument("--torch-compile-modes", default="default",
@@ -330,6 +315,27 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--no-memory", action="store_true", help="CPU: skip the per-framework memory children")
   p.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
   return p
+
+
+class _Deprecated(argparse.Action):
+  """A former flag name: sets the switch, with a warning naming the new flag."""
+
+  def __call__(self, parser, namespace, values, option_string=None):
+    warnings.warn(f"{option_string} is deprecated and will be removed in the next release; use "
+                  f"--{self.dest.replace('_', '-')} instead.", FutureWarning, stacklevel=2)
+    setattr(namespace, self.dest, values)
+
+
+def add_execution_flags(p: argparse.ArgumentParser) -> None:
+  """One flag per execution switch (focalnet_jax.model.Execution): --depthwise, --focal-context,
+  --remat, --f-align, --chunk-elements; unset, the config's `execution` value is kept."""
+  group = p.add_argument_group("execution", "how our model runs (config.execution; docs/execution.md); "
+                               "default: the config's value")
+  for name in execution_lib.field_names():
+    group.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, help=execution_lib.field_help(name))
+  for old, new in execution_lib.LEGACY_NAMES.items():
+    if old != new:  # --depthwise-impl, --focal-context-impl
+      group.add_argument(f"--{old.replace('_', '-')}", dest=new, action=_Deprecated, help=argparse.SUPPRESS)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -121,9 +121,7 @@ class JaxRunner(Runner):
     self.batch_size = config.batch_size
     self.model, _ = train_state.build_model(config, num_classes)
     # A built model has resolved 'auto': the row names the depthwise conv it runs.
-    self.details = [self.model.depthwise_impl] + ([f"remat {self.model.remat}"] if self.model.remat != "none" else []) + (
-        [f"{self.model.focal_context_impl} focal context"] if self.model.focal_context_impl != "reference" else []) + (
-        [f"f_align {self.model.f_align}"] if self.model.f_align > 1 else []) + (
+    self.details = self.model.execution.describe() + (
         [f"{self.model.norm_dtype} norms"] if self.model.norm_dtype is not None else [])
     size = config.image_size
     rng = np.random.default_rng(0)
@@ -195,14 +193,14 @@ def train_program(model: Any, config: ml_collections.ConfigDict, num_classes: in
 
 
 class JaxInferRunner(JaxRunner):
-  """The forward that evaluation runs: `kernels.chunking.apply` with `config.model.chunk_elements`."""
+  """The forward that evaluation runs: `kernels.chunking.apply` with `config.execution.chunk_elements`."""
 
   def __init__(self, config: ml_collections.ConfigDict, num_classes: int):
     super().__init__(config, num_classes, train=False)
     from focalnet_jax.kernels import chunking
 
     jax, model = self.jax, self.model
-    chunk_elements = config.model.chunk_elements
+    chunk_elements = model.execution.chunk_elements
     sizes = chunking.stage_chunk_sizes(model, self.batch_size, config.image_size, config.image_size,
                                        chunk_elements, train=False)
     if any(c and c < self.batch_size for c in sizes):  # chunks smaller than the batch: say so

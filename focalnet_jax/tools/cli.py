@@ -13,8 +13,9 @@ import difflib
 import json
 from typing import Any, Callable, Iterable
 
-# Fields that are model plumbing, not architecture.
-_NOT_FIELDS = ("parent", "name")
+# Fields that are model plumbing, not architecture; `execution` says how the model runs, which
+# neither a summary nor a conversion depends on.
+_NOT_FIELDS = ("parent", "name", "execution")
 
 
 def _is_int(v: Any) -> bool:
@@ -68,7 +69,12 @@ def _json_or_text(raw: str) -> Any:
 
 def check_override(key: str, value: Any) -> Any:
   """`value` for FocalNet field `key` (floats are made float); raises ValueError otherwise."""
+  from focalnet_jax.model.execution import LEGACY_NAMES
+
   fields = focalnet_fields()
+  if key in LEGACY_NAMES:
+    raise ValueError(f"{key} is an execution switch (now execution.{LEGACY_NAMES[key]}), not part of the model: "
+                     "parameters, GFLOPs and converted weights do not depend on it (docs/execution.md).")
   if key not in fields:
     close = difflib.get_close_matches(key, fields, n=2)
     hint = f" Did you mean {' or '.join(close)}?" if close else ""

@@ -157,7 +157,7 @@ def count_macs(
 ) -> int:
   """Multiply-adds (MACs) of one forward pass on one square image, as the paper reports them.
 
-  Counted from the traced jaxpr (`depthwise_impl` forced to 'xla' so focal convolutions
+  Counted from the traced jaxpr (`Execution.reference()`: 'xla' depthwise, so focal convolutions
   appear as convolutions): every dense layer (f, h, proj, fc1, fc2, head) and convolution
   (stem, downsamples, depthwise focal convs) costs output elements x contraction size, with
   the kernels actually used (7x7 stem and 3x3 downsamples for conv-embedding models). Biases,
@@ -170,7 +170,7 @@ def count_macs(
   model.check_image_size(image_size, image_size)
   traced = _for_tracing(model)
   images = _abstract_images(traced, image_size)
-  if variables is None:  # the parameter tree does not depend on depthwise_impl or remat
+  if variables is None:  # the parameter tree does not depend on the execution switches
     variables = abstract_variables(traced, image_size)
   closed = jax.make_jaxpr(lambda v, x: traced.apply(v, x))(variables, images)
   macs = jaxpr_macs(closed.jaxpr)

@@ -15,13 +15,16 @@ from typing import Any, Callable
 
 import ml_collections
 
-from focalnet_jax.model import nearest_multiples
+from focalnet_jax.model import Execution, nearest_multiples
+from focalnet_jax.model import execution as execution_lib
 from focalnet_jax.model.layers import NORM_DTYPES
 
-# config.model fields that choose how the model runs, not what it computes. They are passed to the
-# model (the FocalNet fields among them) but not recorded as its architecture in checkpoints: a
-# checkpoint evaluated elsewhere runs the implementations that machine picks.
-EXECUTION_FIELDS = ("chunk_elements", "depthwise_impl", "f_align", "focal_context_impl", "remat")
+# config.execution chooses how the model runs, not what it computes: it is passed to the model but
+# not recorded as its architecture in checkpoints (a checkpoint evaluated elsewhere runs the
+# implementations that machine picks). Its fields are Execution's; config.model keeps the former
+# keys of the switches for one release (execution_lib.LEGACY_NAMES).
+EXECUTION_KEYS = tuple(f"execution.{name}" for name in execution_lib.field_names())
+LEGACY_EXECUTION_KEYS = tuple(f"model.{old}" for old in execution_lib.LEGACY_NAMES)
 
 # Fields a resumed run may change freely: they decide what is logged, saved, evaluated or how
 # fast it runs, never the sequence of states the run goes through.
@@ -29,7 +32,7 @@ HARMLESS_ON_RESUME = frozenset({
     "log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "async_checkpoints",
     "eval_every_steps", "eval_batch_size", "eval_split", "crop_ratio", "data_threads", "data_dir",
     "nonfinite", "init_from", "allow_config_change", "mesh.data", "mesh.fsdp", "fsdp_min_size",
-} | {f"model.{name}" for name in EXECUTION_FIELDS})
+} | set(EXECUTION_KEYS) | set(LEGACY_EXECUTION_KEYS))
 
 
 def is_int(v: Any) -> bool:
@@ -87,6 +90,11 @@ _BOOL = _rule(lambda v: isinstance(v, bool), lambda v: True, "True or False")
 _NORM_DTYPE = _rule(lambda v: v is None or v in NORM_DTYPES, lambda v: True,
                     "None (LayerNorms write float32) or " + " or ".join(map(repr, NORM_DTYPES)))
 
+def _switch(name: str):
+  """The rule of execution switch `name`: what Execution accepts for it."""
+  return lambda v: execution_lib.problem(name, v)
+
+
 RULES: dict[str, Callable[[Any], str | None]] = {
     "batch_size": _int(1), "eval_batch_size": _int(1), "grad_accum_steps": _int(1),
     "log_every_steps": _int(1), "checkpoint_every_steps": _int(1),
@@ -114,8 +122,27 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "model.depths": _optional(_positive_ints), "model.embed_dim": _optional(_int(1)),
     "model.patch_size": _optional(_int(1)), "model.num_classes": _optional(_int(1)),
     "model.drop_rate": _optional(_BELOW_ONE), "model.drop_path_rate": _optional(_BELOW_ONE),
-    "model.mlp_ratio": _optional(_POSITIVE), "model.f_align": _int(1), "model.norm_dtype": _NORM_DTYPE,
+    "model.mlp_ratio": _optional(_POSITIVE), "model.norm_dtype": _NORM_DTYPE,
+    **{f"execution.{name}": _switch(name) for name in execution_lib.field_names()},
+    **{f"model.{old}": _optional(_switch(new)) for old, new in execution_lib.LEGACY_NAMES.items()},
 }
+
+
+def execution_of(config: ml_collections.ConfigDict) -> Execution:
+  """`config.execution` as an Execution, with any former key still set (`config.model.depthwise_impl`,
+  ...) applied and a FutureWarning naming its new key; a former and a new key set to different
+  values is an error."""
+  execution = execution_lib.from_mapping(config.execution.to_dict())
+  legacy = {old: config.model[old] for old in execution_lib.LEGACY_NAMES if config.model.get(old) is not None}
+  default = Execution()
+  for old, value in legacy.items():
+    new = execution_lib.LEGACY_NAMES[old]
+    if getattr(execution, new) not in (getattr(default, new), value):
+      raise ValueError(f"model.{old}={value!r} (deprecated) and execution.{new}={getattr(execution, new)!r} "
+                       f"disagree; set only --config.execution.{new}.")
+  return execution_lib.pop_legacy(legacy, execution, lambda old, new, value: (
+      f"--config.model.{old}={value!r} is deprecated and will be removed in the next release; use "
+      f"--config.execution.{new}={value!r} instead (docs/execution.md)."))
 
 
 # Sequence fields whose command-line value ml_collections turns from one number into a 1-tuple.

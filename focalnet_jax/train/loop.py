@@ -245,11 +245,10 @@ def _start(config, workdir: str, data: data_lib.Dataset, mesh) -> tuple[Run, int
   step_fn = step_lib.make_train_step(model, tx, config, info.num_classes, lr_fn,
                                      NamedSharding(mesh, P(None, sharding.AXES)))
   train_step = compile_step(step_fn, state_sh, batch_sh, step_lib.metric_names(config), abstract_sh, config)
-  logits_fn = eval_lib.model_logits_fn(model, config.model.chunk_elements)
+  logits_fn = eval_lib.model_logits_fn(model, model.execution.chunk_elements)
   eval_step = jax.jit(eval_lib.make_eval_step(logits_fn, info.num_classes), out_shardings=sharding.replicated(mesh))
-  # The model's resolved values ('auto' made concrete); chunking is not a model field.
-  execution = {k: getattr(model, k, config.model.get(k)) for k in config_check.EXECUTION_FIELDS}
-  meta = {"model": config.model.name, "model_overrides": overrides, "execution": execution,
+  # The model's resolved execution ('auto' made concrete), for the record: loading never reads it.
+  meta = {"model": config.model.name, "model_overrides": overrides, "execution": dataclasses.asdict(model.execution),
           "config": json.loads(config.to_json_best_effort()), "image_size": config.image_size,
           "num_classes": info.num_classes, "class_names": list(info.class_names),
           "schedule": dataclasses.asdict(sched)}

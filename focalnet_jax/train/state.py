@@ -18,28 +18,24 @@ from absl import logging
 
 from focalnet_jax import checkpoint
 from focalnet_jax.model import FocalNet, variants
-from focalnet_jax.train.config_check import EXECUTION_FIELDS
+from focalnet_jax.model.execution import LEGACY_NAMES
+from focalnet_jax.train.config_check import execution_of
 
 State = dict[str, Any]
 HEAD_PREFIX = "head/"
 def model_overrides(config: ml_collections.ConfigDict, num_classes: int) -> dict[str, Any]:
-  """The architecture fields the config sets (None = the variant's value), JSON-ready."""
+  """The architecture fields the config sets (None = the variant's value), JSON-ready. The former
+  execution keys still in config.model are not architecture (`execution_of` reads them)."""
   overrides = {k: v for k, v in config.model.to_dict().items()
-               if k != "name" and k not in EXECUTION_FIELDS and v is not None}
+               if k != "name" and k not in LEGACY_NAMES and v is not None}
   overrides.setdefault("num_classes", num_classes)
   return {k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()}
-
-
-def execution_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The FocalNet execution fields the config sets (how it runs here; not in model_overrides)."""
-  fields = FocalNet.__dataclass_fields__
-  return {k: config.model[k] for k in EXECUTION_FIELDS if k in fields and config.model.get(k) is not None}
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int) -> tuple[FocalNet, dict[str, Any]]:
   """(module, architecture overrides) for the config's model with the dataset's class count."""
   overrides = model_overrides(config, num_classes)
-  return variants.create_model(config.model.name, **overrides, **execution_settings(config)), overrides
+  return variants.create_model(config.model.name, **overrides, execution=execution_of(config)), overrides
 
 
 def make_init_fn(model: FocalNet, tx: optax.GradientTransformation, image_size: int,
