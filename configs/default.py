@@ -136,6 +136,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.mesh.fsdp = 1
   c.fsdp_min_size = 2**14  # params with fewer elements are replicated, not sharded
 
+  # --- evaluation of frozen features (eval.py --protocol knn / linear; docs/evaluation.md) ---
+  c.probe = ml_collections.ConfigDict()
+  c.probe.knn_k = 20  # neighbours that vote, as DINO (Caron et al. 2021)
+  c.probe.knn_temperature = 0.07  # vote weight exp(cosine similarity / T), as DINO
+  c.probe.linear_holdout = 0.1  # share of the train split that chooses the linear probe's regularisation
+  c.probe.linear_c = (1e-3, 1e-2, 1e-1, 1.0, 10.0)  # inverse L2 strengths tried (scikit-learn's C)
+  c.probe.linear_max_iter = 1000  # L-BFGS iterations per fit
+
   # --- bookkeeping ---------------------------------------------------------------------------
   c.seed = 0
   c.init_from = config_dict.placeholder(str)  # a checkpoint dir (ours or from convert) to fine-tune

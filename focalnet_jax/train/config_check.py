@@ -29,6 +29,7 @@ HARMLESS_ON_RESUME = frozenset({
     "log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "async_checkpoints",
     "eval_every_steps", "eval_batch_size", "eval_split", "crop_ratio", "data_threads", "data_dir",
     "nonfinite", "init_from", "allow_config_change", "mesh.data", "mesh.fsdp", "fsdp_min_size",
+    "probe.knn_k", "probe.knn_temperature", "probe.linear_holdout", "probe.linear_c", "probe.linear_max_iter",
 } | {f"model.{name}" for name in EXECUTION_FIELDS})
 
 
@@ -79,6 +80,12 @@ def _positive_pair(v: Any) -> str | None:
   return "a pair (lo, hi) with 0 < lo <= hi"
 
 
+def _positive_numbers(v: Any) -> str | None:
+  if isinstance(v, Sequence) and not isinstance(v, str) and v and all(_is_number(x) and x > 0 for x in v):
+    return None
+  return "a non-empty sequence of numbers > 0, e.g. (0.01, 0.1, 1.0)"
+
+
 _UNIT = _num(lambda v: 0 <= v <= 1, "a number in [0, 1]")
 _BELOW_ONE = _num(lambda v: 0 <= v < 1, "a number in [0, 1)")
 _NON_NEGATIVE = _num(lambda v: v >= 0, "a number >= 0")
@@ -115,6 +122,8 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "model.patch_size": _optional(_int(1)), "model.num_classes": _optional(_int(1)),
     "model.drop_rate": _optional(_BELOW_ONE), "model.drop_path_rate": _optional(_BELOW_ONE),
     "model.mlp_ratio": _optional(_POSITIVE), "model.f_align": _int(1), "model.norm_dtype": _NORM_DTYPE,
+    "probe.knn_k": _int(1), "probe.knn_temperature": _POSITIVE, "probe.linear_max_iter": _int(1),
+    "probe.linear_holdout": _num(lambda v: 0 < v < 1, "a number in (0, 1)"), "probe.linear_c": _positive_numbers,
 }
 
 
