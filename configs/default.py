@@ -124,6 +124,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.adam_b2 = 0.999
   c.adam_eps = 1e-8
   c.grad_clip_norm = 5.0  # global norm; 0 disables
+  c.optim = ml_collections.ConfigDict()
+  # Layer-wise lr decay for fine-tuning: layer l of L (stem 0 ... head L-1, timm's FocalNet groups)
+  # learns at lr * layer_decay^(L-1-l); 1.0: off. See configs/finetune.py.
+  c.optim.layer_decay = 1.0
   c.grad_accum_steps = 1  # micro-batches per step; the global batch stays batch_size
   c.ema_decay = 0.0  # 0: no EMA of the weights; e.g. 0.9998 evaluates EMA params too
   # A non-finite loss or gradient: 'stop' (with the step, metric and last good checkpoint) or

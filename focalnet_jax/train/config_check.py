@@ -122,6 +122,8 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "model.patch_size": _optional(_int(1)), "model.num_classes": _optional(_int(1)),
     "model.drop_rate": _optional(_BELOW_ONE), "model.drop_path_rate": _optional(_BELOW_ONE),
     "model.mlp_ratio": _optional(_POSITIVE), "model.f_align": _int(1), "model.norm_dtype": _NORM_DTYPE,
+    "optim.layer_decay": _num(lambda v: 0 < v <= 1, "a number in (0, 1] (1.0: no layer-wise lr decay; "
+                              "fine-tuning recipes use 0.65-0.9)"),
     "probe.knn_k": _int(1), "probe.knn_temperature": _POSITIVE, "probe.linear_max_iter": _int(1),
     "probe.linear_holdout": _num(lambda v: 0 < v < 1, "a number in (0, 1)"), "probe.linear_c": _positive_numbers,
 }
