@@ -52,6 +52,9 @@ _KNN_K = flags.DEFINE_integer("knn_k", None, "kNN: neighbours that vote (overrid
 _KNN_T = flags.DEFINE_float("knn_temperature", None, "kNN: vote temperature (overrides config.probe.knn_temperature).")
 _FEATURES_DIR = flags.DEFINE_string(
     "features_dir", None, "Where extracted features are cached (default: <checkpoint dir>/features).")
+_ROBUSTNESS = flags.DEFINE_bool(
+    "robustness", False, "Evaluate on every robustness set in --data_dir (ImageNet-1K, -V2, -ReaL, -A, -R, -Sketch, "
+    "-C with mCE) and write one table (Markdown and JSON); missing sets are listed with their prepare command.")
 _RELIABILITY_PLOT = flags.DEFINE_string("reliability_plot", None, "Write the reliability diagram to this PNG.")
 flags.mark_flags_as_required(["checkpoint"])
 
@@ -110,9 +113,20 @@ def main(argv: list[str]) -> None:
       for name, prob in top:
         print(f"  {prob:7.2%}  {name}")
     return
+  if _ROBUSTNESS.value:
+    from focalnet_jax.evaluation import robustness  # noqa: PLC0415
+
+    report = robustness.run(loaded, config)
+    table = robustness.markdown(report)
+    print(table, flush=True)
+    output = _OUTPUT.value or os.path.join(loaded.path, f"robustness_step{loaded.step}.json")
+    report["markdown"] = os.path.splitext(output)[0] + ".md"
+    _write(report, output, markdown=table)
+    return
   if _PROTOCOL.value != "classify":
     report = frozen_features(loaded, config)
-    _write(report, loaded, config, suffix=f"_{_PROTOCOL.value}")
+    _write(report, _OUTPUT.value or evaluation.default_report_path(loaded, config, _EMA.value).replace(
+        ".json", f"_{_PROTOCOL.value}.json"))
     return
   report = evaluation.evaluate_checkpoint(loaded, config, ema=_EMA.value, write=False,
                                           calibrate_on=_CALIBRATE_ON.value, reliability_plot=_RELIABILITY_PLOT.value)
@@ -130,15 +144,18 @@ def main(argv: list[str]) -> None:
           f"adaptive ECE {ts['adaptive_ece']:.2%}  NLL {ts['nll']:.4f}  Brier {ts['brier']:.4f}", flush=True)
   if "reliability_plot" in report:
     print(f"reliability diagram: {report['reliability_plot']}", flush=True)
-  _write(report, loaded, config)
+  _write(report, _OUTPUT.value or evaluation.default_report_path(loaded, config, _EMA.value))
 
 
-def _write(report: dict, loaded, config, suffix: str = "") -> None:
+def _write(report: dict, output: str, markdown: str | None = None) -> None:
+  """The JSON report (and the Markdown table beside it) written after the metrics were printed."""
   from focalnet_jax import evaluation  # noqa: PLC0415
 
-  output = _OUTPUT.value or evaluation.default_report_path(loaded, config, _EMA.value).replace(".json", f"{suffix}.json")
   try:
     report["output"] = evaluation.write_report(report, output)
+    if markdown is not None:
+      with open(report["markdown"], "w") as f:
+        f.write(markdown)
   except OSError as e:  # the report's directory (beside the checkpoint by default) is not writable
     print(json.dumps(report))
     raise SystemExit(f"eval.py: error: cannot write the report to {output}: {e}. The metrics are above; "

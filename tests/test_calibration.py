@@ -4,7 +4,6 @@ values), exact under padding and sharding, and in the eval report with its relia
 import json
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

@@ -3,7 +3,6 @@ regularisation choice, features equal to the model's pooled output under shardin
 and the per-(checkpoint, split, preprocessing) cache that a second protocol reuses."""
 import math
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

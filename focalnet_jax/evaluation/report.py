@@ -6,6 +6,7 @@ restricted to their 200 classes; ImageNet-ReaL adds `real_top1`.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -162,12 +163,18 @@ def eval_setup(loaded: LoadedModel, config: ml_collections.ConfigDict) -> EvalSe
   return EvalSetup(config, dataset, n_model, labels.subset_indices(config.dataset), mesh, params)
 
 
+@functools.lru_cache(maxsize=8)
+def _jitted(step_fn, mesh: jax.sharding.Mesh):
+  """One jit per step function: a suite of datasets in one label space compiles its step once."""
+  return jax.jit(step_fn, out_shardings=sharding.replicated(mesh))
+
+
 def run_pass(setup: EvalSetup, step_fn, split: str):
   """One sharded pass of the jitted `step_fn` over `split`: (summed pairs, per-example rows)."""
   config = setup.config.copy_and_resolve_references()
   config.eval_split = split
   num = setup.dataset.info(config).num_eval
-  step = jax.jit(step_fn, out_shardings=sharding.replicated(setup.mesh))
+  step = _jitted(step_fn, setup.mesh)
   with jax.set_mesh(setup.mesh):
     batches = setup.dataset.eval_batches(config, process_index=jax.process_index(), process_count=jax.process_count())
     return eval_lib.accumulate(step, setup.params, batches, sharding.batch_sharding(setup.mesh),
