@@ -112,7 +112,7 @@ def accumulate(eval_step, params, batches: Iterable[dict[str, np.ndarray]],
     if "examples" in out:
       examples.append(out.pop("examples"))  # device arrays: fetched once at the end
     totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
-    if progress is not None:
+    if progress is not None and n < num_batches:  # the last batch ends the pass: nothing left to report
       progress.update(n)
   if totals is None:
     raise ValueError("The eval split yielded no batches.")
