@@ -15,7 +15,8 @@ weights or a hub id. The data settings come from `--config` if given, else confi
 with the weights' eval preprocessing (`from_pretrained(...).info`: the training run's, the
 published weights', else the official recipe's at the variant's resolution) and the training
 run's data; the flags below override them. The report (top-1, top-5, mean loss, number
-of examples, images/s) is printed and written as JSON beside the checkpoint (or to --output).
+of examples, images/s, and calibration: ECE, adaptive ECE, NLL, Brier score) is printed and written
+as JSON beside the checkpoint (or to --output). See docs/evaluation.md.
 """
 from __future__ import annotations
 
@@ -42,6 +43,21 @@ _EMA = flags.DEFINE_bool("ema", False, "Evaluate the EMA weights instead of the 
 _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype (default: the checkpoint's).")
 _OUTPUT = flags.DEFINE_string("output", None, "Where to write the JSON report.")
 _TOP_K = flags.DEFINE_integer("top_k", 5, "Classes to print per image with --image.")
+_CALIBRATE_ON = flags.DEFINE_string(
+    "calibrate_on", None, "Fit temperature scaling on this split (e.g. train, or a held-out split) and report "
+    "the calibration after it too.")
+_PROTOCOL = flags.DEFINE_enum(
+    "protocol", "classify", ["classify", "knn", "linear"],
+    "classify: the model's head. knn / linear: a k-NN vote / logistic regression on the frozen pooled features "
+    "of the train split (config.train_split), scored on the eval split.")
+_KNN_K = flags.DEFINE_integer("knn_k", None, "kNN: neighbours that vote (overrides config.probe.knn_k).")
+_KNN_T = flags.DEFINE_float("knn_temperature", None, "kNN: vote temperature (overrides config.probe.knn_temperature).")
+_FEATURES_DIR = flags.DEFINE_string(
+    "features_dir", None, "Where extracted features are cached (default: <checkpoint dir>/features).")
+_ROBUSTNESS = flags.DEFINE_bool(
+    "robustness", False, "Evaluate on every robustness set in --data_dir (ImageNet-1K, -V2, -ReaL, -A, -R, -Sketch, "
+    "-C with mCE) and write one table (Markdown and JSON); missing sets are listed with their prepare command.")
+_RELIABILITY_PLOT = flags.DEFINE_string("reliability_plot", None, "Write the reliability diagram to this PNG.")
 flags.mark_flags_as_required(["checkpoint"])
 
 
@@ -56,10 +72,31 @@ def resolve_config(info):
     config = config.copy_and_resolve_references()
   for flag, key in ((_DATASET, "dataset"), (_SPLIT, "eval_split"), (_DATA_DIR, "data_dir"),
                     (_IMAGE_SIZE, "image_size"), (_CROP_RATIO, "crop_ratio"),
-                    (_INTERPOLATION, "interpolation"), (_BATCH_SIZE, "eval_batch_size")):
+                    (_INTERPOLATION, "interpolation"), (_BATCH_SIZE, "eval_batch_size"),
+                    (_KNN_K, "probe.knn_k"), (_KNN_T, "probe.knn_temperature")):
     if flag.value is not None:
       config[key] = flag.value
+  from focalnet_jax.train import config_check  # noqa: PLC0415
+
+  config_check.check_values(config)
   return config
+
+
+def frozen_features(loaded, config) -> dict:
+  """--protocol knn / linear: the probe's top-1 printed and its report returned."""
+  from focalnet_jax.evaluation import probes  # noqa: PLC0415
+
+  cache_dir = _FEATURES_DIR.value or os.path.join(loaded.info.directory, "features")
+  report = probes.evaluate_frozen(loaded, config, _PROTOCOL.value, ema=_EMA.value, cache_dir=cache_dir)
+  detail = (f"k={report['k']}, T={report['temperature']}" if report["protocol"] == "knn"
+            else f"C={report['C']} chosen on {report['holdout']:.0%} of {report['train_split']}")
+  cached = " (features from the cache)" if all(report["features_cached"].values()) else ""
+  print(f"{report['model']} step {report['step']}{' (EMA)' if report['ema'] else ''} frozen features, "
+        f"{report['protocol']} ({detail}), fitted on {report['dataset']}:{report['train_split']} "
+        f"({report['num_train']} images), on {report['split']}: top-1 {report['top1']:.2%}  top-5 {report['top5']:.2%}  "
+        f"({report['num_examples']} images; features {report['feature_seconds']:.1f}s{cached}, "
+        f"probe {report['probe_seconds']:.1f}s)", flush=True)
+  return report
 
 
 def main(argv: list[str]) -> None:
@@ -78,16 +115,49 @@ def main(argv: list[str]) -> None:
       for name, prob in top:
         print(f"  {prob:7.2%}  {name}")
     return
-  report = evaluation.evaluate_checkpoint(loaded, config, ema=_EMA.value, write=False)
+  if _ROBUSTNESS.value:
+    from focalnet_jax.evaluation import robustness  # noqa: PLC0415
+
+    report = robustness.run(loaded, config)
+    table = robustness.markdown(report)
+    print(table, flush=True)
+    output = _OUTPUT.value or os.path.join(loaded.info.directory, f"robustness_step{loaded.info.step}.json")
+    report["markdown"] = os.path.splitext(output)[0] + ".md"
+    _write(report, output, markdown=table)
+    return
+  if _PROTOCOL.value != "classify":
+    report = frozen_features(loaded, config)
+    _write(report, _OUTPUT.value or evaluation.default_report_path(loaded, config, _EMA.value).replace(
+        ".json", f"_{_PROTOCOL.value}.json"))
+    return
+  report = evaluation.evaluate_checkpoint(loaded, config, ema=_EMA.value, write=False,
+                                          calibrate_on=_CALIBRATE_ON.value, reliability_plot=_RELIABILITY_PLOT.value)
   # The metrics first: a report that cannot be written must not cost the evaluation.
   print(f"{report['model']} step {report['step']}{' (EMA)' if report['ema'] else ''} on "
         f"{report['dataset']}:{report['split']} at {report['image_size']}px: top-1 {report['top1']:.2%}  "
         f"top-{report.get('top_k', 5)} {report['top5']:.2%}  loss {report['loss']:.4f}  "
         + (f"ReaL top-1 {report['real_top1']:.2%}  " if "real_top1" in report else "")
         + f"({int(report['num_examples'])} images, {report['images_per_s']:.0f} img/s)", flush=True)
-  output = _OUTPUT.value or evaluation.default_report_path(loaded, config, _EMA.value)
+  print(f"calibration: ECE {report['ece']:.2%}  adaptive ECE {report['adaptive_ece']:.2%}  "
+        f"NLL {report['nll']:.4f}  Brier {report['brier']:.4f}", flush=True)
+  if "temperature_scaled" in report:
+    ts = report["temperature_scaled"]
+    print(f"temperature scaling (T={ts['temperature']:.3f}, fitted on {ts['fitted_on']}): ECE {ts['ece']:.2%}  "
+          f"adaptive ECE {ts['adaptive_ece']:.2%}  NLL {ts['nll']:.4f}  Brier {ts['brier']:.4f}", flush=True)
+  if "reliability_plot" in report:
+    print(f"reliability diagram: {report['reliability_plot']}", flush=True)
+  _write(report, _OUTPUT.value or evaluation.default_report_path(loaded, config, _EMA.value))
+
+
+def _write(report: dict, output: str, markdown: str | None = None) -> None:
+  """The JSON report (and the Markdown table beside it) written after the metrics were printed."""
+  from focalnet_jax import evaluation  # noqa: PLC0415
+
   try:
     report["output"] = evaluation.write_report(report, output)
+    if markdown is not None:
+      with open(report["markdown"], "w") as f:
+        f.write(markdown)
   except OSError as e:  # the report's directory (beside the checkpoint by default) is not writable
     print(json.dumps(report))
     raise SystemExit(f"eval.py: error: cannot write the report to {output}: {e}. The metrics are above; "

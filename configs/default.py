@@ -150,6 +150,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.adam_b2 = 0.999
   c.adam_eps = 1e-8
   c.grad_clip_norm = 5.0  # global norm; 0 disables
+  c.optim = ml_collections.ConfigDict()
+  # Layer-wise lr decay for fine-tuning: layer l of L (stem 0 ... head L-1, timm's FocalNet groups)
+  # learns at lr * layer_decay^(L-1-l); 1.0: off. See configs/finetune.py.
+  c.optim.layer_decay = 1.0
   c.grad_accum_steps = 1  # micro-batches per step; the global batch stays batch_size
   c.ema_decay = 0.0  # 0: no EMA of the weights; e.g. 0.9998 evaluates EMA params too
   # A non-finite loss or gradient: 'stop' (with the step, metric and last good checkpoint) or
@@ -161,6 +165,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.mesh.data = -1
   c.mesh.fsdp = 1
   c.fsdp_min_size = 2**14  # params with fewer elements are replicated, not sharded
+
+  # --- evaluation of frozen features (eval.py --protocol knn / linear; docs/evaluation.md) ---
+  c.probe = ml_collections.ConfigDict()
+  c.probe.knn_k = 20  # neighbours that vote, as DINO (Caron et al. 2021)
+  c.probe.knn_temperature = 0.07  # vote weight exp(cosine similarity / T), as DINO
+  c.probe.linear_holdout = 0.1  # share of the train split that chooses the linear probe's regularisation
+  c.probe.linear_c = (1e-3, 1e-2, 1e-1, 1.0, 10.0)  # inverse L2 strengths tried (scikit-learn's C)
+  c.probe.linear_max_iter = 1000  # L-BFGS iterations per fit
 
   # --- bookkeeping ---------------------------------------------------------------------------
   c.seed = 0

@@ -16,6 +16,14 @@ the 22K head's rows of the 1000 ImageNet-1K classes (the official 22K label map 
 first); a checkpoint converted with its 21842-class head instead gets a freshly initialised
 1000-class head (the trainer says so).
 Parameters are sharded over all devices (FSDP) and blocks rematerialised to fit memory.
+
+Layer-wise lr decay (BEiT / ConvNeXt-style fine-tuning; timm's --layer-decay) is off here
+(config.optim.layer_decay = 1.0). To fine-tune with it, the stem at lr x 0.8^(L-1) and each
+block above it one factor 0.8 closer to the head's full rate (timm's FocalNet layer groups;
+focalnet_jax.train.layer_decay), add
+      --config.optim.layer_decay=0.8
+to the train.py command above. 0.8 is untuned (BEiT-style recipes use 0.65-0.9); no run of it
+has been measured here.
 """
 from configs import default
 

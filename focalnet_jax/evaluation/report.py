@@ -7,10 +7,11 @@ restricted to their 200 classes; ImageNet-ReaL adds `real_top1`.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import jax
 import ml_collections
@@ -79,22 +80,28 @@ def default_report_path(loaded: Pretrained, config, ema: bool) -> str:
                       f"eval_{name}_{config.eval_split}_step{loaded.info.step}{'_ema' if ema else ''}.json")
 
 
-def evaluate_checkpoint(checkpoint_or_path: Pretrained | str, config: ml_collections.ConfigDict, *,
-                        step: int | None = None, ema: bool = False, dtype: str | None = None,
-                        output: str | None = None, write: bool = True) -> dict[str, Any]:
-  """Evaluates a checkpoint (a path, or one opened by `focalnet_jax.from_pretrained`) on
-  `config.dataset` / `config.eval_split` and returns the report; with `write` (process 0) it is
-  also written as JSON (`output`, default beside the checkpoint; see `write_report`)."""
+class EvalSetup(NamedTuple):
+  """What every pass over a split of the evaluated data needs: the checked config, its dataset,
+  the label space, the device mesh and the replicated params."""
+
+  config: ml_collections.ConfigDict
+  dataset: Any
+  num_classes: int
+  subset: np.ndarray | None
+  mesh: jax.sharding.Mesh
+  params: Any
+
+
+def eval_setup(loaded: Pretrained, config: ml_collections.ConfigDict) -> EvalSetup:
+  """Checks that `loaded` can be evaluated on `config.dataset` (image size, label space, batch
+  size) and places its params on every device."""
   from focalnet_jax import data as data_lib  # noqa: PLC0415
 
-  loaded = as_pretrained(checkpoint_or_path, step=step, ema=ema, dtype=dtype)
-  model, params = loaded.model, loaded.params
-  model.check_image_size(config.image_size, config.image_size)
-  n_model = num_classes_of(params)
+  loaded.model.check_image_size(config.image_size, config.image_size)
+  n_model = num_classes_of(loaded.params)
   config = _label_folder_by_model(config, loaded.info.meta, n_model)
   dataset = data_lib.from_config(config)
   info = dataset.info(config)
-  subset = labels.subset_indices(config.dataset)
   if info.num_classes != n_model:
     raise ValueError(
         f"The checkpoint's head has {n_model} classes but {config.dataset!r} has {info.num_classes}. "
@@ -103,25 +110,77 @@ def evaluate_checkpoint(checkpoint_or_path: Pretrained | str, config: ml_collect
   mesh = sharding.make_mesh(-1, 1)
   if config.eval_batch_size % mesh.devices.size:
     raise ValueError(f"eval_batch_size={config.eval_batch_size} must be divisible by the {mesh.devices.size} devices.")
-  params = jax.device_put(params, sharding.replicated(mesh))
-  logits_fn = eval_lib.model_logits_fn(model, config_check.execution_of(config).chunk_elements)
-  step_fn = jax.jit(eval_lib.make_eval_step(logits_fn, n_model, subset), out_shardings=sharding.replicated(mesh))
+  params = jax.device_put(loaded.params, sharding.replicated(mesh))
+  return EvalSetup(config, dataset, n_model, labels.subset_indices(config.dataset), mesh, params)
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted(step_fn, mesh: jax.sharding.Mesh):
+  """One jit per step function: a suite of datasets in one label space compiles its step once."""
+  return jax.jit(step_fn, out_shardings=sharding.replicated(mesh))
+
+
+def run_pass(setup: EvalSetup, step_fn, split: str):
+  """One sharded pass of the jitted `step_fn` over `split`: (summed pairs, per-example rows)."""
+  config = setup.config.copy_and_resolve_references()
+  config.eval_split = split
+  num = setup.dataset.info(config).num_eval
+  step = _jitted(step_fn, setup.mesh)
+  with jax.set_mesh(setup.mesh):
+    batches = setup.dataset.eval_batches(config, process_index=jax.process_index(), process_count=jax.process_count())
+    return eval_lib.accumulate(step, setup.params, batches, sharding.batch_sharding(setup.mesh),
+                               num_batches=-(-num // config.eval_batch_size))
+
+
+def calibrated_metrics(setup: EvalSetup, logits_fn, split: str) -> dict[str, Any]:
+  """Temperature scaling fitted on `split`, and the eval split's calibration at that temperature."""
+  from focalnet_jax.evaluation import calibration  # noqa: PLC0415
+
+  grid_step = eval_lib.make_nll_grid_step(logits_fn, setup.num_classes, calibration.INVERSE_TEMPERATURES,
+                                          setup.subset)
+  totals, _ = run_pass(setup, grid_step, split)
+  fit = calibration.fit_temperature(*totals["nll"])
+  scaled = eval_lib.make_eval_step(logits_fn, setup.num_classes, setup.subset, temperature=fit["temperature"])
+  after = eval_lib.summarise(*run_pass(setup, scaled, setup.config.eval_split))
+  return {"fitted_on": split, **fit, **{k: after[k] for k in ("nll", "brier", "ece", "adaptive_ece")}}
+
+
+def evaluate_checkpoint(checkpoint_or_path: Pretrained | str, config: ml_collections.ConfigDict, *,
+                        step: int | None = None, ema: bool = False, dtype: str | None = None,
+                        output: str | None = None, write: bool = True, calibrate_on: str | None = None,
+                        reliability_plot: str | None = None) -> dict[str, Any]:
+  """Evaluates a checkpoint (a path, or one opened by `focalnet_jax.from_pretrained`) on `config.dataset` /
+  `config.eval_split` and returns the report, calibration included (`calibration`); with
+  `calibrate_on` (a split), also temperature scaling fitted there and the calibration after it
+  (`temperature_scaled`); with `reliability_plot` (a path) the reliability diagram as a PNG. With
+  `write` (process 0) the report is also written as JSON (`output`, default beside the checkpoint)."""
+  from focalnet_jax.evaluation import calibration  # noqa: PLC0415
+
+  loaded = as_pretrained(checkpoint_or_path, step=step, ema=ema, dtype=dtype)
+  setup = eval_setup(loaded, config)
+  config, subset = setup.config, setup.subset
+  logits_fn = eval_lib.model_logits_fn(loaded.model, config_check.execution_of(config).chunk_elements)
   t0 = time.time()
-  with jax.set_mesh(mesh):
-    batches = dataset.eval_batches(config, process_index=jax.process_index(), process_count=jax.process_count())
-    result = eval_lib.evaluate(step_fn, params, batches, sharding.batch_sharding(mesh),
-                               num_batches=-(-info.num_eval // config.eval_batch_size))
+  totals, rows = run_pass(setup, eval_lib.make_eval_step(logits_fn, setup.num_classes, subset), config.eval_split)
+  result = eval_lib.summarise(totals, rows)
   elapsed = time.time() - t0
   report = {
       "checkpoint": loaded.info.directory, "step": int(loaded.info.step), "ema": ema, "model": loaded.info.variant,
       "dataset": config.dataset, "split": config.eval_split, "image_size": config.image_size,
       "crop_ratio": config.crop_ratio, "interpolation": config.interpolation,
       **result, "images_per_s": result["num_examples"] / max(elapsed, 1e-9), "seconds": elapsed,
+      "reliability": calibration.reliability_table(rows["confidence"], rows["correct"]),
   }
   # 'top5' is top-k with k = min(5, classes): with fewer classes it is labelled by its real k.
-  report["top_k"] = eval_lib.top_k_of(n_model if subset is None else len(subset))
+  report["top_k"] = eval_lib.top_k_of(setup.num_classes if subset is None else len(subset))
   if subset is not None:
     report["class_subset"] = f"{len(subset)} classes of {config.dataset}"
+  if calibrate_on:
+    report["temperature_scaled"] = calibrated_metrics(setup, logits_fn, calibrate_on)
+  if reliability_plot and jax.process_index() == 0:
+    report["reliability_plot"] = calibration.plot_reliability(
+        report["reliability"], reliability_plot,
+        f"{loaded.info.variant} on {config.dataset}:{config.eval_split} (ECE {result['ece']:.2%})")
   if write and jax.process_index() == 0:
     report["output"] = write_report(report, output or default_report_path(loaded, config, ema))
   return report

@@ -32,6 +32,7 @@ HARMLESS_ON_RESUME = frozenset({
     "log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "async_checkpoints",
     "eval_every_steps", "eval_batch_size", "eval_split", "crop_ratio", "data_threads", "data_dir",
     "nonfinite", "init_from", "allow_config_change", "mesh.data", "mesh.fsdp", "fsdp_min_size",
+    "probe.knn_k", "probe.knn_temperature", "probe.linear_holdout", "probe.linear_c", "probe.linear_max_iter",
 } | set(EXECUTION_KEYS) | set(LEGACY_EXECUTION_KEYS))
 
 
@@ -82,6 +83,12 @@ def _positive_pair(v: Any) -> str | None:
   return "a pair (lo, hi) with 0 < lo <= hi"
 
 
+def _positive_numbers(v: Any) -> str | None:
+  if isinstance(v, Sequence) and not isinstance(v, str) and v and all(_is_number(x) and x > 0 for x in v):
+    return None
+  return "a non-empty sequence of numbers > 0, e.g. (0.01, 0.1, 1.0)"
+
+
 _UNIT = _num(lambda v: 0 <= v <= 1, "a number in [0, 1]")
 _BELOW_ONE = _num(lambda v: 0 <= v < 1, "a number in [0, 1)")
 _NON_NEGATIVE = _num(lambda v: v >= 0, "a number >= 0")
@@ -125,6 +132,10 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "model.mlp_ratio": _optional(_POSITIVE), "model.norm_dtype": _NORM_DTYPE,
     **{f"execution.{name}": _switch(name) for name in execution_lib.field_names()},
     **{f"model.{old}": _optional(_switch(new)) for old, new in execution_lib.LEGACY_NAMES.items()},
+    "optim.layer_decay": _num(lambda v: 0 < v <= 1, "a number in (0, 1] (1.0: no layer-wise lr decay; "
+                              "fine-tuning recipes use 0.65-0.9)"),
+    "probe.knn_k": _int(1), "probe.knn_temperature": _POSITIVE, "probe.linear_max_iter": _int(1),
+    "probe.linear_holdout": _num(lambda v: 0 < v < 1, "a number in (0, 1)"), "probe.linear_c": _positive_numbers,
 }
 
 

@@ -12,6 +12,8 @@ import jax
 import ml_collections
 import optax
 
+from focalnet_jax.train import layer_decay
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainingSchedule:
@@ -69,7 +71,8 @@ def decay_mask(params: Any) -> Any:
 
 
 def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
-  """Global-norm clipping, then AdamW (decoupled weight decay, masked by `decay_mask`)."""
+  """Global-norm clipping, then AdamW (decoupled weight decay, masked by `decay_mask`), then the
+  layer-wise learning-rate decay of `config.optim.layer_decay` (`layer_decay`; 1.0: none)."""
   parts = []
   if config.grad_clip_norm > 0:
     parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
@@ -83,4 +86,6 @@ def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule) 
           mask=decay_mask,
       )
   )
+  if config.optim.layer_decay != 1.0:
+    parts.append(layer_decay.scale_by_layer(config.optim.layer_decay))
   return optax.chain(*parts)
