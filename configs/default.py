@@ -40,7 +40,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     raise ValueError(f"configs/default.py:{variant}: not one of the ImageNet-1K variants "
                      f"{', '.join(PAPER_TOP1)}. The 22K models are fine-tuned with configs/finetune.py:VARIANT.")
   c = ml_collections.ConfigDict()
+  _model(c, variant)
+  _execution(c)
+  _data(c)
+  _recipe(c)
+  _run(c)
+  return c
 
+
+def _model(c: ml_collections.ConfigDict, variant: str) -> None:
+  """The network: a published variant; every None field keeps the variant's value."""
   # --- model: a published variant; every None field keeps the variant's value --------------
   c.model = ml_collections.ConfigDict()
   c.model.name = variant
@@ -79,6 +88,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.f_align = config_dict.placeholder(int)
   c.model.chunk_elements = config_dict.placeholder(object)
 
+
+def _execution(c: ml_collections.ConfigDict) -> None:
+  """How the model runs, never what it computes."""
   # --- execution: how the model runs, never what it computes (focalnet_jax/model/execution.py,
   # docs/execution.md). Same parameters and values under every choice, so a checkpoint does not
   # record them as its model, and a resumed run may change them. -------------------------------
@@ -102,6 +114,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # activation elements; 'auto': cache-sized chunks on CPU, whole batches on accelerators; 0: off.
   c.execution.chunk_elements = config_dict.FieldReference("auto", field_type=object)
 
+
+def _data(c: ml_collections.ConfigDict) -> None:
+  """The data and its augmentation."""
   # --- data (the contract of focalnet_jax.data; see notes in its module docstring) ---------
   c.dataset = "imagenet2012"  # TFDS name, 'folder:/path', 'digits' or 'synthetic'
   c.data_dir = config_dict.placeholder(str)  # None: TFDS's default; for 'digits', <workdir>/data
@@ -130,6 +145,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.aug.mean = IMAGENET_MEAN
   c.aug.std = IMAGENET_STD
 
+
+def _recipe(c: ml_collections.ConfigDict) -> None:
+  """The paper's recipe: batch mixing, targets and optimisation."""
   # --- on-device batch mixing and targets (timm semantics) -------------------------------
   c.mixup_alpha = 0.8  # 0 disables mixup
   c.cutmix_alpha = 1.0  # 0 disables cutmix
@@ -160,6 +178,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # 'skip' that update (state kept, step counted in the `skipped_steps` metric).
   c.nonfinite = "stop"
 
+
+def _run(c: ml_collections.ConfigDict) -> None:
+  """Devices, frozen-feature evaluation and bookkeeping."""
   # --- parallelism: a ('data', 'fsdp') device mesh; -1 = the remaining devices ---------------
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1
@@ -186,4 +207,3 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # size, schedule, data, seed, ...) is refused, naming each field. True: continue it anyway under
   # the new values (logged). Logging, checkpoint and eval settings may always change.
   c.allow_config_change = False
-  return c

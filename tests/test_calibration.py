@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from focalnet_jax import evaluation
-from focalnet_jax.evaluation import calibration
+from focalnet_jax.train import calibration
 from focalnet_jax.train import eval_step as eval_lib
 from focalnet_jax.train import sharding
 from test_eval import colour_folder, colour_recogniser  # noqa: F401 - fixtures

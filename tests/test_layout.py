@@ -170,3 +170,20 @@ def test_the_library_leans_on_no_tool(graph):
   module: the command lines sit on top of the library, never under it."""
   library = [m for m in graph if not m.startswith("focalnet_jax.tools")]
   assert sorted(f"{m} -> {t}" for m in library for t in graph[m] if t.startswith("focalnet_jax.tools")) == []
+
+
+def test_modules_and_functions_are_small_enough_to_read_in_one_sitting():
+  """No module of the package (or config) over 400 lines, no function over 80: one concept each."""
+  too_long = []
+  for folder in (ROOT, os.path.join(os.path.dirname(ROOT), "configs")):
+    for dirpath, _, files in os.walk(folder):
+      for name in (n for n in files if n.endswith(".py")):
+        path = os.path.join(dirpath, name)
+        with open(path) as f:
+          source = f.read()
+        if len(source.splitlines()) > 400:
+          too_long.append(f"{path}: {len(source.splitlines())} lines")
+        for node in ast.walk(ast.parse(source, path)):
+          if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 80:
+            too_long.append(f"{path}:{node.lineno} {node.name}: {node.end_lineno - node.lineno + 1} lines")
+  assert not too_long, "split these:\n" + "\n".join(too_long)

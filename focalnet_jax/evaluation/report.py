@@ -134,7 +134,7 @@ def run_pass(setup: EvalSetup, step_fn, split: str):
 
 def calibrated_metrics(setup: EvalSetup, logits_fn, split: str) -> dict[str, Any]:
   """Temperature scaling fitted on `split`, and the eval split's calibration at that temperature."""
-  from focalnet_jax.evaluation import calibration  # noqa: PLC0415
+  from focalnet_jax.train import calibration  # noqa: PLC0415
 
   grid_step = eval_lib.make_nll_grid_step(logits_fn, setup.num_classes, calibration.INVERSE_TEMPERATURES,
                                           setup.subset)
@@ -154,7 +154,7 @@ def evaluate_checkpoint(checkpoint_or_path: Pretrained | str, config: ml_collect
   `calibrate_on` (a split), also temperature scaling fitted there and the calibration after it
   (`temperature_scaled`); with `reliability_plot` (a path) the reliability diagram as a PNG. With
   `write` (process 0) the report is also written as JSON (`output`, default beside the checkpoint)."""
-  from focalnet_jax.evaluation import calibration  # noqa: PLC0415
+  from focalnet_jax.train import calibration  # noqa: PLC0415
 
   loaded = as_pretrained(checkpoint_or_path, step=step, ema=ema, dtype=dtype)
   setup = eval_setup(loaded, config)

@@ -1,6 +1,6 @@
 """Exact evaluation metrics: one jitted step per batch, (sum, count) pairs divided on the host.
 
-Calibration (`focalnet_jax.evaluation.calibration`): each step also returns every example's
+Calibration (`focalnet_jax.train.calibration`): each step also returns every example's
 confidence (top-1 probability) and correctness, gathered to the host with padded rows dropped,
 so the binned ECEs are exact too; NLL is the mean loss and the Brier score a (sum, count) pair.
 Padded examples (mask 0) never count and every example counts once however the split is sharded
@@ -129,7 +129,7 @@ def accumulate(eval_step, params, batches: Iterable[dict[str, np.ndarray]],
 def summarise(totals, rows: dict[str, np.ndarray]) -> dict[str, float]:
   """Averages, `num_examples`, `nll` (the unsmoothed mean loss) and, with per-example rows, the
   expected calibration errors (15 equal-width bins, and 15 equal-mass bins)."""
-  from focalnet_jax.evaluation import calibration  # noqa: PLC0415 (evaluation imports this module)
+  from focalnet_jax.train import calibration  # noqa: PLC0415
 
   result = runlog.average(totals)
   result["num_examples"] = float(totals["top1"][1])
