@@ -155,8 +155,8 @@ def test_a_checkpoint_written_before_execution_resumes_and_loads(tmp_path):
     json.dump(old, f)
   with open(workdir / "config.json", "w") as f:
     json.dump(old["config"], f)
-  loaded = evaluation.load_model(str(workdir), step=1)
-  assert loaded.meta["execution"]["depthwise_impl"] == "xla"
+  loaded = evaluation.as_pretrained(str(workdir), step=1)
+  assert loaded.info.meta["execution"]["depthwise_impl"] == "xla"
   logits = loaded.model.apply({"params": loaded.params}, jnp.zeros((2, 8, 8, 3)))
   assert logits.shape == (2, train_utils.NUM_CLASSES) and np.isfinite(np.asarray(logits)).all()
   # The same run under the new keys, and under the former ones (with a warning), continues it.

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 
 from configs import default
-from focalnet_jax import checkpoint, create_model, evaluation
+from focalnet_jax import Execution, checkpoint, create_model, evaluation
 from focalnet_jax.evaluation import robustness
 
-OVERRIDES = dict(embed_dim=8, depths=[1], patch_size=4, num_classes=1000, depthwise_impl="xla")
+OVERRIDES = dict(embed_dim=8, depths=[1], patch_size=4, num_classes=1000)
 
 
 @pytest.fixture
 def imagenet_model(tmp_path):
-  model = create_model("focalnet_tiny_srf", **OVERRIDES)
+  model = create_model("focalnet_tiny_srf", **OVERRIDES, execution=Execution(depthwise="xla"))
   params = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))["params"]
   ckpt = tmp_path / "ckpt"
   checkpoint.save(ckpt, {"params": params}, {"model": "focalnet_tiny_srf", "model_overrides": OVERRIDES})
