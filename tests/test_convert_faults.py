@@ -51,8 +51,8 @@ def test_force_writes_beside_and_swaps_so_a_failed_write_keeps_the_old_output(we
     raise OSError(28, "No space left on device")
 
   monkeypatch.setattr(checkpoint, "save", disk_full)
-  with pytest.raises(SystemExit, match=r"writing .*out failed \(OSError: \[Errno 28\] No space left on device\); "
-                                       r"the existing output was left as it was"):
+  with pytest.raises(SystemExit, match=r"Writing .*out failed \(OSError: \[Errno 28\] No space left on device; "
+                                       r"free disk space and rerun\); the existing .*out is intact"):
     convert.main(_args(weights / "w.safetensors", out, "--force"))
   monkeypatch.undo()
   assert sorted(os.listdir(out)) == before and sorted(os.listdir(tmp_path)) == ["out"]  # nothing left beside

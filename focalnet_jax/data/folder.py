@@ -33,6 +33,7 @@ import os
 
 import numpy as np
 
+from focalnet_jax import atomic
 from focalnet_jax.cache import cache_dir
 from focalnet_jax.progress import Progress
 
@@ -166,11 +167,7 @@ def _load_verdicts(cache_path: str) -> dict:
 def _save_verdicts(cache_path: str, verdicts: dict) -> None:
   """Atomically (write beside, rename); a cache that cannot be written is only slower next time."""
   try:
-    os.makedirs(os.path.dirname(cache_path), exist_ok=True)
-    tmp = f"{cache_path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-      json.dump(verdicts, f)
-    os.replace(tmp, cache_path)
+    atomic.write_json(cache_path, verdicts, indent=None)
   except OSError as e:
     logging.info("Folder scan cache not written (%s); the next scan checks every image again.", e)
 

@@ -6,7 +6,6 @@ restricted to their 200 classes; ImageNet-ReaL adds `real_top1`.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any, NamedTuple
@@ -15,7 +14,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from focalnet_jax import checkpoint, pretrained
+from focalnet_jax import atomic, checkpoint, pretrained
 from focalnet_jax.data import labels
 from focalnet_jax.model import FocalNet, variants
 from focalnet_jax.train import eval_step as eval_lib
@@ -179,8 +178,6 @@ def evaluate_checkpoint(checkpoint_or_path: LoadedModel | str, config: ml_collec
 
 
 def write_report(report: dict[str, Any], output: str) -> str:
-  """Writes `report` as JSON to `output` (its directory created); returns the path."""
-  os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-  with open(output, "w") as f:
-    json.dump(report, f, indent=2)
+  """Writes `report` as JSON to `output` (atomically, its directory created); returns the path."""
+  atomic.write_json(output, report)
   return output

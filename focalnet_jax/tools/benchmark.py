@@ -28,6 +28,8 @@ import time
 
 import ml_collections
 
+from focalnet_jax import atomic
+
 from focalnet_jax.tools.benchmark_runners import (  # noqa: F401 - register_torchvision_stubs: tests import it here
     JaxInferRunner, JaxTrainRunner, Result, Runner, TimmRunner, register_torchvision_stubs,
 )
@@ -276,7 +278,8 @@ def plot_sweep(points: dict[str, list[tuple[int, float]]], path: str, title: str
   ax.grid(alpha=0.3)
   ax.legend()
   fig.tight_layout()
-  fig.savefig(path)
+  with atomic.replacing(path) as tmp:
+    fig.savefig(tmp)
   plt.close(fig)
 
 

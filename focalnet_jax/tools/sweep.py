@@ -19,7 +19,6 @@ import dataclasses
 import difflib
 import gc
 import importlib.util
-import json
 import os
 import shlex
 import sys
@@ -30,6 +29,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import ml_collections
 from absl import logging
+
+from focalnet_jax import atomic
 
 RESULT_FILE = "result.json"  # a point's "finished" marker: written only after training returns
 COMMANDS_SH = "commands.sh"
@@ -134,10 +135,7 @@ def is_finished(workdir: str, name: str) -> bool:
 
 
 def _write_json(path: str, obj: Any) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2)
-  os.replace(tmp, path)  # atomic: a crash never leaves a half-written marker
+  atomic.write_json(path, obj)  # a crash never leaves a half-written marker
 
 
 def checkpoint_meta(point_dir: str) -> dict[str, Any] | None:
@@ -246,10 +244,8 @@ def launch_commands(spec: str, runs: Sequence[Run], workdir: str, extra_args: Se
 
 def write_commands(path: str, commands: Sequence[str]) -> None:
   """Writes `commands` as an executable shell script (commands.sh)."""
-  with open(path, "w") as f:
-    f.write("#!/bin/sh\n# One training run per sweep point; run from the repository root, in any order or in parallel.\n")
-    f.write("".join(c + "\n" for c in commands))
-  os.chmod(path, 0o755)
+  atomic.write_text(path, "#!/bin/sh\n# One training run per sweep point; run from the repository root, in any "
+                    "order or in parallel.\n" + "".join(c + "\n" for c in commands), mode=0o755)
 
 
 

@@ -9,6 +9,7 @@ the median training img/s.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import ml_collections
 
+from focalnet_jax import atomic
 from focalnet_jax.tools import sweep
 from focalnet_jax.train import runlog
 
@@ -109,12 +111,13 @@ def write_csv(rows: Sequence[Row], path: str) -> None:
   swept = list(dict.fromkeys(k for r in rows for k in r if "." in k))
   fields = ["name", "overrides", *swept, "status", "step", *[m[0] for m in _columns(rows)],
             "params", "gflops", "img_per_s", "wall_s"]
-  with open(path, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-    writer.writeheader()
-    for r in rows:
-      writer.writerow({k: sweep.format_value(r[k]) if isinstance(r.get(k), (tuple, list)) else r.get(k)
-                       for k in fields})
+  out = io.StringIO()
+  writer = csv.DictWriter(out, fieldnames=fields, extrasaction="ignore")
+  writer.writeheader()
+  for r in rows:
+    writer.writerow({k: sweep.format_value(r[k]) if isinstance(r.get(k), (tuple, list)) else r.get(k)
+                     for k in fields})
+  atomic.write_text(path, out.getvalue())
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -233,7 +236,8 @@ def plot(rows: Sequence[Row], runs: Sequence[sweep.Run], path: str, title: str) 
   import matplotlib.pyplot as plt
 
   fig = results_figure(rows, runs, title)
-  fig.savefig(path)
+  with atomic.replacing(path) as tmp:
+    fig.savefig(tmp)
   plt.close(fig)
 
 
@@ -246,8 +250,7 @@ def aggregate(runs: Sequence[sweep.Run], workdir: str, spec: str) -> list[Row]:
   rows = collect(runs, workdir)
   os.makedirs(workdir, exist_ok=True)
   write_csv(rows, os.path.join(workdir, RESULTS_CSV))
-  with open(os.path.join(workdir, RESULTS_MD), "w") as f:
-    f.write(markdown_table(rows, f"Sweep `{spec}`:"))
+  atomic.write_text(os.path.join(workdir, RESULTS_MD), markdown_table(rows, f"Sweep `{spec}`:"))
   if rows:
     plot(rows, runs, os.path.join(workdir, RESULTS_PNG), f"Sweep {spec}")
   return rows

@@ -23,6 +23,7 @@ from typing import Iterator
 
 from absl import logging
 
+from focalnet_jax import atomic
 from focalnet_jax.train.config_check import is_int
 
 LOCK = "run.lock"
@@ -127,10 +128,7 @@ def locked(workdir: str, enabled: bool = True) -> Iterator[None]:
 
 def write_config(workdir: str, config_json: str, start_step: int) -> None:
   """`config.json` replaced atomically, and this start appended to `config_history.jsonl`."""
-  tmp = os.path.join(workdir, "config.json.tmp")
-  with open(tmp, "w") as f:
-    f.write(config_json)
-  os.replace(tmp, os.path.join(workdir, "config.json"))
+  atomic.write_text(os.path.join(workdir, "config.json"), config_json)
   entry = {"time": time.strftime("%Y-%m-%d %H:%M:%S %z"), "start_step": start_step,
            "host": socket.gethostname(), "config": json.loads(config_json)}
   with open(os.path.join(workdir, HISTORY), "a") as f:
