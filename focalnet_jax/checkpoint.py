@@ -197,13 +197,13 @@ def load_params(
   return state[key], meta
 
 
-def meta_of(mngr: ocp.CheckpointManager, step: int) -> dict[str, Any] | None:
-  """The metadata of `step` in an open manager, or None if it cannot be read (the state's
-  restore then reports the step as corrupt)."""
+def meta_of(mngr: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+  """The metadata of `step` in an open manager; a ValueError naming the step if it cannot be read."""
   try:
     return dict(mngr.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META])
-  except Exception:  # noqa: BLE001
-    return None
+  except Exception as e:  # noqa: BLE001 - orbax raises many types for unreadable files
+    raise ValueError(f"the metadata of {os.path.join(os.fspath(mngr.directory), str(step))} cannot be read "
+                     f"({error_summary(e)})") from e
 
 
 def check_saves(mngr: ocp.CheckpointManager, step: int, intact: int | None, wait: bool = False) -> None:

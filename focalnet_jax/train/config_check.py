@@ -191,11 +191,22 @@ def config_changes(saved: dict, config: ml_collections.ConfigDict) -> list[tuple
           if k in old and old[k] != new[k] and k not in HARMLESS_ON_RESUME]
 
 
-def check_resume(saved: dict | None, config: ml_collections.ConfigDict, workdir: str, step: int) -> list[str]:
+def check_resume(saved: dict | None, config: ml_collections.ConfigDict, workdir: str, step: int,
+                 unknown: str = "", earlier: Sequence[int] = ()) -> list[str]:
   """Refuses to resume under a config that changes the run's trajectory, unless
-  `config.allow_config_change`; returns the changes (as lines) that were allowed."""
+  `config.allow_config_change`; returns the changes (as lines) that were allowed. `saved` None:
+  the saved config is unknown (`unknown` says why), and a check that cannot run refuses too."""
   if saved is None:
-    return []
+    if config.allow_config_change:
+      return [f"(not compared: {unknown})"]
+    path = f"{workdir}/checkpoints/{step}"
+    raise ValueError(
+        f"Cannot check that {workdir} may be resumed under this config: {unknown}. Resuming unchecked could "
+        "continue its run under another batch size, schedule or model. "
+        + (f"If step {step} is damaged, move {path} out of the way to resume from step {earlier[-1]}; "
+           if earlier else "")
+        + "to start a new run, pass another --workdir; to resume anyway, add --config.allow_config_change=True. "
+        "Nothing was written.")
   changes = [f"{k}: {old!r} -> {new!r}" for k, old, new in config_changes(saved, config)]
   if changes and not config.allow_config_change:
     raise ValueError(

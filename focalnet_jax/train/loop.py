@@ -203,8 +203,12 @@ def _restore_or_create(config, workdir: str, mngr, init, abstract_sh, state_sh, 
   latest = mngr.latest_step()
   if latest is None:
     return state_lib.create_state(*init, state_sh, abstract, config.init_from), None
-  saved = (checkpoint.meta_of(mngr, latest) or {}).get("config")
-  changes = config_check.check_resume(saved, config, workdir, latest)
+  try:
+    saved, unknown = checkpoint.meta_of(mngr, latest).get("config"), "its metadata records no training config"
+  except ValueError as e:  # a check that cannot run refuses (below), it never passes
+    saved, unknown = None, str(e)
+  earlier = sorted(s for s in mngr.all_steps() if s < latest)
+  changes = config_check.check_resume(saved, config, workdir, latest, unknown, earlier)
   if changes:
     logging.warning("Resuming under a changed config (allow_config_change=True):\n  %s", "\n  ".join(changes))
   state, _ = checkpoint.restore_to_resume(mngr, abstract_sh)
