@@ -31,3 +31,19 @@ def test_a_resume_check_that_cannot_read_the_saved_config_refuses(tmp_path):
     _train(longer, workdir)
   assert (workdir / "config.json").read_text() == config_json
   assert sorted(os.listdir(workdir / "checkpoints")) == ["1", "2"]
+
+
+def test_every_shipped_config_passes_the_range_audit():
+  import glob
+  import importlib
+
+  from focalnet_jax.train import config_check
+
+  paths = [os.path.relpath(p, train_utils.ROOT) for pattern in ("configs/*.py", "configs/ablations/*.py")
+           for p in sorted(glob.glob(os.path.join(train_utils.ROOT, pattern)))]
+  names = [p[:-3].replace("/", ".") for p in paths if not p.endswith(("__init__.py", "common.py"))]
+  assert "configs.finetune" in names and len(names) > 10
+  for name in names:
+    module = importlib.import_module(name)
+    if hasattr(module, "get_config"):
+      config_check.check_values(module.get_config())  # e.g. finetune's mesh.fsdp=-1 is a valid value
