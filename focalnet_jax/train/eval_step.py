@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from focalnet_jax.data.info import check_labels
 from focalnet_jax.kernels import chunking
 from focalnet_jax.progress import Progress
 from focalnet_jax.train import runlog, sharding
@@ -46,6 +47,7 @@ def make_eval_step(logits_fn: LogitsFn, num_classes: int, class_subset: Sequence
 
   def eval_fn(params, batch):
     logits = logits_fn(params, batch["image"]).astype(jnp.float32)
+    nonfinite = ~jnp.all(jnp.isfinite(logits), axis=-1)  # before the subset's -inf
     if allowed is not None:
       logits = jnp.where(allowed, logits, -jnp.inf)
     labels_, mask = batch["label"], batch["mask"]
@@ -58,7 +60,8 @@ def make_eval_step(logits_fn: LogitsFn, num_classes: int, class_subset: Sequence
     real_rows = mask > 0
     # `where`, not a product: a padded row's loss may be inf (its dummy label can be excluded).
     total = lambda v: jnp.sum(jnp.where(real_rows, v, 0.0))  # noqa: E731
-    out = {"loss": (total(loss), count), "top1": (total(top1), count), "top5": (total(topk), count)}
+    out = {"loss": (total(loss), count), "top1": (total(top1), count), "top5": (total(topk), count),
+           "nonfinite": (total(nonfinite), count)}
     if "real" in batch:
       real = batch["real"]
       has_real = mask * (jnp.sum(real, -1) > 0)
@@ -70,12 +73,15 @@ def make_eval_step(logits_fn: LogitsFn, num_classes: int, class_subset: Sequence
 
 
 def evaluate(eval_step, params, batches: Iterable[dict[str, np.ndarray]],
-             batch_sharding: jax.sharding.NamedSharding, num_batches: int | None = None) -> dict[str, float]:
-  """One pass over `batches` (this process's share): averages and `num_examples`. With
-  `num_batches` (the pass's length), a long pass logs its progress with an ETA."""
+             batch_sharding: jax.sharding.NamedSharding, num_classes: int,
+             num_batches: int | None = None) -> dict[str, float]:
+  """One pass over `batches` (this process's share): averages and `num_examples`; every label
+  checked in [0, num_classes). With `num_batches` (the pass's length), a long pass logs its
+  progress with an ETA."""
   totals = None
   progress = Progress("Evaluating", num_batches) if num_batches else None
   for n, batch in enumerate(batches, 1):
+    check_labels(batch["label"], num_classes, f"eval batch {n}")
     out = eval_step(params, sharding.to_global(batch, batch_sharding))
     totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
     if progress is not None:
@@ -83,6 +89,12 @@ def evaluate(eval_step, params, batches: Iterable[dict[str, np.ndarray]],
   if totals is None:
     raise ValueError("The eval split yielded no batches.")
   totals = jax.device_get(totals)
+  bad, count = (int(v) for v in totals.pop("nonfinite"))
+  if bad:  # argmax over NaN logits picks the first classes: a top-1 that would look like a number
+    raise FloatingPointError(
+        f"{bad} of {count} images gave non-finite logits (NaN or inf), so no accuracy or loss is reported. "
+        "The weights or the inputs hold NaN/inf, or the compute dtype overflowed: check the checkpoint, "
+        "or evaluate in float32 (--dtype float32 / --config.model.dtype=float32).")
   result = runlog.average(totals)
   result["num_examples"] = float(totals["top1"][1])
   return result
