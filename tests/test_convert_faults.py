@@ -76,3 +76,19 @@ def test_truncated_or_empty_weight_files_are_incomplete_downloads(weights, tmp_p
   assert f"'{cut}' is incomplete or damaged" in message or f"Could not read '{cut}'" in message, message
   assert "download it again" in message.lower() and "trust" not in message.lower()
   assert not (tmp_path / "out").exists()
+
+
+def test_weights_with_nan_are_refused_by_convert_and_from_pretrained(weights, tmp_path):
+  from safetensors.numpy import load_file, save_file
+
+  import focalnet_jax
+
+  sd = load_file(str(weights / "w.safetensors"))
+  sd["layers.0.blocks.0.mlp.fc1.weight"][0, :3] = np.nan
+  save_file(sd, str(tmp_path / "nan.safetensors"))
+  with pytest.raises(SystemExit, match=r"nan.safetensors' holds non-finite weights \(NaN or inf\) in 1 array\(s\): "
+                                       r"layers_0/blocks_0/mlp/fc1/kernel \(3 of \d+\)\..*download or convert it again"):
+    convert.main(_args(tmp_path / "nan.safetensors", tmp_path / "out"))
+  assert not (tmp_path / "out").exists()
+  with pytest.raises(ValueError, match="holds non-finite weights"):
+    focalnet_jax.from_pretrained(tmp_path / "nan.safetensors", variant=NAME, **SMALL)

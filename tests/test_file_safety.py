@@ -105,3 +105,37 @@ def test_a_full_disk_names_the_file_says_what_to_do_and_a_new_file_is_never_half
       os.makedirs(tmp)
       full(os.path.join(tmp, "a"))
   assert (out / "a").read_text() == "old" and os.listdir(tmp_path) == ["saved"]
+
+
+def _flip_a_byte_in_the_largest_data_file(step_dir) -> None:
+  files = [os.path.join(r, f) for r, _, fs in os.walk(step_dir) for f in fs if "/state/" in os.path.join(r, f)]
+  big = max(files, key=os.path.getsize)
+  data = bytearray(open(big, "rb").read())
+  data[len(data) // 2] ^= 0x10
+  open(big, "wb").write(data)
+
+
+def test_a_flipped_byte_is_named_by_every_reader_and_resume_falls_back_to_the_intact_step(tmp_path):
+  import train_utils
+  from focalnet_jax import checkpoint, evaluation
+  from focalnet_jax import train as trainer
+
+  w = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)  # incompressible: stored raw
+  for step in (2, 4):
+    checkpoint.save(tmp_path / "ck", {"params": {"w": w}}, {"model": "m"}, step=step)
+  _flip_a_byte_in_the_largest_data_file(tmp_path / "ck" / "4")
+  with pytest.raises(ValueError, match=r"ck/4' \(earlier steps: \[2\]\) is corrupt: the checksum of 1 array\(s\) "
+                                       r"\(params/w\) differs from the one saved with it \(bit rot"):
+    checkpoint.load_params(tmp_path / "ck")
+  np.testing.assert_array_equal(checkpoint.load_params(tmp_path / "ck", step=2)[0]["w"], w)
+
+  # A training run: eval refuses the rotten step; the resumed run moves it aside and goes on from the last intact one.
+  config = train_utils.tiny_config(total_steps=3, checkpoint_every_steps=1, **{"model.embed_dim": 64})
+  workdir = tmp_path / "run"
+  trainer.train_and_evaluate(config, str(workdir), data=train_utils.TinyData())
+  _flip_a_byte_in_the_largest_data_file(workdir / "checkpoints" / "3")
+  with pytest.raises(ValueError, match=r"checkpoints/3' \(earlier steps: \[1, 2\]\) is corrupt"):
+    evaluation.load_model(str(workdir))
+  result = trainer.train_and_evaluate(config, str(workdir), data=train_utils.TinyData())  # the same command
+  assert result["step"] == 3 and os.path.isdir(workdir / "checkpoints" / "3.corrupt")
+  assert evaluation.load_model(str(workdir)).step == 3  # saved again, intact

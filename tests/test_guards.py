@@ -47,3 +47,69 @@ def test_every_shipped_config_passes_the_range_audit():
     module = importlib.import_module(name)
     if hasattr(module, "get_config"):
       config_check.check_values(module.get_config())  # e.g. finetune's mesh.fsdp=-1 is a valid value
+
+
+@pytest.mark.parametrize("bad", [-1, 5])
+def test_labels_outside_the_classes_are_refused_at_every_data_door(tmp_path, bad):
+  from focalnet_jax.data import ArrayData
+
+  images = np.zeros((8, 8, 8, 3), np.float32)
+  labels = np.arange(8) % 5
+  labels[3] = bad
+  with pytest.raises(ValueError, match=rf"Labels in train_labels must lie in \[0, 5\) for 5 classes; found 1 "
+                                       rf"outside it \(e.g. {bad}\)"):
+    ArrayData(images, labels, images, np.arange(8) % 5, class_names=tuple("abcde"))
+  with pytest.raises(ValueError, match=r"must be class indices \(ints\); got float64"):
+    ArrayData(images, labels + 0.5, images, labels, class_names=tuple("abcde"))
+
+  if bad != -1:
+    return  # the doors below are checked once
+
+  class Leaky(train_utils.TinyData):  # a data door of its own (a user's Dataset) that yields a bad label
+    def train_batches(self, config, **kw):
+      for b in super().train_batches(config, **kw):
+        yield {**b, "label": np.where(np.arange(len(b["label"])) == 2, bad, b["label"])}
+
+    def eval_batches(self, config, **kw):
+      for b in super().eval_batches(config, **kw):
+        yield {**b, "label": np.full_like(b["label"], bad)}
+
+  with pytest.raises(ValueError, match=r"Labels in the train batch of step 1 must lie in \[0, 5\)"):
+    _train(train_utils.tiny_config(), tmp_path / "a", Leaky())
+  from focalnet_jax.train import eval_step
+
+  with pytest.raises(ValueError, match=r"Labels in eval batch 1 must lie in \[0, 5\)"):
+    eval_step.evaluate(None, None, Leaky().eval_batches(train_utils.tiny_config()), None, 5)
+  with pytest.raises(ValueError, match=r"model.num_classes=3 is smaller than the 5 classes .*labels 3..4 would "
+                                       r"have no logit.*--config.model.num_classes=5"):
+    _train(train_utils.tiny_config(**{"model.num_classes": 3}), tmp_path / "b")
+
+
+def test_non_finite_weights_are_refused_and_nan_logits_never_become_a_metric(tmp_path):
+  import jax
+  import jax.numpy as jnp
+
+  from focalnet_jax import checkpoint, create_model, evaluation
+  from focalnet_jax.train import eval_step, sharding
+
+  model = create_model("focalnet_tiny_srf", embed_dim=8, depths=(1, 1), num_classes=3, focal_levels=1)
+  params = jax.tree.map(np.array, model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"])
+  params["head"]["kernel"][0, 0] = np.nan
+  meta = {"model": "focalnet_tiny_srf", "model_overrides": {"embed_dim": 8, "depths": [1, 1], "num_classes": 3,
+                                                            "focal_levels": 1}}
+  checkpoint.save(tmp_path / "ck", {"params": params}, meta, step=0)
+  for load in (checkpoint.load_params, evaluation.load_model):
+    with pytest.raises(ValueError, match=r"ck/0' holds non-finite weights \(NaN or inf\) in 1 array\(s\): "
+                                         r"head/kernel \(1 of 48\)\. Every prediction .* load an earlier step"):
+      load(str(tmp_path / "ck"))
+  # The metric: NaN logits (whatever made them) are an error, not 'top-1 33%'.
+  step = jax.jit(eval_step.make_eval_step(lambda p, x: jnp.full((x.shape[0], 3), jnp.nan), 3))
+  batches = [{"image": np.zeros((8, 4), np.float32), "label": np.arange(8) % 3, "mask": np.ones(8, np.float32)}]
+  mesh = sharding.make_mesh(-1, 1)
+  with jax.set_mesh(mesh), pytest.raises(FloatingPointError, match=r"8 of 8 images gave non-finite logits .*no "
+                                                                   r"accuracy or loss is reported"):
+    eval_step.evaluate(step, {}, batches, sharding.batch_sharding(mesh), 3)
+  from focalnet_jax.evaluation import predict
+
+  with pytest.raises(FloatingPointError, match="1 of 2 images gave non-finite logits"):
+    predict.top_k(np.array([[1.0, 2.0, 3.0], [np.nan, 0.0, 0.0]]), ["a", "b", "c"])

@@ -60,6 +60,7 @@ def load_model(path: str, *, step: int | None = None, ema: bool = False, dtype: 
   if key not in state:
     raise KeyError(f"Checkpoint {ckpt!r} step {step} has no {key!r} (it has {sorted(state)})."
                    + (" It was written without EMA; evaluate the raw params instead." if ema else ""))
+  checkpoint.check_finite(state[key], f"Checkpoint {os.path.join(ckpt, str(step))!r}")
   overrides = dict(meta.get("model_overrides", {}))
   if dtype:
     overrides["dtype"] = dtype
@@ -159,7 +160,7 @@ def evaluate_checkpoint(checkpoint_or_path: LoadedModel | str, config: ml_collec
   t0 = time.time()
   with jax.set_mesh(mesh):
     batches = dataset.eval_batches(config, process_index=jax.process_index(), process_count=jax.process_count())
-    result = eval_lib.evaluate(step_fn, params, batches, sharding.batch_sharding(mesh),
+    result = eval_lib.evaluate(step_fn, params, batches, sharding.batch_sharding(mesh), n_model,
                                num_batches=-(-info.num_eval // config.eval_batch_size))
   elapsed = time.time() - t0
   report = {

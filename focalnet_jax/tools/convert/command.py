@@ -81,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     variables = convert_state_dict(
         state_dict, args.model, drop_head=args.drop_head, head_to_1k=args.head_to_1k, **backbone, **overrides
     )
+    checkpoint.check_finite(variables, repr(args.checkpoint))
   except (ValueError, TypeError, FileNotFoundError, ImportError) as e:
     raise SystemExit(f"error: {e}") from e
 
