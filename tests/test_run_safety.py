@@ -214,3 +214,25 @@ def test_visualize_output_directory_gets_the_default_name(tmp_path):
   assert visualize.output_path("new_dir/", "x/curves.png") == os.path.join("new_dir/", "curves.png")
   assert visualize.output_path("pic.png", "modulation_cat.png") == "pic.png"
   assert visualize.output_path(None, "modulation_cat.png") == "modulation_cat.png"
+
+
+def test_an_empty_or_garbled_lock_is_stale_and_a_lock_that_cannot_be_written_leaves_nothing(tmp_path, caplog,
+                                                                                           monkeypatch):
+  for name, content in (("empty", ""), ("garbled", '{"host": '), ("no_pid", json.dumps({"host": socket.gethostname()}))):
+    os.makedirs(tmp_path / name)
+    path = tmp_path / name / workdir_lib.LOCK
+    path.write_text(content)
+    with caplog.at_level("WARNING"):
+      assert workdir_lib.acquire(str(tmp_path / name)) == str(path)
+    assert f"Taking over {path}: it is empty, unreadable or names no process" in caplog.text
+    assert json.load(open(path))["pid"] == os.getpid()
+    workdir_lib.release(str(path))
+  # The disk fills up between creating the lock and writing it: no empty lock is left behind.
+  def full(holder, f):
+    raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(workdir_lib.json, "dump", full)
+  with pytest.raises(OSError, match=rf"Could not write the workdir lock {tmp_path}/full/run.lock .*No space left.*"
+                                    r"nothing was left behind"):
+    workdir_lib.acquire(str(tmp_path / "full"))
+  assert os.listdir(tmp_path / "full") == []

@@ -64,19 +64,35 @@ def _try_create(path: str, holder: dict) -> bool:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
   except FileExistsError:
     return False
-  with os.fdopen(fd, "w") as f:
-    json.dump(holder, f)
+  try:
+    with os.fdopen(fd, "w") as f:
+      json.dump(holder, f)
+  except BaseException as e:  # a full disk: no empty lock may be left to refuse every later run
+    with contextlib.suppress(OSError):
+      os.remove(path)
+    if isinstance(e, OSError):
+      raise OSError(e.errno, f"Could not write the workdir lock {path} ({e}); nothing was left behind. Free disk "
+                             "space (or fix the directory's permissions) and rerun.") from e
+    raise
   return True
 
 
 def _read(path: str) -> dict | None:
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except FileNotFoundError:
-    return None
-  except (OSError, ValueError):
-    return {}  # being written, or garbled: treated as held by an unknown run
+  """The holder; None if there is no lock; {} if it is empty or garbled after a second look (a lock
+  is written a microsecond after it is created, so a run that failed in between left it)."""
+  for attempt in range(2):
+    try:
+      with open(path) as f:
+        held = json.load(f)
+      if isinstance(held, dict):
+        return held
+    except FileNotFoundError:
+      return None
+    except (OSError, ValueError):
+      pass
+    if attempt == 0:
+      time.sleep(0.5)
+  return {}
 
 
 def acquire(workdir: str) -> str:
@@ -90,12 +106,18 @@ def acquire(workdir: str) -> str:
     held = _read(path)
     if held is None:
       continue
+    if not held or held.get("host") == me["host"] and not is_int(held.get("pid")):
+      logging.warning("Taking over %s: it is empty, unreadable or names no process, so it names no run (one that failed while "
+                      "taking it, e.g. on a full disk, left it).", path)
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
+      continue
     if held.get("host") == me["host"] and is_int(held.get("pid")) and not _alive(held["pid"], held.get("pid_start")):
       logging.warning("Taking over the lock of a run that is no longer running (%s).", _describe(held))
       with contextlib.suppress(FileNotFoundError):
         os.remove(path)
       continue
-    if held.get("host") == me["host"] or not held:
+    if held.get("host") == me["host"]:
       raise RuntimeError(
           f"Workdir {workdir} is in use by another training run ({_describe(held)}); two runs would "
           "overwrite each other's checkpoints and logs. Wait for it to finish or stop it, or pass another "
