@@ -17,6 +17,7 @@ import statistics
 from typing import TYPE_CHECKING, Any, Sequence
 
 import ml_collections
+from absl import logging
 
 from focalnet_jax import atomic
 from focalnet_jax.tools import sweep
@@ -62,6 +63,9 @@ def collect_row(run: sweep.Run, workdir: str) -> Row | None:
   records = _metrics_of(point_dir)
   result = None
   if sweep.is_finished(workdir, run.name):
+    if sweep.stale_changes(workdir, run):  # another config's result is never put beside this one's
+      logging.warning("%s: its result.json is from another config; left out of the table.", run.name)
+      return None
     with open(sweep.result_path(workdir, run.name)) as f:
       result = json.load(f)
   if result is None and not records["eval"]:
