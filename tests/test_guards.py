@@ -113,3 +113,35 @@ def test_non_finite_weights_are_refused_and_nan_logits_never_become_a_metric(tmp
 
   with pytest.raises(FloatingPointError, match="1 of 2 images gave non-finite logits"):
     predict.top_k(np.array([[1.0, 2.0, 3.0], [np.nan, 0.0, 0.0]]), ["a", "b", "c"])
+
+
+def test_one_image_reader_gives_the_pipelines_pixels_for_every_kind_of_file(tmp_path):
+  """eval.py --image and visualize.py (preprocess_files -> load_eval_images -> read_rgb) against
+  the training pipeline's decoder, on the files a user has: 16-bit RGB and grayscale PNG, palette,
+  CMYK JPEG, grayscale+alpha and an EXIF-rotated JPEG."""
+  tf = pytest.importorskip("tensorflow")
+  from PIL import Image
+
+  from focalnet_jax.data import augment, eval_images
+  from focalnet_jax.evaluation import predict
+
+  rng = np.random.default_rng(0)
+  rgb = rng.integers(0, 256, (40, 36, 3), dtype=np.uint8)
+  (tmp_path / "rgb16.png").write_bytes(tf.io.encode_png(rng.integers(0, 65536, (40, 36, 3)).astype(np.uint16)).numpy())
+  (tmp_path / "gray16.png").write_bytes(tf.io.encode_png(rng.integers(0, 65536, (40, 36, 1)).astype(np.uint16)).numpy())
+  Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE).save(tmp_path / "palette.png")
+  Image.fromarray(rgb).convert("CMYK").save(tmp_path / "cmyk.jpg", quality=95)
+  Image.fromarray(rgb).convert("LA").save(tmp_path / "gray_alpha.png")
+  exif = Image.new("RGB", (1, 1)).getexif()
+  exif[274] = 6  # "rotate 90 CW to display": neither TF nor timm applies it
+  Image.fromarray(rgb).save(tmp_path / "exif.jpg", exif=exif, quality=95)
+  config = train_utils.tiny_config(image_size=32, crop_ratio=1.0, interpolation="bilinear")
+  for name in ("rgb16.png", "gray16.png", "palette.png", "cmyk.jpg", "gray_alpha.png", "exif.jpg"):
+    path = str(tmp_path / name)
+    pipeline = augment.decode(tf.constant(open(path, "rb").read())).numpy()
+    np.testing.assert_array_equal(np.asarray(eval_images.read_rgb(path)), pipeline, err_msg=name)
+    expected = eval_images.normalize(eval_images.resize_and_crop(Image.fromarray(pipeline), 32, 1.0,
+                                                                 Image.Resampling.BILINEAR),
+                                     config.aug.mean, config.aug.std)
+    np.testing.assert_array_equal(predict.preprocess_files([path], config)[0], expected, err_msg=name)
+  assert 100 < np.asarray(eval_images.read_rgb(str(tmp_path / "gray16.png"))).mean() < 155  # not clipped to white

@@ -35,6 +35,7 @@ import numpy as np
 
 from focalnet_jax import atomic
 from focalnet_jax.cache import cache_dir
+from focalnet_jax.data.eval_images import to_rgb
 from focalnet_jax.progress import Progress
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
@@ -140,7 +141,7 @@ def check_image(path: str) -> str | None:
       im.load()  # full decode: raises on truncated or corrupt data
       if common:
         return None
-      reference = np.asarray(im.convert("RGB"), np.int16)
+      reference = np.asarray(to_rgb(im), np.int16)
   except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError, ...)
     return f"{type(e).__name__}: {e}"
   return _tf_disagrees(path, reference, fmt)
