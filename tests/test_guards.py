@@ -145,3 +145,34 @@ def test_one_image_reader_gives_the_pipelines_pixels_for_every_kind_of_file(tmp_
                                      config.aug.mean, config.aug.std)
     np.testing.assert_array_equal(predict.preprocess_files([path], config)[0], expected, err_msg=name)
   assert 100 < np.asarray(eval_images.read_rgb(str(tmp_path / "gray16.png"))).mean() < 155  # not clipped to white
+
+
+@pytest.mark.parametrize("names", ["short", "hf"])
+def test_published_1000_class_weights_evaluate_a_wnid_sorted_imagenet_folder(tmp_path, names):
+  """Published weights name classes 'tench' (timm) or 'tench, Tinca tinca' (HF id2label); an
+  ImageNet folder is sorted by wnid: the same order, so its images are labelled by wnid."""
+  pytest.importorskip("tensorflow")
+  import jax
+  import jax.numpy as jnp
+  from PIL import Image
+
+  from focalnet_jax import create_model, evaluation
+  from focalnet_jax.data import labels
+
+  model = create_model("focalnet_tiny_srf", embed_dim=8, depths=(1, 1), num_classes=1000, focal_levels=1)
+  params = jax.tree.map(np.array, model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"])
+  params["head"]["kernel"][:] = 0
+  params["head"]["bias"][:] = 0
+  params["head"]["bias"][1] = 1  # always predicts class 1: goldfish, n01443537
+  wnids = labels.imagenet1k_wnids()
+  for wnid in (wnids[1], wnids[1], wnids[7]):
+    os.makedirs(tmp_path / "in1k" / "val" / wnid, exist_ok=True)
+    Image.new("RGB", (40, 40), (90, 120, 150)).save(tmp_path / "in1k" / "val" / wnid / f"{len(os.listdir(tmp_path / 'in1k' / 'val' / wnid))}.png")
+  class_names = (labels.imagenet_class_names(1000) if names == "short"
+                 else [n for _, n in labels._read_tsv("imagenet1k.tsv")])
+  meta = {"model": "focalnet_tiny_srf", "model_overrides": {}, "class_names": list(class_names)}
+  loaded = evaluation.LoadedModel(model, params, meta, 0, str(tmp_path / "weights"))
+  config = train_utils.tiny_config(dataset=f"folder:{tmp_path / 'in1k'}", eval_split="val", image_size=32,
+                                   crop_ratio=1.0, eval_batch_size=8)
+  report = evaluation.evaluate_checkpoint(loaded, config, write=False)
+  assert report["num_examples"] == 3 and report["top1"] == pytest.approx(2 / 3)  # the two goldfish are right

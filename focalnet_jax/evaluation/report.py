@@ -113,13 +113,24 @@ def _label_folder_by_model(config: ml_collections.ConfigDict, meta: dict[str, An
     return config
   config = config.copy_and_resolve_references()
   names = meta.get("class_names")
-  if not (names and len(names) == num_classes) and num_classes == labels.IMAGENET1K_CLASSES:
+  if num_classes == labels.IMAGENET1K_CLASSES and not (names and len(names) == num_classes
+                                                       and _folder_classes(config) <= set(names)):
+    # Published 1000-class weights name their classes 'tench', ...: an ImageNet folder sorted by
+    # wnid ('n01440764', ...) is in the same order, which every ImageNet-1K model uses.
     names = labels.imagenet1k_wnids()
   if names and len(names) == num_classes:
     config.class_names, config.train_split = tuple(names), ""
   else:
     config.train_split = config.eval_split
   return config
+
+
+def _folder_classes(config: ml_collections.ConfigDict) -> set[str]:
+  """The visible class directories of an image folder's eval split (empty if it has none)."""
+  split = os.path.join(config.dataset[len("folder:"):], config.eval_split)
+  if not os.path.isdir(split):
+    return set()
+  return {d for d in os.listdir(split) if not d.startswith(".") and os.path.isdir(os.path.join(split, d))}
 
 
 def default_report_path(loaded: LoadedModel, config, ema: bool) -> str:
