@@ -306,6 +306,13 @@ def check_saves(mngr: ocp.CheckpointManager, step: int, intact: int | None, wait
       mngr.wait_until_finished()
     mngr.check_for_errors()
   except Exception as e:  # noqa: BLE001 - whatever the writer raised
+    mngr.reload()
+    if step in mngr.all_steps():  # committed: what failed was removing older steps (keep_checkpoints)
+      logging.getLogger("absl").warning(
+          "Removing old checkpoints after saving step %d failed (%s); step %d is saved and the run goes on. "
+          "The older steps are still in %s: delete them by hand if the space matters.",
+          step, error_summary(e), step, os.fspath(mngr.directory))
+      return
     raise OSError(
         f"Saving checkpoint step {step} to {os.fspath(mngr.directory)} failed ({error_summary(e)}). "
         f"The last intact checkpoint is {f'step {intact}' if intact is not None else 'none'}. Fix the "

@@ -236,3 +236,20 @@ def test_an_empty_or_garbled_lock_is_stale_and_a_lock_that_cannot_be_written_lea
                                     r"nothing was left behind"):
     workdir_lib.acquire(str(tmp_path / "full"))
   assert os.listdir(tmp_path / "full") == []
+
+
+def test_a_failed_deletion_of_an_old_step_is_not_a_failed_save_and_the_run_finishes(tmp_path, monkeypatch, caplog):
+  from orbax.checkpoint._src.path import deleter
+
+  def refuse(self, steps):
+    if steps:
+      raise PermissionError(13, "Permission denied", str(steps))
+
+  monkeypatch.setattr(deleter.StandardCheckpointDeleter, "delete_steps", refuse)
+  config = train_utils.tiny_config(total_steps=6, checkpoint_every_steps=2, keep_checkpoints=1)
+  with caplog.at_level("WARNING"):
+    result = train(config, tmp_path / "run")
+  assert result["step"] == 6 and not result["preempted"]
+  assert "Removing old checkpoint" in caplog.text and "Permission denied" in caplog.text
+  monkeypatch.undo()
+  assert checkpoint.read_meta(str(tmp_path / "run" / "checkpoints"))["config"]["total_steps"] == 6  # final save made
