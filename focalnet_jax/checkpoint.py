@@ -151,17 +151,19 @@ def _checked_step(mngr: ocp.CheckpointManager, directory: str, step: int | None)
 
 
 def _restore_latest(mngr: ocp.CheckpointManager, requested: int | None, step: int, args) -> tuple[Any, int]:
-  """(restored, step). When the latest step was asked for and a running trainer rotated it away
-  while it was read, the new latest step is read instead (a few times at most)."""
-  for attempt in range(3):
+  """(restored, step). When the latest step was asked for and a running trainer saved a newer one
+  while it was read (and is deleting this one: its directory may still be there, half removed),
+  the new latest step is read instead (a few times at most)."""
+  attempts = 8
+  for attempt in range(attempts):
     try:
       return mngr.restore(step, args=args), step
-    except Exception:  # noqa: BLE001 - orbax raises many types; re-raised unless the step is gone
-      if requested is not None or attempt == 2:
+    except Exception:  # noqa: BLE001 - orbax raises many types; re-raised unless a newer step exists
+      if requested is not None or attempt == attempts - 1:
         raise
       mngr.reload()
       steps = mngr.all_steps()
-      if not steps or step in steps:
+      if not steps or max(steps) <= step:
         raise
       step = max(steps)
   raise AssertionError("unreachable")

@@ -200,6 +200,18 @@ def test_a_latest_step_rotated_away_while_it_is_read_is_retried_on_the_new_lates
   params, _ = checkpoint.load_params(ckpts)
   assert rotated == [2] and params["w"].tolist() == [3.0, 3.0]
 
+  # Caught in the middle of the deletion: step 3's directory is still there, its data gone.
+  def half_deleted_first(self, step, *args, **kwargs):
+    if len(rotated) == 1:
+      rotated.append(step)
+      checkpoint.save(ckpts, {"params": {"w": np.full(2, 4, np.float32)}}, {"model": "m"}, step=4)
+      shutil.rmtree(os.path.join(ckpts, "3", "state"))
+    return restore(self, step, *args, **kwargs)
+
+  monkeypatch.setattr(ocp.CheckpointManager, "restore", half_deleted_first)
+  params, _ = checkpoint.load_params(ckpts)
+  assert rotated == [2, 3] and params["w"].tolist() == [4.0, 4.0]
+
 
 def test_top5_with_fewer_classes_is_labelled_by_its_k():
   from focalnet_jax.train import eval_step
