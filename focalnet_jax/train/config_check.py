@@ -176,14 +176,22 @@ def _get(config: ml_collections.ConfigDict, path: str) -> tuple[bool, Any]:
   return True, node
 
 
-def check_values(config: ml_collections.ConfigDict) -> None:
-  """Every field's type and range; raises one ValueError listing each bad field with its fix."""
+def check_values(config: ml_collections.ConfigDict, flags: dict[str, str] | None = None) -> None:
+  """Every field's type and range; raises one ValueError listing each bad field with its fix.
+  `flags` {field: flag}: check only these fields, naming a tool's own flag (eval.py's
+  `--crop_ratio`) as the fix."""
   problems = []
   for path, rule in RULES.items():
+    if flags is not None and path not in flags:
+      continue
     present, value = _get(config, path)
     need = rule(value) if present else None
     if need:
-      problems.append(f"{path}={value!r} must be {need} (--config.{path}=...)")
+      problems.append(f"{path}={value!r} must be {need} ({(flags or {}).get(path, f'--config.{path}')}=...)")
+  if flags is not None:
+    if problems:
+      raise ValueError("Invalid settings: " + "; ".join(problems) + ".")
+    return
   for low, high, why in _NOT_ABOVE:
     lo, hi = _get(config, low)[1], _get(config, high)[1]
     if _is_number(lo) and _is_number(hi) and lo > hi:

@@ -283,7 +283,7 @@ def open_run(config: ml_collections.ConfigDict, workdir: str,
   data = data if data is not None else data_lib.from_config(config)
   config = data_lib.resolve_data_dir(config, workdir)  # digits data lives with its run; folders absolute
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
-  with workdir_lib.locked(workdir, enabled=jax.process_index() == 0), stopping.stop_signals() as service, \
+  with workdir_lib.created_or_removed(workdir), workdir_lib.locked(workdir, enabled=jax.process_index() == 0), stopping.stop_signals() as service, \
       jax.set_mesh(mesh):
     run, start_step, rng = _start(config, workdir, data, mesh)
     run.preemption_service = service

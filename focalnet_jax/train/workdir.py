@@ -138,6 +138,20 @@ def release(path: str) -> None:
 
 
 @contextlib.contextmanager
+def created_or_removed(workdir: str) -> Iterator[None]:
+  """A workdir this run creates is removed again if the run fails while it is still empty (a
+  missing dataset, a bad config): no empty directory is left behind to puzzle over."""
+  existed = os.path.isdir(workdir)
+  try:
+    yield
+  except BaseException:
+    if not existed:
+      with contextlib.suppress(OSError):
+        os.rmdir(workdir)  # only if empty
+    raise
+
+
+@contextlib.contextmanager
 def locked(workdir: str, enabled: bool = True) -> Iterator[None]:
   """The workdir held by this process for the block (a no-op unless `enabled`)."""
   path = acquire(workdir) if enabled else None
