@@ -87,8 +87,20 @@ def test_weights_with_nan_are_refused_by_convert_and_from_pretrained(weights, tm
   sd["layers.0.blocks.0.mlp.fc1.weight"][0, :3] = np.nan
   save_file(sd, str(tmp_path / "nan.safetensors"))
   with pytest.raises(SystemExit, match=r"nan.safetensors' holds non-finite weights \(NaN or inf\) in 1 array\(s\): "
-                                       r"layers_0/blocks_0/mlp/fc1/kernel \(3 of \d+\)\..*download or convert it again"):
+                                       r"params/layers_0/blocks_0/mlp/fc1/kernel \(3 of \d+\)\..*download or convert it again"):
     convert.main(_args(tmp_path / "nan.safetensors", tmp_path / "out"))
   assert not (tmp_path / "out").exists()
   with pytest.raises(ValueError, match="holds non-finite weights"):
     focalnet_jax.from_pretrained(tmp_path / "nan.safetensors", variant=NAME, **SMALL)
+
+
+def test_a_web_page_or_a_misnamed_file_is_named_for_what_it_is(weights, tmp_path):
+  html = tmp_path / "model.pth"
+  html.write_text("<!DOCTYPE html>\n<html><head><title>Sign in</title></head><body>...</body></html>\n")
+  with pytest.raises(SystemExit) as e:
+    convert.main(_args(html, tmp_path / "out"))
+  assert "is a web page (HTML), not a weight file" in str(e.value) and "trust" not in str(e.value).lower()
+  misnamed = tmp_path / "really_safetensors.pth"  # safetensors saved under a .pth name: read as what it is
+  misnamed.write_bytes((weights / "w.safetensors").read_bytes())
+  assert convert.main(_args(misnamed, tmp_path / "out")) == 0
+  assert not (tmp_path / "other").exists()
