@@ -100,6 +100,10 @@ def test_a_web_page_or_a_misnamed_file_is_named_for_what_it_is(weights, tmp_path
   with pytest.raises(SystemExit) as e:
     convert.main(_args(html, tmp_path / "out"))
   assert "is a web page (HTML), not a weight file" in str(e.value) and "trust" not in str(e.value).lower()
+  lfs = tmp_path / "pytorch_model.bin"
+  lfs.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 1234\n")
+  with pytest.raises(SystemExit, match="is a Git LFS pointer .*git lfs pull"):
+    convert.main(_args(lfs, tmp_path / "out"))
   misnamed = tmp_path / "really_safetensors.pth"  # safetensors saved under a .pth name: read as what it is
   misnamed.write_bytes((weights / "w.safetensors").read_bytes())
   assert convert.main(_args(misnamed, tmp_path / "out")) == 0

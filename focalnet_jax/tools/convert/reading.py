@@ -95,6 +95,9 @@ def _format_of(path: str, ext: str) -> str:
     raise ValueError(f"{path!r} is a web page (HTML), not a weight file: the download link returned a page "
                      "(a login, a redirect or a 'cannot scan this file' notice). Download the file itself, e.g. "
                      "with `hf download <repo> <file>` or the link behind the page's button.")
+  if text.startswith(b"version https://git-lfs"):
+    raise ValueError(f"{path!r} is a Git LFS pointer (a text stub), not the weights: the repository was cloned "
+                     "without LFS. Run `git lfs pull` in it, or download the file itself.")
   if len(head) >= 16 and ext in (".safetensors", ".pth", ".pt", ".bin", ".ckpt"):  # shorter: _incomplete says
     raise ValueError(f"{path!r} is not a weight file (it starts with {head[:16]!r}, neither a safetensors header "
                      "nor a PyTorch checkpoint). Download the weights again.")
