@@ -188,7 +188,7 @@ def read_meta(directory: str | os.PathLike, step: int | None = None) -> dict[str
           f"Checkpoint {directory!r} step {step} has no readable metadata ({error_summary(e)}). "
           "It may be truncated or not a focalnet_jax checkpoint."
       ) from e
-  return dict(restored[META])
+  return {k: v for k, v in restored[META].items() if k != CHECKSUMS}  # the meta as its writer gave it
 
 
 def restore_state(
@@ -217,7 +217,7 @@ def restore_state(
     earlier = sorted(s for s in mngr.all_steps() if s < step)
   where = f"Checkpoint {os.path.join(directory, str(step))!r}" + (f" (earlier steps: {earlier})" if earlier else "")
   verify(restored[STATE], restored[META], where)
-  return restored[STATE], dict(restored[META]), step
+  return restored[STATE], {k: v for k, v in restored[META].items() if k != CHECKSUMS}, step
 
 
 def restore_to_resume(mngr: ocp.CheckpointManager, target: Any) -> tuple[Any, int]:
