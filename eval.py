@@ -78,7 +78,11 @@ def resolve_config(info):
       config[key] = flag.value
   from focalnet_jax.train import config_check  # noqa: PLC0415
 
-  config_check.check_values(config)
+  # Checked before any image is read: a bad value is never blamed on the files.
+  config_check.check_values(config, {"image_size": "--image_size", "crop_ratio": "--crop_ratio",
+                                     "interpolation": "--interpolation", "eval_batch_size": "--batch_size",
+                                     "eval_split": "--split", "dataset": "--dataset", "aug.mean": "--config.aug.mean",
+                                     "aug.std": "--config.aug.std"})
   return config
 
 
@@ -107,7 +111,10 @@ def main(argv: list[str]) -> None:
 
   runlog.quiet_library_logs()  # the report, not orbax's and TF's INFO lines
   loaded = evaluation.as_pretrained(_CHECKPOINT.value, step=_STEP.value, ema=_EMA.value, dtype=_DTYPE.value)
-  config = resolve_config(loaded.info)
+  try:
+    config = resolve_config(loaded.info)
+  except ValueError as e:
+    raise SystemExit(f"eval.py: error: {e}") from e
   if _IMAGES.value:
     preds = evaluation.predict_files(loaded, _IMAGES.value, config, k=_TOP_K.value)
     for path, top in zip(_IMAGES.value, preds):

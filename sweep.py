@@ -74,11 +74,14 @@ def main(argv: list[str]) -> None:
     report = sweep.run_sweep(runs, workdir)
   if _REPORT.value:
     _report(spec, points, workdir)
-  if report and (report["failed"] or report["stopped"]):
+  if report and report["stale"]:
+    logging.error("Points %s finished under another config (see above) and were neither reused nor rerun: "
+                  "pass another --workdir for this config.", report["stale"])
+  if report and (report["failed"] or report["stopped"] or report["stale"]):
     logging.error("Unfinished points: failed %s, stopped %s; rerun the same command to retry or resume them.",
                   report["failed"], report["stopped"])
     # Like train.py: a sweep stopped early (and nothing failed) exits 75, so schedulers requeue it.
-    sys.exit(1 if report["failed"] else PREEMPTED_EXIT_CODE)
+    sys.exit(1 if report["failed"] or report["stale"] else PREEMPTED_EXIT_CODE)
 
 
 def _submit(spec, runs, workdir, extra) -> None:

@@ -53,12 +53,36 @@ def main(argv: list[str], data=None) -> None:
                jax.local_device_count(), jax.device_count())
   from focalnet_jax.train import stopping, train_and_evaluate
 
-  result = train_and_evaluate(_CONFIG.value, _WORKDIR.value, data=data)
+  try:
+    result = train_and_evaluate(_CONFIG.value, _WORKDIR.value, data=data)
+  except (ValueError, FileNotFoundError) as e:  # bad input: its message says what to fix, a traceback hides it
+    logging.debug("Traceback:", exc_info=True)
+    raise SystemExit(f"train.py: error: {e}") from e
   if jax.process_index() == 0:
     print(json.dumps({"final": result}))
   if result.get("preempted"):
     sys.exit(stopping.PREEMPTED_EXIT_CODE)
 
 
+def print_help() -> None:
+  """--help: the usage, the flags and every --config.* field with its default (exit status 0)."""
+  from configs import default
+
+  print(__doc__ + "\nFlags:\n" + flags.FLAGS.main_module_help())
+  print("\nConfig fields (defaults of configs/default.py; a config file overrides some), set with --config.FIELD=VALUE:")
+  for key, value in sorted(_flat(default.get_config().to_dict()).items()):
+    print(f"  --config.{key}={value!r}")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in tree.items():
+    out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+  return out
+
+
 if __name__ == "__main__":
+  if any(a in ("-h", "--help", "-help", "--helpshort") for a in sys.argv[1:]):
+    print_help()
+    sys.exit(0)
   app.run(main)

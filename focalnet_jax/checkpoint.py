@@ -7,6 +7,11 @@ A checkpoint directory holds numbered steps; each step has two items:
   - 'meta': JSON with at least `{'model': NAME, 'model_overrides': {...}}`, enough to rebuild
     the module (`focalnet_jax.create_model(meta['model'], **meta['model_overrides'])`).
 
+Every array's checksum is saved in the meta ('checksums') and verified on every restore: one
+flipped byte in a data file (bit rot, a bad copy), which the storage format may decode without
+error, is named with its step instead of silently changing the weights; a run resuming from
+such a step moves it aside (never deleting it) and resumes from the previous intact one.
+
 Writing is atomic per step (orbax writes into `<step>.orbax-checkpoint-tmp` and renames it
 when complete), so a crash during a save leaves earlier steps intact; the step lists ignore
 such a leftover and the next save of that step replaces it. A step that cannot be read is
@@ -25,6 +30,52 @@ import orbax.checkpoint as ocp
 
 STATE = "state"
 META = "meta"
+CHECKSUMS = "checksums"
+
+
+@jax.jit
+def _digests(tree: Any) -> Any:
+  """A uint32 checksum of each array's bits: sum_i mix(bits_i * odd_i) mod 2^32, where mix is a
+  bijection and odd_i an odd multiplier of position i, so any change of one element changes the
+  sum; integer sums do not depend on the order of reduction (sharded or not, any device)."""
+  import jax.numpy as jnp
+
+  def one(x):
+    x = jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else jnp.asarray(x)
+    if x.dtype == jnp.bool_:
+      x = x.astype(jnp.uint8)
+    width = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[x.dtype.itemsize]
+    bits = jax.lax.bitcast_convert_type(x, width).reshape(-1).astype(jnp.uint32)
+    i = jnp.arange(bits.size, dtype=jnp.uint32)
+    h = bits * (i * jnp.uint32(2654435761) + jnp.uint32(0x9E3779B9) | jnp.uint32(1))
+    return jnp.sum(h ^ (h >> 15), dtype=jnp.uint32)
+
+  return jax.tree.map(one, tree)
+
+
+def checksums(state: Any) -> dict[str, int]:
+  """{array path: checksum} of a state (device arrays, sharded or not, or numpy arrays)."""
+  flat = jax.tree_util.tree_leaves_with_path(jax.device_get(_digests(state)))
+  return {jax.tree_util.keystr(p, simple=True, separator="/"): int(v) for p, v in flat}
+
+
+def verify(state: Any, meta: dict[str, Any], where: str) -> None:
+  """Raises ValueError naming `where` and the arrays whose checksum differs from the saved one
+  (checkpoints written before checksums existed have none to compare)."""
+  saved = meta.get(CHECKSUMS)
+  if not saved:
+    return
+  now = checksums(state)
+  bad = sorted(k for k, v in now.items() if k in saved and saved[k] != v)
+  if bad:
+    raise ChecksumMismatch(
+        f"{where} is corrupt: the checksum of {len(bad)} array(s) ({', '.join(bad[:4])}"
+        + (", ..." if len(bad) > 4 else "") + ") differs from the one saved with it (bit rot or a damaged "
+        "copy changed its bytes). Its values cannot be trusted; load an earlier step, or copy or convert it again.")
+
+
+class ChecksumMismatch(ValueError):
+  """A restored step whose arrays differ from the checksums saved with them."""
 
 
 class _ReadOnlyNotice(logging.Filter):
@@ -68,7 +119,9 @@ def manager(directory: str | os.PathLike, *, create: bool = False, keep: int | N
 
 
 def save_step(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict[str, Any]) -> None:
-  """Starts saving `state` and `meta` as step `step` (asynchronously if `mngr` is async)."""
+  """Starts saving `state` and `meta` (with every array's checksum) as step `step` (asynchronously
+  if `mngr` is async)."""
+  meta = {**meta, CHECKSUMS: checksums(state)}
   mngr.save(
       step,
       args=ocp.args.Composite(**{STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta)}),
@@ -98,17 +151,19 @@ def _checked_step(mngr: ocp.CheckpointManager, directory: str, step: int | None)
 
 
 def _restore_latest(mngr: ocp.CheckpointManager, requested: int | None, step: int, args) -> tuple[Any, int]:
-  """(restored, step). When the latest step was asked for and a running trainer rotated it away
-  while it was read, the new latest step is read instead (a few times at most)."""
-  for attempt in range(3):
+  """(restored, step). When the latest step was asked for and a running trainer saved a newer one
+  while it was read (and is deleting this one: its directory may still be there, half removed),
+  the new latest step is read instead (a few times at most)."""
+  attempts = 8
+  for attempt in range(attempts):
     try:
       return mngr.restore(step, args=args), step
-    except Exception:  # noqa: BLE001 - orbax raises many types; re-raised unless the step is gone
-      if requested is not None or attempt == 2:
+    except Exception:  # noqa: BLE001 - orbax raises many types; re-raised unless a newer step exists
+      if requested is not None or attempt == attempts - 1:
         raise
       mngr.reload()
       steps = mngr.all_steps()
-      if not steps or step in steps:
+      if not steps or max(steps) <= step:
         raise
       step = max(steps)
   raise AssertionError("unreachable")
@@ -133,7 +188,7 @@ def read_meta(directory: str | os.PathLike, step: int | None = None) -> dict[str
           f"Checkpoint {directory!r} step {step} has no readable metadata ({error_summary(e)}). "
           "It may be truncated or not a focalnet_jax checkpoint."
       ) from e
-  return dict(restored[META])
+  return {k: v for k, v in restored[META].items() if k != CHECKSUMS}  # the meta as its writer gave it
 
 
 def restore_state(
@@ -163,28 +218,45 @@ def restore_state(
              "or train it again." if earlier else "Convert or train it again.")
           + " Nothing was changed on disk."
       ) from e
-  return restored[STATE], dict(restored[META]), step
+    earlier = sorted(s for s in mngr.all_steps() if s < step)
+  where = f"Checkpoint {os.path.join(directory, str(step))!r}" + (f" (earlier steps: {earlier})" if earlier else "")
+  verify(restored[STATE], restored[META], where)
+  return restored[STATE], {k: v for k, v in restored[META].items() if k != CHECKSUMS}, step
 
 
 def restore_to_resume(mngr: ocp.CheckpointManager, target: Any) -> tuple[Any, int]:
-  """(state, step) of the latest step of a training run, restored onto `target` (ShapeDtypeStructs
-  carrying the shardings). A step that cannot be restored onto it is an error that names the
-  step, an earlier one to fall back to, and changes nothing on disk."""
+  """(state, step) of the latest intact step of a training run, restored onto `target`
+  (ShapeDtypeStructs carrying the shardings). A step whose checksums do not match is moved aside
+  to `<step>.corrupt` (kept, never deleted) with a warning, and the previous step is tried. A
+  step that cannot be restored at all is an error that names it and the step to fall back to."""
   directory = os.fspath(mngr.directory)
-  latest = mngr.latest_step()
-  try:
-    restored = mngr.restore(latest, args=ocp.args.Composite(**{STATE: ocp.args.StandardRestore(target)}))
-  except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types
+  while True:
+    latest = mngr.latest_step()
     path = os.path.join(directory, str(latest))
     earlier = sorted(s for s in mngr.all_steps() if s < latest)
-    raise ValueError(
-        f"Cannot resume from {path} ({error_summary(e)}). It is truncated or corrupt, or was written "
-        "by a run with another model or optimizer config (compare config.json in the workdir). "
-        + (f"To resume from step {earlier[-1]} instead, move {path} out of the way" if earlier
-           else "To start afresh, use a new --workdir")
-        + "; nothing was deleted."
-    ) from e
-  return restored[STATE], latest
+    try:
+      restored = mngr.restore(latest, args=ocp.args.Composite(
+          **{STATE: ocp.args.StandardRestore(target), META: ocp.args.JsonRestore()}))
+    except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types
+      raise ValueError(
+          f"Cannot resume from {path} ({error_summary(e)}). It is truncated or corrupt, or was written "
+          "by a run with another model or optimizer config (compare config.json in the workdir). "
+          + (f"To resume from step {earlier[-1]} instead, move {path} out of the way" if earlier
+             else "To start afresh, use a new --workdir")
+          + "; nothing was deleted."
+      ) from e
+    try:
+      verify(restored[STATE], restored[META], f"Checkpoint {path!r}")
+      return restored[STATE], latest
+    except ChecksumMismatch as e:
+      if not earlier or jax.process_count() > 1:  # processes would have to agree on the move
+        raise ValueError(f"Cannot resume: {e}" + (f" Move {path} out of the way to resume from step "
+                                                  f"{earlier[-1]}." if earlier else "")) from e
+      aside = f"{path}.corrupt"
+      os.rename(path, aside)
+      logging.getLogger("absl").warning("%s Moved it to %s (kept for inspection); resuming from step %d.",
+                                        e, aside, earlier[-1])
+      mngr.reload()
 
 
 def load_params(
@@ -203,16 +275,37 @@ def params_of(state: dict[str, Any], directory: str | os.PathLike, step: int, em
         f"Checkpoint {os.fspath(directory)!r} step {step} has no {key!r} (it has {sorted(state)})."
         + (" It was written without EMA; evaluate the raw params instead." if ema else "")
     )
+  check_finite(state[key], f"Checkpoint {os.path.join(os.fspath(directory), str(step))!r}")
   return state[key]
 
 
-def meta_of(mngr: ocp.CheckpointManager, step: int) -> dict[str, Any] | None:
-  """The metadata of `step` in an open manager, or None if it cannot be read (the state's
-  restore then reports the step as corrupt)."""
+def check_finite(params: Any, source: str) -> None:
+  """Refuses weights holding NaN or inf: every logit of a model with them is NaN, and an eval over
+  NaN logits counts them as predictions of the first classes (a top-1 that looks like a number)."""
+  import numpy as np
+
+  bad = []
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+    a = np.asarray(leaf)
+    if a.dtype.kind == "f" or a.dtype.name == "bfloat16":
+      n = int(a.size - np.count_nonzero(np.isfinite(a.astype(np.float32))))
+      if n:
+        bad.append(f"{jax.tree_util.keystr(path, simple=True, separator='/')} ({n} of {a.size})")
+  if bad:
+    raise ValueError(
+        f"{source} holds non-finite weights (NaN or inf) in {len(bad)} array(s): {', '.join(bad[:5])}"
+        + (f" and {len(bad) - 5} more" if len(bad) > 5 else "") + ". Every prediction of a model with them is "
+        "NaN. The file is damaged or comes from a run that diverged: download or convert it again, or load "
+        "an earlier step.")
+
+
+def meta_of(mngr: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+  """The metadata of `step` in an open manager; a ValueError naming the step if it cannot be read."""
   try:
     return dict(mngr.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META])
-  except Exception:  # noqa: BLE001
-    return None
+  except Exception as e:  # noqa: BLE001 - orbax raises many types for unreadable files
+    raise ValueError(f"the metadata of {os.path.join(os.fspath(mngr.directory), str(step))} cannot be read "
+                     f"({error_summary(e)})") from e
 
 
 def check_saves(mngr: ocp.CheckpointManager, step: int, intact: int | None, wait: bool = False) -> None:
@@ -224,6 +317,13 @@ def check_saves(mngr: ocp.CheckpointManager, step: int, intact: int | None, wait
       mngr.wait_until_finished()
     mngr.check_for_errors()
   except Exception as e:  # noqa: BLE001 - whatever the writer raised
+    mngr.reload()
+    if step in mngr.all_steps():  # committed: what failed was removing older steps (keep_checkpoints)
+      logging.getLogger("absl").warning(
+          "Removing old checkpoints after saving step %d failed (%s); step %d is saved and the run goes on. "
+          "The older steps are still in %s: delete them by hand if the space matters.",
+          step, error_summary(e), step, os.fspath(mngr.directory))
+      return
     raise OSError(
         f"Saving checkpoint step {step} to {os.fspath(mngr.directory)} failed ({error_summary(e)}). "
         f"The last intact checkpoint is {f'step {intact}' if intact is not None else 'none'}. Fix the "

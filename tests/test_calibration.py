@@ -93,7 +93,7 @@ def sharded(step_fn, logits, labels):
   mesh = sharding.make_mesh(-1, 1)
   with jax.set_mesh(mesh):
     return eval_lib.accumulate(jax.jit(step_fn, out_shardings=sharding.replicated(mesh)), {},
-                               logit_batches(logits, labels), sharding.batch_sharding(mesh))
+                               logit_batches(logits, labels), sharding.batch_sharding(mesh), logits.shape[1])
 
 
 def test_nll_brier_and_ece_of_sharded_padded_evaluation_match_sklearn():

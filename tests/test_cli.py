@@ -37,6 +37,30 @@ def test_eval_prints_its_metrics_before_a_report_it_cannot_write(tmp_path):
   # (printed from C++ before TF reads TF_CPP_MIN_LOG_LEVEL).
   chatter = [line for line in proc.stderr.splitlines() if re.match(r"I\d{4} |INFO|WARNING: All log messages", line)]
   assert "orbax" not in proc.stderr and not chatter, chatter
+  # A bad eval setting is named with its flag before any image is read (never blamed on the files).
+  for extra in ([], [f"--image={tmp_path / 'data' / 'val' / next(iter(COLOURS)) / '0.png'}"]):
+    cmd = [sys.executable, "eval.py", f"--checkpoint={ckpt}", f"--dataset=folder:{tmp_path / 'data'}",
+           "--split=val", "--image_size=32", "--crop_ratio=2.0", *extra]
+    proc = subprocess.run(cmd, cwd=train_utils.ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "eval.py: error: Invalid settings: crop_ratio=2.0 must be a number in (0, 1] (--crop_ratio=...)" \
+        in proc.stderr and "repair" not in proc.stderr
+
+
+def test_train_help_lists_the_config_fields_and_a_missing_dataset_is_one_clear_error(tmp_path):
+  proc = subprocess.run([sys.executable, "train.py", "--help"], cwd=train_utils.ROOT, env=ENV, capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 0 and "--workdir" in proc.stdout
+  assert "--config.batch_size=1024" in proc.stdout and "--config.data_dir=None" in proc.stdout
+  pytest.importorskip("tensorflow_datasets")
+  workdir = tmp_path / "run"
+  cmd = [sys.executable, "train.py", "--config", "configs/focalnet_t.py", f"--workdir={workdir}",
+         f"--config.data_dir={tmp_path / 'tfds'}"]
+  proc = subprocess.run(cmd, cwd=train_utils.ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  assert "train.py: error: TFDS dataset 'imagenet2012' is not prepared" in proc.stderr
+  assert "--config.data_dir=/path/to/tensorflow_datasets" in proc.stderr and "download_and_prepare" not in proc.stderr
+  assert not workdir.exists()  # no empty workdir left behind
 
 
 def test_a_preempted_run_exits_75_and_a_finished_one_0(tmp_path):

@@ -50,8 +50,8 @@ def test_force_writes_beside_and_swaps_so_a_failed_write_keeps_the_old_output(we
     raise OSError(28, "No space left on device")
 
   monkeypatch.setattr(checkpoint, "save", disk_full)
-  with pytest.raises(SystemExit, match=r"writing .*out failed \(OSError: \[Errno 28\] No space left on device\); "
-                                       r"the existing output was left as it was"):
+  with pytest.raises(SystemExit, match=r"Writing .*out failed \(OSError: \[Errno 28\] No space left on device; "
+                                       r"free disk space and rerun\); the existing .*out is intact"):
     convert.main(_args(weights / "w.safetensors", out, "--force"))
   monkeypatch.undo()
   assert sorted(os.listdir(out)) == before and sorted(os.listdir(tmp_path)) == ["out"]  # nothing left beside
@@ -75,3 +75,35 @@ def test_truncated_or_empty_weight_files_are_incomplete_downloads(weights, tmp_p
   assert f"'{cut}' is incomplete or damaged" in message or f"Could not read '{cut}'" in message, message
   assert "download it again" in message.lower() and "trust" not in message.lower()
   assert not (tmp_path / "out").exists()
+
+
+def test_weights_with_nan_are_refused_by_convert_and_from_pretrained(weights, tmp_path):
+  from safetensors.numpy import load_file, save_file
+
+  import focalnet_jax
+
+  sd = load_file(str(weights / "w.safetensors"))
+  sd["layers.0.blocks.0.mlp.fc1.weight"][0, :3] = np.nan
+  save_file(sd, str(tmp_path / "nan.safetensors"))
+  with pytest.raises(SystemExit, match=r"nan.safetensors' holds non-finite weights \(NaN or inf\) in 1 array\(s\): "
+                                       r"params/layers_0/blocks_0/mlp/fc1/kernel \(3 of \d+\)\..*download or convert it again"):
+    convert.main(_args(tmp_path / "nan.safetensors", tmp_path / "out"))
+  assert not (tmp_path / "out").exists()
+  with pytest.raises(ValueError, match="holds non-finite weights"):
+    focalnet_jax.from_pretrained(tmp_path / "nan.safetensors", variant=NAME, **SMALL)
+
+
+def test_a_web_page_or_a_misnamed_file_is_named_for_what_it_is(weights, tmp_path):
+  html = tmp_path / "model.pth"
+  html.write_text("<!DOCTYPE html>\n<html><head><title>Sign in</title></head><body>...</body></html>\n")
+  with pytest.raises(SystemExit) as e:
+    convert.main(_args(html, tmp_path / "out"))
+  assert "is a web page (HTML), not a weight file" in str(e.value) and "trust" not in str(e.value).lower()
+  lfs = tmp_path / "pytorch_model.bin"
+  lfs.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 1234\n")
+  with pytest.raises(SystemExit, match="is a Git LFS pointer .*git lfs pull"):
+    convert.main(_args(lfs, tmp_path / "out"))
+  misnamed = tmp_path / "really_safetensors.pth"  # safetensors saved under a .pth name: read as what it is
+  misnamed.write_bytes((weights / "w.safetensors").read_bytes())
+  assert convert.main(_args(misnamed, tmp_path / "out")) == 0
+  assert not (tmp_path / "other").exists()

@@ -32,7 +32,7 @@ def run(logits_fn, num_classes, config, subset=None):
   mesh = sharding.make_mesh(-1, 1)
   step = jax.jit(evaluation.make_eval_step(logits_fn, num_classes, subset))
   with jax.set_mesh(mesh):
-    return evaluation.evaluate(step, {}, data_lib.eval_iterator(config), sharding.batch_sharding(mesh))
+    return evaluation.evaluate(step, {}, data_lib.eval_iterator(config), sharding.batch_sharding(mesh), num_classes)
 
 
 def mean_rgb_logits(params, images):

@@ -9,7 +9,7 @@ import pytest
 
 from configs import default
 from focalnet_jax import create_model
-from focalnet_jax.tools.convert.layouts import torch_key
+from focalnet_jax.weights.layouts import torch_key
 from focalnet_jax.train import config_check, layer_decay, optim
 from torch_refs import import_timm
 

@@ -338,7 +338,17 @@ def test_corrupt_checkpoint_is_named_with_a_way_out_and_left_alone(tmp_path):
 @pytest.mark.parametrize("overrides,message", [
     ({"model.focal_windows": 0}, "positive odd int"),
     ({"model.focal_windows": 4}, "positive odd int"),
-    ({"model.focal_levels": -1}, "must be >= 0"),
+    ({"model.focal_levels": -1}, r"model.focal_levels=-1 must be an int >= 0"),
+    ({"model.focal_levels": "abc"}, r"model.focal_levels='abc' must be an int >= 0, or one per stage .*"
+                                    r"\(--config.model.focal_levels=...\)"),
+    ({"min_lr": 1e-2}, r"min_lr=0.01 must be <= base_lr=0.0005 \(the rate would climb after warmup instead of "
+                       r"decaying\) \(--config.min_lr=...\)"),
+    ({"warmup_lr": 1e-2}, r"warmup_lr=0.01 must be <= base_lr=0.0005"),
+    ({"aug.mean": (0.5, 0.5)}, r"aug.mean=\(0.5, 0.5\) must be three numbers, one per RGB channel"),
+    ({"aug.std": (0.2, 0.0, 0.2)}, r"aug.std=\(0.2, 0.0, 0.2\) must be three numbers > 0, .*--config.aug.std="),
+    ({"model.num_classes": 0}, r"model.num_classes=0 must be an int >= 1"),
+    ({"model.dtype": "fp16"}, r"model.dtype='fp16' must be 'float32' or 'bfloat16' or 'float16'"),
+    ({"model.focal_windows": (3, 4)}, r"model.focal_windows=\(3, 4\) must be a positive odd int"),
     ({"model.name": "focalnet_tiny_srff"}, "Did you mean focalnet_tiny_srf"),
     ({"image_size": 10}, r"multiples of 4.*Nearest valid sides: 8, 12"),
     ({"batch_size": 12}, r"batch_size=12 must be divisible by the 8 mesh devices x grad_accum_steps=1; nearest valid values: 8, 16"),

@@ -223,6 +223,18 @@ def test_a_latest_step_rotated_away_while_it_is_read_is_retried_on_the_new_lates
   params, _ = checkpoint.load_params(ckpts)
   assert rotated == [2] and params["w"].tolist() == [3.0, 3.0]
 
+  # Caught in the middle of the deletion: step 3's directory is still there, its data gone.
+  def half_deleted_first(self, step, *args, **kwargs):
+    if len(rotated) == 1:
+      rotated.append(step)
+      checkpoint.save(ckpts, {"params": {"w": np.full(2, 4, np.float32)}}, {"model": "m"}, step=4)
+      shutil.rmtree(os.path.join(ckpts, "3", "state"))
+    return restore(self, step, *args, **kwargs)
+
+  monkeypatch.setattr(ocp.CheckpointManager, "restore", half_deleted_first)
+  params, _ = checkpoint.load_params(ckpts)
+  assert rotated == [2, 3] and params["w"].tolist() == [4.0, 4.0]
+
 
 def test_top5_with_fewer_classes_is_labelled_by_its_k():
   from focalnet_jax.train import eval_step
@@ -237,3 +249,42 @@ def test_visualize_output_directory_gets_the_default_name(tmp_path):
   assert visualize.output_path("new_dir/", "x/curves.png") == os.path.join("new_dir/", "curves.png")
   assert visualize.output_path("pic.png", "modulation_cat.png") == "pic.png"
   assert visualize.output_path(None, "modulation_cat.png") == "modulation_cat.png"
+
+
+def test_an_empty_or_garbled_lock_is_stale_and_a_lock_that_cannot_be_written_leaves_nothing(tmp_path, caplog,
+                                                                                           monkeypatch):
+  for name, content in (("empty", ""), ("garbled", '{"host": '), ("no_pid", json.dumps({"host": socket.gethostname()}))):
+    os.makedirs(tmp_path / name)
+    path = tmp_path / name / workdir_lib.LOCK
+    path.write_text(content)
+    with caplog.at_level("WARNING"):
+      assert workdir_lib.acquire(str(tmp_path / name)) == str(path)
+    assert f"Taking over {path}: it is empty, unreadable or names no process" in caplog.text
+    assert json.load(open(path))["pid"] == os.getpid()
+    workdir_lib.release(str(path))
+  # The disk fills up between creating the lock and writing it: no empty lock is left behind.
+  def full(holder, f):
+    raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(workdir_lib.json, "dump", full)
+  with pytest.raises(OSError, match=rf"Could not write the workdir lock {tmp_path}/full/run.lock .*No space left.*"
+                                    r"nothing was left behind"):
+    workdir_lib.acquire(str(tmp_path / "full"))
+  assert os.listdir(tmp_path / "full") == []
+
+
+def test_a_failed_deletion_of_an_old_step_is_not_a_failed_save_and_the_run_finishes(tmp_path, monkeypatch, caplog):
+  from orbax.checkpoint._src.path import deleter
+
+  def refuse(self, steps):
+    if steps:
+      raise PermissionError(13, "Permission denied", str(steps))
+
+  monkeypatch.setattr(deleter.StandardCheckpointDeleter, "delete_steps", refuse)
+  config = train_utils.tiny_config(total_steps=6, checkpoint_every_steps=2, keep_checkpoints=1)
+  with caplog.at_level("WARNING"):
+    result = train(config, tmp_path / "run")
+  assert result["step"] == 6 and not result["preempted"]
+  assert "Removing old checkpoint" in caplog.text and "Permission denied" in caplog.text
+  monkeypatch.undo()
+  assert checkpoint.read_meta(str(tmp_path / "run" / "checkpoints"))["config"]["total_steps"] == 6  # final save made

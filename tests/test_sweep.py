@@ -107,14 +107,15 @@ def test_run_sweep_skips_finished_and_resumes_interrupted(tmp_path):
   runs = runs_of(FL + ":quickstart", only=["fl0", "fl1", "fl2", "fl3"])
   workdir = str(tmp_path)
   os.makedirs(tmp_path / "fl0")
-  (tmp_path / "fl0" / "result.json").write_text(json.dumps({"metrics": {"top1": 0.1}}))
+  fl0 = {"metrics": {"top1": 0.1}, "config": json.loads(runs[0].config.to_json_best_effort())}
+  (tmp_path / "fl0" / "result.json").write_text(json.dumps(fl0))
   os.makedirs(tmp_path / "fl1" / "checkpoints")  # interrupted: checkpoints, no result.json
   fake = FakeTrain(fail={"fl2"})
   report = sweep.run_sweep(runs, workdir, fake)
   assert [c[:2] for c in fake.calls] == [("fl1", 1), ("fl2", 2), ("fl3", 3)]
   assert fake.calls[0][2]  # fl1 ran in its own workdir, where its checkpoints are
-  assert report == {"ran": ["fl1", "fl3"], "skipped": ["fl0"], "failed": ["fl2"], "stopped": []}
-  assert json.loads((tmp_path / "fl0" / "result.json").read_text()) == {"metrics": {"top1": 0.1}}  # untouched
+  assert report == {"ran": ["fl1", "fl3"], "skipped": ["fl0"], "failed": ["fl2"], "stopped": [], "stale": []}
+  assert json.loads((tmp_path / "fl0" / "result.json").read_text()) == fl0  # untouched
   done = json.loads((tmp_path / "fl3" / "result.json").read_text())
   assert done["overrides"] == {"model.focal_levels": 3} and done["metrics"]["top1"] == pytest.approx(0.8)
   assert not (tmp_path / "fl2" / "result.json").exists()
@@ -124,6 +125,24 @@ def test_run_sweep_skips_finished_and_resumes_interrupted(tmp_path):
   report = sweep.run_sweep(runs, workdir, fake)
   assert [c[0] for c in fake.calls] == ["fl2"] and report["stopped"] == ["fl2"]
   assert not (tmp_path / "fl2" / "result.json").exists()
+
+
+def test_a_point_finished_under_another_config_is_neither_reused_nor_reported(tmp_path):
+  runs = runs_of(FL + ":quickstart", only=["fl0", "fl1"])
+  sweep.run_sweep(runs, str(tmp_path), FakeTrain())
+  changed = runs_of(FL + ":quickstart", only=["fl0", "fl1"])
+  for run in changed:
+    run.config.base_lr *= 2  # the base config changed between the two sweeps
+  fake = FakeTrain()
+  report = sweep.run_sweep(changed, str(tmp_path), fake)
+  assert fake.calls == [] and report["stale"] == ["fl0", "fl1"] and report["skipped"] == []
+  assert sweep.stale_changes(str(tmp_path), changed[0]) == [f"base_lr: {runs[0].config.base_lr!r} -> "
+                                                            f"{changed[0].config.base_lr!r}"]
+  assert sweep_report.collect_row(changed[0], str(tmp_path)) is None  # never beside the new results
+  assert sweep_report.collect_row(runs[0], str(tmp_path))["status"] == "done"
+  # A harmless change (logging) still reuses the result.
+  runs[0].config.log_every_steps += 1
+  assert sweep.stale_changes(str(tmp_path), runs[0]) == []
 
 
 class CtrlCAfter(FakeTrain):
@@ -206,7 +225,7 @@ def test_cli_refuses_a_bare_number_for_a_per_stage_field(tmp_path):
 # --- aggregation ------------------------------------------------------------------------------
 
 
-def write_point(workdir, name, top1, rates, finished=True, ema=None):
+def write_point(workdir, name, top1, rates, finished=True, ema=None, runs=None):
   d = os.path.join(workdir, name)
   os.makedirs(d, exist_ok=True)
   with open(os.path.join(d, "metrics.jsonl"), "w") as f:
@@ -218,14 +237,16 @@ def write_point(workdir, name, top1, rates, finished=True, ema=None):
     if ema is not None:
       metrics["ema_top1"] = ema
     with open(os.path.join(d, "result.json"), "w") as f:
-      json.dump({"name": name, "metrics": metrics, "num_classes": 10, "wall_s": 120.0}, f)
+      config = next(r.config for r in runs if r.name == name)  # a result holds the config it was run with
+      json.dump({"name": name, "metrics": metrics, "num_classes": 10, "wall_s": 120.0,
+                 "config": json.loads(config.to_json_best_effort())}, f)
 
 
 def test_aggregate_rows_table_and_plot(tmp_path):
   runs = runs_of(FL + ":quickstart")
   workdir = str(tmp_path)
-  write_point(workdir, "fl3", 0.97, [100, 300, 200], ema=0.975)
-  write_point(workdir, "fl0", 0.91, [400, 500])
+  write_point(workdir, "fl3", 0.97, [100, 300, 200], ema=0.975, runs=runs)
+  write_point(workdir, "fl0", 0.91, [400, 500], runs=runs)
   write_point(workdir, "fl1", 0.93, [50], finished=False)  # running: only metrics.jsonl so far
   rows = sweep_report.aggregate(runs, workdir, "configs/ablations/focal_levels.py:quickstart")
   assert [r["name"] for r in rows] == ["fl0", "fl1", "fl3"]  # sweep order; fl2 and fl4 have nothing
@@ -282,7 +303,7 @@ def assert_drawn(png):
 def test_aggregate_categorical_sweep(tmp_path):
   runs = runs_of(os.path.join(ROOT, "configs/ablations/components.py:quickstart"))
   for name, acc in (("baseline", 0.95), ("no_gating", 0.9), ("additive", 0.85)):
-    write_point(str(tmp_path), name, acc, [100])
+    write_point(str(tmp_path), name, acc, [100], runs=runs)
   rows = sweep_report.aggregate(runs, str(tmp_path), "components")
   assert [r["overrides"] for r in rows] == ["", "use_gating=False", "interaction=add"]
   assert "| `baseline` | (base) |" in (tmp_path / "results.md").read_text()

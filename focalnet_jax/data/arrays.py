@@ -22,7 +22,7 @@ import numpy as np
 
 from focalnet_jax.data import transforms_np
 from focalnet_jax.data.batches import local_batch
-from focalnet_jax.data.info import DatasetInfo
+from focalnet_jax.data.info import DatasetInfo, check_labels
 
 
 class ArrayData:
@@ -33,6 +33,8 @@ class ArrayData:
                eval_labels: np.ndarray, class_names: Sequence[str] | None = None, *, augment: bool = False):
     self.augment = augment
     dtype = np.uint8 if augment else np.float32
+    for name, labels in (("train_labels", train_labels), ("eval_labels", eval_labels)):
+      check_labels(labels, len(class_names) if class_names is not None else np.iinfo(np.int32).max, name)
     self.train = (np.asarray(train_images, dtype), np.asarray(train_labels, np.int32))
     self.eval = (np.asarray(eval_images, dtype), np.asarray(eval_labels, np.int32))
     for name, (images, labels) in (("train", self.train), ("eval", self.eval)):

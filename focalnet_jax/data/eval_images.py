@@ -48,20 +48,41 @@ def resample_filter(interpolation: str):
   return filters[interpolation]
 
 
-def eval_pixels(path: str, image_size: int = 224, crop_ratio: float = 0.875,
-                interpolation: str = "bicubic") -> np.ndarray:
-  """One image file -> its resized, centre-cropped uint8 RGB pixels (image_size, image_size, 3)."""
+def to_rgb(img):
+  """A PIL image in any mode -> RGB with the pixels TensorFlow's decoder (the training pipeline)
+  gives: grayscale, palette, CMYK and alpha modes convert as PIL does (TF agrees); 16-bit samples
+  keep their high byte (PIL's convert would clip them to 255, near-white); EXIF orientation is not
+  applied (neither TF nor timm applies it)."""
+  from PIL import Image
+
+  if img.mode.startswith("I;16") or img.mode == "I":  # 16-bit grayscale (PIL reads 16-bit RGB as 8-bit)
+    wide = np.asarray(img, np.uint32)
+    return Image.fromarray((wide >> 8).clip(0, 255).astype(np.uint8), "L").convert("RGB")
+  if img.mode == "F":
+    raise ValueError("floating-point pixels (PIL mode 'F') have no defined 0-255 scale; convert the image to "
+                     "8- or 16-bit PNG")
+  return img.convert("RGB")  # grayscale, palette, CMYK and RGBA alike; a GIF's first frame
+
+
+def read_rgb(path: str):
+  """The one image reader of every path that reads files without TensorFlow (eval.py --image,
+  visualize.py, `load_eval_images`, the folder scan's reference): a decoded RGB PIL image."""
   from PIL import Image, UnidentifiedImageError
 
-  resample = resample_filter(interpolation)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"No image file at {path!r}.")
   try:
     with Image.open(path) as img:
-      img = img.convert("RGB")  # grayscale, palette, CMYK and RGBA alike; a GIF's first frame
-  except (OSError, UnidentifiedImageError, SyntaxError) as e:
+      return to_rgb(img)
+  except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
     raise ValueError(f"Cannot read image {path!r}: {type(e).__name__}: {e}") from e
-  return resize_and_crop(img, image_size, crop_ratio, resample)
+
+
+def eval_pixels(path: str, image_size: int = 224, crop_ratio: float = 0.875,
+                interpolation: str = "bicubic") -> np.ndarray:
+  """One image file -> its resized, centre-cropped uint8 RGB pixels (image_size, image_size, 3)."""
+  resample = resample_filter(interpolation)
+  return resize_and_crop(read_rgb(path), image_size, crop_ratio, resample)
 
 
 def resize_and_crop(img, image_size: int, crop_ratio: float, resample) -> np.ndarray:

@@ -33,7 +33,9 @@ import os
 
 import numpy as np
 
+from focalnet_jax import atomic
 from focalnet_jax.cache import cache_dir
+from focalnet_jax.data.eval_images import to_rgb
 from focalnet_jax.progress import Progress
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
@@ -139,7 +141,7 @@ def check_image(path: str) -> str | None:
       im.load()  # full decode: raises on truncated or corrupt data
       if common:
         return None
-      reference = np.asarray(im.convert("RGB"), np.int16)
+      reference = np.asarray(to_rgb(im), np.int16)
   except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError, ...)
     return f"{type(e).__name__}: {e}"
   return _tf_disagrees(path, reference, fmt)
@@ -166,11 +168,7 @@ def _load_verdicts(cache_path: str) -> dict:
 def _save_verdicts(cache_path: str, verdicts: dict) -> None:
   """Atomically (write beside, rename); a cache that cannot be written is only slower next time."""
   try:
-    os.makedirs(os.path.dirname(cache_path), exist_ok=True)
-    tmp = f"{cache_path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-      json.dump(verdicts, f)
-    os.replace(tmp, cache_path)
+    atomic.write_json(cache_path, verdicts, indent=None)
   except OSError as e:
     logging.info("Folder scan cache not written (%s); the next scan checks every image again.", e)
 

@@ -110,7 +110,8 @@ class TfdsSource:
 
   def _not_prepared(self) -> ValueError:
     data_dir = self.data_dir or "~/tensorflow_datasets"
-    msg = f"TFDS dataset {self.name!r} is not prepared in data_dir {data_dir!r}. "
+    msg = (f"TFDS dataset {self.name!r} is not prepared in data_dir {data_dir!r}. If you have a prepared copy "
+           "elsewhere, pass its directory: --config.data_dir=/path/to/tensorflow_datasets. Otherwise: ")
     if self.name.split(":")[0] == "imagenet2012":
       msg += _IMAGENET_HINT.format(data_dir=data_dir)
     else:

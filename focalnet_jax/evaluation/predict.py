@@ -26,6 +26,10 @@ def preprocess_files(paths: Sequence[str], config: ml_collections.ConfigDict) ->
 
 def top_k(logits: np.ndarray, class_names: Sequence[str], k: int = 5) -> list[list[tuple[str, float]]]:
   """Per row: the k most probable (class name, probability), most probable first."""
+  if not np.all(np.isfinite(logits)):
+    raise FloatingPointError(f"{int(np.sum(~np.all(np.isfinite(logits), -1)))} of {len(logits)} images gave "
+                             "non-finite logits (NaN or inf): no prediction is reported. Check the checkpoint "
+                             "and the image, or predict in float32 (--dtype float32).")
   probs = np.asarray(jax.nn.softmax(jnp.asarray(logits, jnp.float32), axis=-1))
   order = np.argsort(-probs, axis=-1)[:, :k]
   return [[(class_names[i], float(row[i])) for i in idx] for row, idx in zip(probs, order)]

@@ -8,7 +8,6 @@ restricted to their 200 classes; ImageNet-ReaL adds `real_top1`.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import time
 from typing import Any, Mapping, NamedTuple
@@ -17,6 +16,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from focalnet_jax import atomic
 from focalnet_jax.data import labels
 from focalnet_jax.train import eval_step as eval_lib
 from focalnet_jax.train import config_check, sharding
@@ -64,13 +64,24 @@ def _label_folder_by_model(config: ml_collections.ConfigDict, meta: Mapping[str,
     return config
   config = config.copy_and_resolve_references()
   names = meta.get("class_names")
-  if not (names and len(names) == num_classes) and num_classes == labels.IMAGENET1K_CLASSES:
+  if num_classes == labels.IMAGENET1K_CLASSES and not (names and len(names) == num_classes
+                                                       and _folder_classes(config) <= set(names)):
+    # Published 1000-class weights name their classes 'tench', ...: an ImageNet folder sorted by
+    # wnid ('n01440764', ...) is in the same order, which every ImageNet-1K model uses.
     names = labels.imagenet1k_wnids()
   if names and len(names) == num_classes:
     config.class_names, config.train_split = tuple(names), ""
   else:
     config.train_split = config.eval_split
   return config
+
+
+def _folder_classes(config: ml_collections.ConfigDict) -> set[str]:
+  """The visible class directories of an image folder's eval split (empty if it has none)."""
+  split = os.path.join(config.dataset[len("folder:"):], config.eval_split)
+  if not os.path.isdir(split):
+    return set()
+  return {d for d in os.listdir(split) if not d.startswith(".") and os.path.isdir(os.path.join(split, d))}
 
 
 def default_report_path(loaded: Pretrained, config, ema: bool) -> str:
@@ -128,7 +139,7 @@ def run_pass(setup: EvalSetup, step_fn, split: str):
   step = _jitted(step_fn, setup.mesh)
   with jax.set_mesh(setup.mesh):
     batches = setup.dataset.eval_batches(config, process_index=jax.process_index(), process_count=jax.process_count())
-    return eval_lib.accumulate(step, setup.params, batches, sharding.batch_sharding(setup.mesh),
+    return eval_lib.accumulate(step, setup.params, batches, sharding.batch_sharding(setup.mesh), setup.num_classes,
                                num_batches=-(-num // config.eval_batch_size))
 
 
@@ -187,8 +198,6 @@ def evaluate_checkpoint(checkpoint_or_path: Pretrained | str, config: ml_collect
 
 
 def write_report(report: dict[str, Any], output: str) -> str:
-  """Writes `report` as JSON to `output` (its directory created); returns the path."""
-  os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-  with open(output, "w") as f:
-    json.dump(report, f, indent=2)
+  """Writes `report` as JSON to `output` (atomically, its directory created); returns the path."""
+  atomic.write_json(output, report)
   return output

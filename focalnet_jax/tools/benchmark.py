@@ -29,6 +29,7 @@ import warnings
 
 import ml_collections
 
+from focalnet_jax import atomic
 from focalnet_jax.model import execution as execution_lib
 
 from focalnet_jax.tools.benchmark_runners import (  # noqa: F401 - register_torchvision_stubs: tests import it here
@@ -272,7 +273,8 @@ def plot_sweep(points: dict[str, list[tuple[int, float]]], path: str, title: str
   ax.grid(alpha=0.3)
   ax.legend()
   fig.tight_layout()
-  fig.savefig(path)
+  with atomic.replacing(path) as tmp:
+    fig.savefig(tmp)
   plt.close(fig)
 
 

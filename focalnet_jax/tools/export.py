@@ -25,12 +25,13 @@ composite, the same numbers. The rest is serialized for TF's StableHLO version (
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from focalnet_jax import atomic
 
 FORMATS = ("stablehlo", "savedmodel")
 # Lowered for both: an artifact made on a CPU-only machine also serves on an NVIDIA GPU.
@@ -150,7 +151,8 @@ def export_savedmodel(model: Any, variables: Any, output: str, image_size: int |
     return {"logits": logits}
 
   module.serve = serve
-  tf.saved_model.save(module, output, signatures={"serving_default": serve})
+  with atomic.replacing(output) as tmp:  # an old export stays whole until the new one is
+    tf.saved_model.save(module, tmp, signatures={"serving_default": serve})
   return output
 
 
@@ -167,9 +169,7 @@ def export(model: Any, variables: Any, *, format: str = "stablehlo", output: str
     return export_savedmodel(model, variables, output, image_size, batch_size=batch_size, platforms=platforms)
   data = export_stablehlo(model, variables, image_size, batch_size=batch_size, platforms=platforms)
   if output:
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    with open(output, "wb") as f:
-      f.write(data)
+    atomic.write_bytes(output, data)
   return data
 
 

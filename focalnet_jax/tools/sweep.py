@@ -31,6 +31,8 @@ from typing import Any, Callable, Iterable, Sequence
 import ml_collections
 from absl import logging
 
+from focalnet_jax import atomic
+
 RESULT_FILE = "result.json"  # a point's "finished" marker: written only after training returns
 COMMANDS_SH = "commands.sh"
 
@@ -133,11 +135,20 @@ def is_finished(workdir: str, name: str) -> bool:
   return os.path.exists(result_path(workdir, name))
 
 
+def stale_changes(workdir: str, run: Run) -> list[str]:
+  """Why point `run`'s result.json does not hold the result of `run.config` (the fields, saved ->
+  now, that change what it trains); [] when it does. A result is finished only for its own config."""
+  from focalnet_jax.train import config_check
+
+  with open(result_path(workdir, run.name)) as f:
+    saved = json.load(f).get("config")
+  if saved is None:
+    return ["its result.json records no config (written by an older version), so it cannot be compared"]
+  return [f"{k}: {old!r} -> {new!r}" for k, old, new in config_check.config_changes(saved, run.config)]
+
+
 def _write_json(path: str, obj: Any) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2)
-  os.replace(tmp, path)  # atomic: a crash never leaves a half-written marker
+  atomic.write_json(path, obj)  # a crash never leaves a half-written marker
 
 
 def checkpoint_meta(point_dir: str) -> dict[str, Any] | None:
@@ -166,10 +177,11 @@ def run_sweep(runs: Sequence[Run], workdir: str, train_fn: TrainFn | None = None
   Finished runs (with result.json) are skipped; an interrupted one resumes from its checkpoints
   (the trainer does that). A run that raises is logged and the sweep goes on; a run stopped by
   SIGTERM or Ctrl-C (`preempted`), or a Ctrl-C between runs, stops the sweep, unfinished. Returns
-  {'ran', 'skipped', 'failed', 'stopped'} lists of names.
+  {'ran', 'skipped', 'failed', 'stopped', 'stale'} lists of names ('stale': finished under
+  another config, refused).
   """
   train_fn = train_fn or _default_train_fn
-  report: dict[str, list[str]] = {"ran": [], "skipped": [], "failed": [], "stopped": []}
+  report: dict[str, list[str]] = {"ran": [], "skipped": [], "failed": [], "stopped": [], "stale": []}
   for i, run in enumerate(runs):
     try:
       status = _run_point(f"[{i + 1}/{len(runs)}]", run, workdir, train_fn)
@@ -187,6 +199,12 @@ def _run_point(counter: str, run: Run, workdir: str, train_fn: TrainFn) -> str:
   """Trains one point; returns 'ran', 'skipped', 'failed' or 'stopped' (SIGTERM or Ctrl-C)."""
   point_dir = os.path.join(workdir, run.name)
   if is_finished(workdir, run.name):
+    changes = stale_changes(workdir, run)
+    if changes:
+      logging.error("%s %s finished under another config than this sweep's; its result is not reused or reported:"
+                    "\n  %s\nTo run this config, pass another --workdir (or move %s away to rerun the point here).",
+                    counter, run.name, "\n  ".join(changes), point_dir)
+      return "stale"
     logging.info("%s %s: finished already, skipping.", counter, run.name)
     return "skipped"
   logging.info("%s %s: %s%s", counter, run.name, format_overrides(run.overrides) or "the base config",
@@ -208,6 +226,7 @@ def _run_point(counter: str, run: Run, workdir: str, train_fn: TrainFn) -> str:
   meta = checkpoint_meta(point_dir) or {}
   _write_json(result_path(workdir, run.name), {  # atomic: the marker exists whole or not at all
       "name": run.name, "overrides": run.overrides, "metrics": metrics,
+      "config": json.loads(run.config.to_json_best_effort()),  # finished for this config only
       "num_classes": meta.get("num_classes"), "wall_s": time.time() - t0, "finished_at": time.time(),
   })
   return "ran"
@@ -246,10 +265,8 @@ def launch_commands(spec: str, runs: Sequence[Run], workdir: str, extra_args: Se
 
 def write_commands(path: str, commands: Sequence[str]) -> None:
   """Writes `commands` as an executable shell script (commands.sh)."""
-  with open(path, "w") as f:
-    f.write("#!/bin/sh\n# One training run per sweep point; run from the repository root, in any order or in parallel.\n")
-    f.write("".join(c + "\n" for c in commands))
-  os.chmod(path, 0o755)
+  atomic.write_text(path, "#!/bin/sh\n# One training run per sweep point; run from the repository root, in any "
+                    "order or in parallel.\n" + "".join(c + "\n" for c in commands), mode=0o755)
 
 
 

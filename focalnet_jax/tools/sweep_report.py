@@ -9,6 +9,7 @@ the median training img/s.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -16,7 +17,9 @@ import statistics
 from typing import TYPE_CHECKING, Any, Sequence
 
 import ml_collections
+from absl import logging
 
+from focalnet_jax import atomic
 from focalnet_jax.tools import sweep
 from focalnet_jax.train import runlog
 
@@ -60,6 +63,9 @@ def collect_row(run: sweep.Run, workdir: str) -> Row | None:
   records = _metrics_of(point_dir)
   result = None
   if sweep.is_finished(workdir, run.name):
+    if sweep.stale_changes(workdir, run):  # another config's result is never put beside this one's
+      logging.warning("%s: its result.json is from another config; left out of the table.", run.name)
+      return None
     with open(sweep.result_path(workdir, run.name)) as f:
       result = json.load(f)
   if result is None and not records["eval"]:
@@ -109,12 +115,13 @@ def write_csv(rows: Sequence[Row], path: str) -> None:
   swept = list(dict.fromkeys(k for r in rows for k in r if "." in k))
   fields = ["name", "overrides", *swept, "status", "step", *[m[0] for m in _columns(rows)],
             "params", "gflops", "img_per_s", "wall_s"]
-  with open(path, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-    writer.writeheader()
-    for r in rows:
-      writer.writerow({k: sweep.format_value(r[k]) if isinstance(r.get(k), (tuple, list)) else r.get(k)
-                       for k in fields})
+  out = io.StringIO()
+  writer = csv.DictWriter(out, fieldnames=fields, extrasaction="ignore")
+  writer.writeheader()
+  for r in rows:
+    writer.writerow({k: sweep.format_value(r[k]) if isinstance(r.get(k), (tuple, list)) else r.get(k)
+                     for k in fields})
+  atomic.write_text(path, out.getvalue())
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -233,7 +240,8 @@ def plot(rows: Sequence[Row], runs: Sequence[sweep.Run], path: str, title: str) 
   import matplotlib.pyplot as plt
 
   fig = results_figure(rows, runs, title)
-  fig.savefig(path)
+  with atomic.replacing(path) as tmp:
+    fig.savefig(tmp)
   plt.close(fig)
 
 
@@ -246,8 +254,7 @@ def aggregate(runs: Sequence[sweep.Run], workdir: str, spec: str) -> list[Row]:
   rows = collect(runs, workdir)
   os.makedirs(workdir, exist_ok=True)
   write_csv(rows, os.path.join(workdir, RESULTS_CSV))
-  with open(os.path.join(workdir, RESULTS_MD), "w") as f:
-    f.write(markdown_table(rows, f"Sweep `{spec}`:"))
+  atomic.write_text(os.path.join(workdir, RESULTS_MD), markdown_table(rows, f"Sweep `{spec}`:"))
   if rows:
     plot(rows, runs, os.path.join(workdir, RESULTS_PNG), f"Sweep {spec}")
   return rows

@@ -25,6 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
+from focalnet_jax import atomic  # noqa: E402
 from focalnet_jax import model as model_lib  # noqa: E402
 from focalnet_jax.train import runlog  # noqa: E402
 
@@ -203,8 +204,8 @@ def _shorten(name: str, limit: int = 22) -> str:
 def save_figure(fig: plt.Figure, path: str) -> str:
   """Writes `fig` as PNG at its own size (no tight bbox, so the size is deterministic)."""
   path = os.path.abspath(os.path.expanduser(path))
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  fig.savefig(path, dpi=fig.dpi, format="png")
+  with atomic.replacing(path) as tmp:
+    fig.savefig(tmp, dpi=fig.dpi, format="png")
   plt.close(fig)
   return path
 

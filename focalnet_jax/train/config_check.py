@@ -89,6 +89,19 @@ def _positive_numbers(v: Any) -> str | None:
   return "a non-empty sequence of numbers > 0, e.g. (0.01, 0.1, 1.0)"
 
 
+def _ints_or_int(ok: Callable[[int], bool], need: str):
+  """One int for every stage, or one per stage, each `ok`."""
+  def rule(v: Any) -> str | None:
+    items = v if isinstance(v, Sequence) and not isinstance(v, str) and v else [v]
+    return None if all(is_int(x) and ok(x) for x in items) else need
+  return rule
+
+
+def _triple(ok: Callable[[float], bool], need: str):
+  return _rule(lambda v: isinstance(v, Sequence) and not isinstance(v, str) and len(v) == 3
+               and all(_is_number(x) for x in v), lambda v: all(ok(x) for x in v), need)
+
+
 _UNIT = _num(lambda v: 0 <= v <= 1, "a number in [0, 1]")
 _BELOW_ONE = _num(lambda v: 0 <= v < 1, "a number in [0, 1)")
 _NON_NEGATIVE = _num(lambda v: v >= 0, "a number >= 0")
@@ -121,7 +134,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "data_threads": _optional(_int(1)), "corrupt_images": _choice("skip", "error"),
     "digits_split_seed": _int(0), "seed": _int(0), "fsdp_min_size": _int(0),
     "mesh.data": _rule(is_int, lambda v: v == -1 or v > 0, "an int > 0, or -1 for the remaining devices"),
-    "mesh.fsdp": _int(1), "async_checkpoints": _BOOL, "allow_config_change": _BOOL,
+    "mesh.fsdp": _rule(is_int, lambda v: v == -1 or v > 0, "an int > 0, or -1 for the remaining devices"), "async_checkpoints": _BOOL, "allow_config_change": _BOOL,
     "dataset": _rule(lambda v: isinstance(v, str) and bool(v), bool, "a non-empty string"),
     "aug.rrc_scale": _pair_in_unit, "aug.rrc_ratio": _positive_pair, "aug.random_erase_prob": _UNIT,
     "aug.randaug_num_ops": _int(0), "aug.randaug_magnitude": _NON_NEGATIVE,
@@ -136,7 +149,26 @@ RULES: dict[str, Callable[[Any], str | None]] = {
                               "fine-tuning recipes use 0.65-0.9)"),
     "probe.knn_k": _int(1), "probe.knn_temperature": _POSITIVE, "probe.linear_max_iter": _int(1),
     "probe.linear_holdout": _num(lambda v: 0 < v < 1, "a number in (0, 1)"), "probe.linear_c": _positive_numbers,
+    "model.name": _rule(lambda v: isinstance(v, str) and bool(v), bool, "a model name such as 'focalnet_tiny_srf'"),
+    "model.focal_levels": _optional(_ints_or_int(lambda v: v >= 0, "an int >= 0, or one per stage (0 keeps only "
+                                                 "the global context)")),
+    "model.focal_windows": _optional(_ints_or_int(lambda v: v > 0 and v % 2 == 1, "a positive odd int such as 3, "
+                                                  "or one per stage")),
+    "model.focal_factor": _optional(_int(0)), "model.layerscale_value": _optional(_POSITIVE),
+    "model.dtype": _choice("float32", "bfloat16", "float16"),
+    "model.param_dtype": _choice("float32", "bfloat16"),
+    "aug.mean": _triple(lambda v: True, "three numbers, one per RGB channel, on the 0-1 scale (e.g. (0.485, 0.456, 0.406))"),
+    "aug.std": _triple(lambda v: v > 0, "three numbers > 0, one per RGB channel (images are divided by them)"),
+    "aug.hflip": _BOOL,
+    "train_split": _rule(lambda v: isinstance(v, str), lambda v: True, "a split name, or '' for none"),
+    "eval_split": _rule(lambda v: isinstance(v, str) and bool(v), bool, "a split name such as 'validation'"),
+    "class_names": _optional(_rule(lambda v: isinstance(v, Sequence) and not isinstance(v, str) and bool(v)
+                                   and all(isinstance(x, str) for x in v), bool, "a tuple of class names")),
 }
+
+# (field, field it may not exceed, why): a schedule whose floor or start lies above its peak climbs.
+_NOT_ABOVE = (("min_lr", "base_lr", "the rate would climb after warmup instead of decaying"),
+              ("warmup_lr", "base_lr", "warmup would lower the rate instead of raising it"))
 
 
 def execution_of(config: ml_collections.ConfigDict) -> Execution:
@@ -182,14 +214,26 @@ def _get(config: ml_collections.ConfigDict, path: str) -> tuple[bool, Any]:
   return True, node
 
 
-def check_values(config: ml_collections.ConfigDict) -> None:
-  """Every field's type and range; raises one ValueError listing each bad field with its fix."""
+def check_values(config: ml_collections.ConfigDict, flags: dict[str, str] | None = None) -> None:
+  """Every field's type and range; raises one ValueError listing each bad field with its fix.
+  `flags` {field: flag}: check only these fields, naming a tool's own flag (eval.py's
+  `--crop_ratio`) as the fix."""
   problems = []
   for path, rule in RULES.items():
+    if flags is not None and path not in flags:
+      continue
     present, value = _get(config, path)
     need = rule(value) if present else None
     if need:
-      problems.append(f"{path}={value!r} must be {need} (--config.{path}=...)")
+      problems.append(f"{path}={value!r} must be {need} ({(flags or {}).get(path, f'--config.{path}')}=...)")
+  if flags is not None:
+    if problems:
+      raise ValueError("Invalid settings: " + "; ".join(problems) + ".")
+    return
+  for low, high, why in _NOT_ABOVE:
+    lo, hi = _get(config, low)[1], _get(config, high)[1]
+    if _is_number(lo) and _is_number(hi) and lo > hi:
+      problems.append(f"{low}={lo!r} must be <= {high}={hi!r} ({why}) (--config.{low}=...)")
   if _is_number(config.num_epochs) and config.num_epochs <= 0 and config.total_steps == -1:
     problems.append(f"num_epochs={config.num_epochs!r} trains nothing: set num_epochs > 0 or total_steps > 0 "
                     "(to evaluate a checkpoint without training, use eval.py)")
@@ -229,11 +273,22 @@ def config_changes(saved: dict, config: ml_collections.ConfigDict) -> list[tuple
           if k in old and old[k] != new[k] and k not in HARMLESS_ON_RESUME]
 
 
-def check_resume(saved: dict | None, config: ml_collections.ConfigDict, workdir: str, step: int) -> list[str]:
+def check_resume(saved: dict | None, config: ml_collections.ConfigDict, workdir: str, step: int,
+                 unknown: str = "", earlier: Sequence[int] = ()) -> list[str]:
   """Refuses to resume under a config that changes the run's trajectory, unless
-  `config.allow_config_change`; returns the changes (as lines) that were allowed."""
+  `config.allow_config_change`; returns the changes (as lines) that were allowed. `saved` None:
+  the saved config is unknown (`unknown` says why), and a check that cannot run refuses too."""
   if saved is None:
-    return []
+    if config.allow_config_change:
+      return [f"(not compared: {unknown})"]
+    path = f"{workdir}/checkpoints/{step}"
+    raise ValueError(
+        f"Cannot check that {workdir} may be resumed under this config: {unknown}. Resuming unchecked could "
+        "continue its run under another batch size, schedule or model. "
+        + (f"If step {step} is damaged, move {path} out of the way to resume from step {earlier[-1]}; "
+           if earlier else "")
+        + "to start a new run, pass another --workdir; to resume anyway, add --config.allow_config_change=True. "
+        "Nothing was written.")
   changes = [f"{k}: {old!r} -> {new!r}" for k, old, new in config_changes(saved, config)]
   if changes and not config.allow_config_change:
     raise ValueError(

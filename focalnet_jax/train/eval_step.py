@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from focalnet_jax.data.info import check_labels
 from focalnet_jax.kernels import chunking
 from focalnet_jax.progress import Progress
 from focalnet_jax.train import runlog, sharding
@@ -35,13 +36,13 @@ def top_k_of(num_classes: int) -> int:
   return min(5, num_classes)
 
 
-def _logits_in_label_space(logits_fn: LogitsFn, num_classes: int, class_subset: Sequence[int] | None):
-  """(params, images) -> float32 logits, every class outside `class_subset` at -inf."""
+def _restrict(num_classes: int, class_subset: Sequence[int] | None):
+  """float32 logits -> the same with every class outside `class_subset` at -inf."""
   if class_subset is None:
-    return lambda params, images: logits_fn(params, images).astype(jnp.float32)
+    return lambda logits: logits
   allowed = np.zeros((num_classes,), bool)
   allowed[np.asarray(class_subset)] = True
-  return lambda params, images: jnp.where(allowed, logits_fn(params, images).astype(jnp.float32), -jnp.inf)
+  return lambda logits: jnp.where(allowed, logits, -jnp.inf)
 
 
 def make_eval_step(logits_fn: LogitsFn, num_classes: int, class_subset: Sequence[int] | None = None,
@@ -54,10 +55,12 @@ def make_eval_step(logits_fn: LogitsFn, num_classes: int, class_subset: Sequence
   (temperature scaling, Guo et al. 2017; 1 leaves them as they are).
   """
   k = top_k_of(num_classes if class_subset is None else len(class_subset))
-  scored_logits = _logits_in_label_space(logits_fn, num_classes, class_subset)
+  restrict = _restrict(num_classes, class_subset)
 
   def eval_fn(params, batch):
-    logits = scored_logits(params, batch["image"]) / temperature
+    raw = logits_fn(params, batch["image"]).astype(jnp.float32)
+    nonfinite = ~jnp.all(jnp.isfinite(raw), axis=-1)  # before the subset's -inf
+    logits = restrict(raw) / temperature
     labels_, mask = batch["label"], batch["mask"]
     log_probs = jax.nn.log_softmax(logits)
     loss = -jnp.take_along_axis(log_probs, labels_[:, None], axis=-1)[:, 0]
@@ -72,7 +75,7 @@ def make_eval_step(logits_fn: LogitsFn, num_classes: int, class_subset: Sequence
     # `where`, not a product: a padded row's loss may be inf (its dummy label can be excluded).
     total = lambda v: jnp.sum(jnp.where(real_rows, v, 0.0))  # noqa: E731
     out = {"loss": (total(loss), count), "top1": (total(top1), count), "top5": (total(topk), count),
-           "brier": (total(brier), count),
+           "brier": (total(brier), count), "nonfinite": (total(nonfinite), count),
            "examples": {"confidence": jnp.max(probs, -1), "correct": top1, "mask": mask}}
     if "real" in batch:
       real = batch["real"]
@@ -88,11 +91,11 @@ def make_nll_grid_step(logits_fn: LogitsFn, num_classes: int, inverse_temperatur
                        class_subset: Sequence[int] | None = None):
   """(params, batch) -> {'nll': (per-temperature NLL sums, count)}: the mean NLL of the logits
   times each inverse temperature, to fit temperature scaling on a whole split in one pass."""
-  scored_logits = _logits_in_label_space(logits_fn, num_classes, class_subset)
+  restrict = _restrict(num_classes, class_subset)
   betas = jnp.asarray(inverse_temperatures, jnp.float32)
 
   def nll_fn(params, batch):
-    logits = scored_logits(params, batch["image"])
+    logits = restrict(logits_fn(params, batch["image"]).astype(jnp.float32))
     labels_, mask = batch["label"], batch["mask"]
     scaled = betas[:, None, None] * logits[None]  # (temperatures, batch, classes)
     nll = -jnp.take_along_axis(jax.nn.log_softmax(scaled), labels_[None, :, None], axis=-1)[..., 0]
@@ -102,12 +105,14 @@ def make_nll_grid_step(logits_fn: LogitsFn, num_classes: int, inverse_temperatur
 
 
 def accumulate(eval_step, params, batches: Iterable[dict[str, np.ndarray]],
-               batch_sharding: jax.sharding.NamedSharding, num_batches: int | None = None):
+               batch_sharding: jax.sharding.NamedSharding, num_classes: int, num_batches: int | None = None):
   """One pass over `batches` (this process's share): the summed (sum, count) pairs and, if the step
-  returns 'examples', every real row's per-example values (all processes' rows, on the host)."""
+  returns 'examples', every real row's per-example values (all processes' rows, on the host). Every
+  label is checked in [0, num_classes)."""
   totals, examples = None, []
   progress = Progress("Evaluating", num_batches) if num_batches else None
   for n, batch in enumerate(batches, 1):
+    check_labels(batch["label"], num_classes, f"eval batch {n}")
     out = dict(eval_step(params, sharding.to_global(batch, batch_sharding)))
     if "examples" in out:
       examples.append(out.pop("examples"))  # device arrays: fetched once at the end
@@ -131,6 +136,13 @@ def summarise(totals, rows: dict[str, np.ndarray]) -> dict[str, float]:
   expected calibration errors (15 equal-width bins, and 15 equal-mass bins)."""
   from focalnet_jax.train import calibration  # noqa: PLC0415
 
+  totals = dict(totals)
+  bad, count = (int(v) for v in totals.pop("nonfinite", (0, 0)))
+  if bad:  # argmax over NaN logits picks the first classes: a top-1 that would look like a number
+    raise FloatingPointError(
+        f"{bad} of {count} images gave non-finite logits (NaN or inf), so no accuracy or loss is reported. "
+        "The weights or the inputs hold NaN/inf, or the compute dtype overflowed: check the checkpoint, "
+        "or evaluate in float32 (--dtype float32 / --config.model.dtype=float32).")
   result = runlog.average(totals)
   result["num_examples"] = float(totals["top1"][1])
   result["nll"] = result["loss"]
@@ -141,7 +153,9 @@ def summarise(totals, rows: dict[str, np.ndarray]) -> dict[str, float]:
 
 
 def evaluate(eval_step, params, batches: Iterable[dict[str, np.ndarray]],
-             batch_sharding: jax.sharding.NamedSharding, num_batches: int | None = None) -> dict[str, float]:
+             batch_sharding: jax.sharding.NamedSharding, num_classes: int,
+             num_batches: int | None = None) -> dict[str, float]:
   """One pass over `batches` (this process's share): averages, `num_examples` and calibration
-  (see `summarise`). With `num_batches` (the pass's length), a long pass logs its progress with an ETA."""
-  return summarise(*accumulate(eval_step, params, batches, batch_sharding, num_batches))
+  (see `summarise`); every label checked in [0, num_classes). With `num_batches` (the pass's
+  length), a long pass logs its progress with an ETA."""
+  return summarise(*accumulate(eval_step, params, batches, batch_sharding, num_classes, num_batches))

@@ -24,6 +24,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from focalnet_jax import checkpoint
 from focalnet_jax import data as data_lib
+from focalnet_jax.data.info import check_labels
 from focalnet_jax.train import eval_step as eval_lib
 from focalnet_jax.train import config_check, optim, runlog, sharding, stopping
 from focalnet_jax.train import state as state_lib
@@ -147,7 +148,7 @@ class Run:
     batches = self.data.eval_batches(config, process_index=jax.process_index(),
                                      process_count=jax.process_count())
     try:
-      return eval_lib.evaluate(self.eval_step, params, batches, self.batch_sh)
+      return eval_lib.evaluate(self.eval_step, params, batches, self.batch_sh, self.meta["num_classes"])
     except ValueError as e:
       raise ValueError(f"Evaluating on {config.dataset!r} split {config.eval_split!r}: {e}") from e
 
@@ -174,7 +175,9 @@ class Run:
     should_stop = stopping.StopAgreement(start_step, self.preemption_service)
     step = start_step
     while step < total:
-      batch = sharding.to_global(next(batches), self.batch_sh, ("image", "label"))
+      batch = next(batches)
+      check_labels(batch["label"], self.meta["num_classes"], f"the train batch of step {step + 1}")
+      batch = sharding.to_global(batch, self.batch_sh, ("image", "label"))
       self.state, metrics = self.train_step(self.state, batch, rng)
       step += 1
       self.check_saves()
@@ -203,11 +206,15 @@ def _restore_or_create(config, workdir: str, mngr, init, abstract_sh, state_sh, 
   latest = mngr.latest_step()
   if latest is None:
     return state_lib.create_state(*init, state_sh, abstract, config.init_from), None
-  saved = (checkpoint.meta_of(mngr, latest) or {}).get("config")
-  changes = config_check.check_resume(saved, config, workdir, latest)
+  try:
+    saved, unknown = checkpoint.meta_of(mngr, latest).get("config"), "its metadata records no training config"
+  except ValueError as e:  # a check that cannot run refuses (below), it never passes
+    saved, unknown = None, str(e)
+  earlier = sorted(s for s in mngr.all_steps() if s < latest)
+  changes = config_check.check_resume(saved, config, workdir, latest, unknown, earlier)
   if changes:
     logging.warning("Resuming under a changed config (allow_config_change=True):\n  %s", "\n  ".join(changes))
-  state, _ = checkpoint.restore_to_resume(mngr, abstract_sh)
+  state, latest = checkpoint.restore_to_resume(mngr, abstract_sh)  # an earlier step if the latest is corrupt
   logging.info("Resumed from %s at step %d.", mngr.directory, latest)
   return state, latest
 
@@ -220,6 +227,11 @@ def _start(config, workdir: str, data: data_lib.Dataset, mesh) -> tuple[Run, int
   sched = optim.resolve_schedule(config, info.num_train)
   model, overrides = state_lib.build_model(config, info.num_classes)
   config_check.check_with_model(config, model, mesh.devices.size)
+  if model.num_classes < info.num_classes:
+    raise ValueError(f"model.num_classes={model.num_classes} is smaller than the {info.num_classes} classes of "
+                     f"{config.dataset!r}: labels {model.num_classes}..{info.num_classes - 1} would have no logit. "
+                     "Leave it unset (the dataset's count) or set --config.model.num_classes="
+                     f"{info.num_classes}.")
   logging.info("Mesh %s over %d devices (%d processes); %s; %s", dict(mesh.shape), mesh.devices.size,
                jax.process_count(), config.model.name, sched)
   lr_fn = optim.lr_schedule(sched)
@@ -270,7 +282,7 @@ def open_run(config: ml_collections.ConfigDict, workdir: str,
   data = data if data is not None else data_lib.from_config(config)
   config = data_lib.resolve_data_dir(config, workdir)  # digits data lives with its run; folders absolute
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
-  with workdir_lib.locked(workdir, enabled=jax.process_index() == 0), stopping.stop_signals() as service, \
+  with workdir_lib.created_or_removed(workdir), workdir_lib.locked(workdir, enabled=jax.process_index() == 0), stopping.stop_signals() as service, \
       jax.set_mesh(mesh):
     run, start_step, rng = _start(config, workdir, data, mesh)
     run.preemption_service = service

@@ -25,6 +25,7 @@ from typing import Iterator
 
 from absl import logging
 
+from focalnet_jax import atomic
 from focalnet_jax.train.config_check import is_int
 
 LOCK = "run.lock"
@@ -75,19 +76,35 @@ def _try_create(path: str, holder: dict) -> bool:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
   except FileExistsError:
     return False
-  with os.fdopen(fd, "w") as f:
-    json.dump(holder, f)
+  try:
+    with os.fdopen(fd, "w") as f:
+      json.dump(holder, f)
+  except BaseException as e:  # a full disk: no empty lock may be left to refuse every later run
+    with contextlib.suppress(OSError):
+      os.remove(path)
+    if isinstance(e, OSError):
+      raise OSError(e.errno, f"Could not write the workdir lock {path} ({e}); nothing was left behind. Free disk "
+                             "space (or fix the directory's permissions) and rerun.") from e
+    raise
   return True
 
 
 def _read(path: str) -> dict | None:
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except FileNotFoundError:
-    return None
-  except (OSError, ValueError):
-    return {}  # being written, or garbled: treated as held by an unknown run
+  """The holder; None if there is no lock; {} if it is empty or garbled after a second look (a lock
+  is written a microsecond after it is created, so a run that failed in between left it)."""
+  for attempt in range(2):
+    try:
+      with open(path) as f:
+        held = json.load(f)
+      if isinstance(held, dict):
+        return held
+    except FileNotFoundError:
+      return None
+    except (OSError, ValueError):
+      pass
+    if attempt == 0:
+      time.sleep(0.5)
+  return {}
 
 
 def acquire(workdir: str) -> str:
@@ -101,13 +118,19 @@ def acquire(workdir: str) -> str:
     held = _read(path)
     if held is None:
       continue
+    if not held or held.get("host") == me["host"] and not is_int(held.get("pid")):
+      logging.warning("Taking over %s: it is empty, unreadable or names no process, so it names no run (one that failed while "
+                      "taking it, e.g. on a full disk, left it).", path)
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
+      continue
     if _earlier_start_of_this_job(held, me) or (
         held.get("host") == me["host"] and is_int(held.get("pid")) and not _alive(held["pid"], held.get("pid_start"))):
       logging.warning("Taking over the lock of a run that is no longer running (%s).", _describe(held))
       with contextlib.suppress(FileNotFoundError):
         os.remove(path)
       continue
-    if held.get("host") == me["host"] or not held:
+    if held.get("host") == me["host"]:
       raise RuntimeError(
           f"Workdir {workdir} is in use by another training run ({_describe(held)}); two runs would "
           "overwrite each other's checkpoints and logs. Wait for it to finish or stop it, or pass another "
@@ -128,6 +151,20 @@ def release(path: str) -> None:
 
 
 @contextlib.contextmanager
+def created_or_removed(workdir: str) -> Iterator[None]:
+  """A workdir this run creates is removed again if the run fails while it is still empty (a
+  missing dataset, a bad config): no empty directory is left behind to puzzle over."""
+  existed = os.path.isdir(workdir)
+  try:
+    yield
+  except BaseException:
+    if not existed:
+      with contextlib.suppress(OSError):
+        os.rmdir(workdir)  # only if empty
+    raise
+
+
+@contextlib.contextmanager
 def locked(workdir: str, enabled: bool = True) -> Iterator[None]:
   """The workdir held by this process for the block (a no-op unless `enabled`)."""
   path = acquire(workdir) if enabled else None
@@ -140,10 +177,7 @@ def locked(workdir: str, enabled: bool = True) -> Iterator[None]:
 
 def write_config(workdir: str, config_json: str, start_step: int) -> None:
   """`config.json` replaced atomically, and this start appended to `config_history.jsonl`."""
-  tmp = os.path.join(workdir, "config.json.tmp")
-  with open(tmp, "w") as f:
-    f.write(config_json)
-  os.replace(tmp, os.path.join(workdir, "config.json"))
+  atomic.write_text(os.path.join(workdir, "config.json"), config_json)
   entry = {"time": time.strftime("%Y-%m-%d %H:%M:%S %z"), "start_step": start_step,
            "host": socket.gethostname(), "config": json.loads(config_json)}
   with open(os.path.join(workdir, HISTORY), "a") as f:

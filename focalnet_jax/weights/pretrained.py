@@ -142,6 +142,7 @@ def _from_published(source: str, path: str, variant: str | None, trust_pickle: b
                     overrides: dict[str, Any]) -> Pretrained:
   import jax
 
+  from focalnet_jax import checkpoint
   from focalnet_jax.model.variants import create_model
   from focalnet_jax.weights.layouts import detect_layout
   from focalnet_jax.weights.reading import load_checkpoint
@@ -154,6 +155,7 @@ def _from_published(source: str, path: str, variant: str | None, trust_pickle: b
   layout, prefix = detect_layout(list(state_dict))
   variant, overrides = _architecture(state_dict, layout, prefix, config, variant, overrides)
   variables = convert_state_dict(state_dict, variant, **overrides)
+  checkpoint.check_finite(variables, repr(weights))
   model = create_model(variant, **overrides)
   directory = os.path.abspath(source.replace("/", "--")) if is_hub_id(source) else os.path.dirname(weights)
   info = _published_info(variant, overrides, layout, config, model.num_classes, source, directory)

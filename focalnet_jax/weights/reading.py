@@ -37,7 +37,7 @@ def load_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> dict
     path = found[0]
   if not os.path.isfile(path):
     raise FileNotFoundError(f"Checkpoint file {path!r} does not exist.")
-  ext = os.path.splitext(path)[1].lower()
+  ext = _format_of(path, os.path.splitext(path)[1].lower())  # what the bytes are, whatever the name says
   incomplete = _incomplete(path, ext)
   if incomplete:
     raise ValueError(
@@ -78,6 +78,30 @@ def load_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> dict
         "config). If you trust the file, pass trust_pickle=True (CLI: --trust-pickle)."
     ) from e
   return unwrap_state_dict(obj)
+
+
+def _format_of(path: str, ext: str) -> str:
+  """The file's format read off its first bytes ('.safetensors' or '.pth'), so a file misnamed
+  (safetensors saved as .pth) is read as what it is; a web page or other non-weight file is named
+  as such (never advice to trust its pickle)."""
+  with open(path, "rb") as f:
+    head = f.read(512)
+  if len(head) >= 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < 100_000_000:
+    return ".safetensors"
+  if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":  # torch's zip format, or a legacy pickle
+    return ".pth" if ext not in (".pt", ".bin", ".ckpt") else ext
+  text = head.lstrip().lower()
+  if text.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<!--")):
+    raise ValueError(f"{path!r} is a web page (HTML), not a weight file: the download link returned a page "
+                     "(a login, a redirect or a 'cannot scan this file' notice). Download the file itself, e.g. "
+                     "with `hf download <repo> <file>` or the link behind the page's button.")
+  if text.startswith(b"version https://git-lfs"):
+    raise ValueError(f"{path!r} is a Git LFS pointer (a text stub), not the weights: the repository was cloned "
+                     "without LFS. Run `git lfs pull` in it, or download the file itself.")
+  if len(head) >= 16 and ext in (".safetensors", ".pth", ".pt", ".bin", ".ckpt"):  # shorter: _incomplete says
+    raise ValueError(f"{path!r} is not a weight file (it starts with {head[:16]!r}, neither a safetensors header "
+                     "nor a PyTorch checkpoint). Download the weights again.")
+  return ext
 
 
 def _incomplete(path: str, ext: str) -> str | None:

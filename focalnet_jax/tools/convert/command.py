@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import shutil
 from typing import Any, Sequence
 
+from focalnet_jax import atomic
 from focalnet_jax.tools import cli
 from focalnet_jax.weights.layouts import detect_layout
 from focalnet_jax.weights.reading import load_checkpoint
@@ -82,10 +81,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     variables = convert_state_dict(
         state_dict, args.model, drop_head=args.drop_head, head_to_1k=args.head_to_1k, **backbone, **overrides
     )
+    checkpoint.check_finite(variables, repr(args.checkpoint))
   except (ValueError, TypeError, FileNotFoundError, ImportError) as e:
     raise SystemExit(f"error: {e}") from e
 
-  _write_then_swap(output, occupied, lambda path: checkpoint.save(
+  _write_then_swap(output, lambda path: checkpoint.save(
       path, {"params": variables["params"]}, _meta(args, overrides, layout, settings), step=0))
   over = "".join(f" {k}={v}" for k, v in overrides.items())
   what = f"a backbone of {args.model}{over} ({', '.join(f'{k}={v}' for k, v in settings.items())})" if settings \
@@ -123,33 +123,14 @@ def _backbone_args(args: argparse.Namespace) -> dict[str, Any]:
   return {"backbone": True, "detection": args.detection, **given}
 
 
-def _remove(path: str) -> None:
-  if os.path.isdir(path) and not os.path.islink(path):
-    shutil.rmtree(path)
-  elif os.path.lexists(path):
-    os.remove(path)
-
-
-def _write_then_swap(output: str, occupied: bool, write) -> None:
+def _write_then_swap(output: str, write) -> None:
   """`write(path)` into a new directory beside `output`, which replaces `output` only once it is
   complete: a failed write (a full disk) leaves the old output as it was."""
-  new = f"{output}.converting-{os.getpid()}"
-  old = f"{output}.replaced-{os.getpid()}"
-  _remove(new)
   try:
-    write(new)
-  except BaseException as e:
-    with contextlib.suppress(OSError):
-      _remove(new)
-    if isinstance(e, Exception):
-      raise SystemExit(f"error: writing {output} failed ({type(e).__name__}: {e}); "
-                       + ("the existing output was left as it was." if occupied else "nothing was written.")) from e
-    raise
-  if occupied:
-    os.rename(output, old)  # two renames: the window without an output is microseconds, not a write
-  os.rename(new, output)
-  if occupied:
-    _remove(old)
+    with atomic.replacing(output) as new:
+      write(new)
+  except atomic.WriteFailed as e:
+    raise SystemExit(f"error: {e}") from e
 
 
 def _meta(args: argparse.Namespace, overrides: dict[str, Any], layout: str,
