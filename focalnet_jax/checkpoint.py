@@ -59,13 +59,26 @@ def checksums(state: Any) -> dict[str, int]:
   return {jax.tree_util.keystr(p, simple=True, separator="/"): int(v) for p, v in flat}
 
 
+def _on_host_if_local(x: Any) -> Any:
+  """A restored array on one device, as numpy: its checksum is then computed wherever the caller's
+  mesh puts it (a restore without a target lands on one device, inside a run's 8-device mesh).
+  Sharded arrays stay where they are: they may span processes."""
+  import jax.numpy as jnp
+  import numpy as np
+
+  if (isinstance(x, jax.Array) and x.is_fully_addressable and len(x.devices()) == 1
+      and not jnp.issubdtype(x.dtype, jax.dtypes.prng_key)):
+    return np.asarray(jax.device_get(x))
+  return x
+
+
 def verify(state: Any, meta: dict[str, Any], where: str) -> None:
   """Raises ValueError naming `where` and the arrays whose checksum differs from the saved one
   (checkpoints written before checksums existed have none to compare)."""
   saved = meta.get(CHECKSUMS)
   if not saved:
     return
-  now = checksums(state)
+  now = checksums(jax.tree.map(_on_host_if_local, state))
   bad = sorted(k for k, v in now.items() if k in saved and saved[k] != v)
   if bad:
     raise ChecksumMismatch(

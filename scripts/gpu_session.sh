@@ -101,8 +101,8 @@ step "mosaic kernels compiled (tests)" 150 "${gpu_tests[@]}" tests/test_mosaic_f
     tests/test_mosaic_focal_backward.py tests/test_focal_context.py -k "mosaic and not sharded"
 step "bench: T train vs timm" 150 "${bench[@]}" --mode train --compare timm --torch-compile-modes default
 step "bench: T infer vs timm" 90 "${bench[@]}" --mode infer --compare timm --torch-compile-modes default
-step "bench: T infer, mosaic context" 60 "${bench[@]}" --mode infer --focal-context-impl mosaic
-step "bench: T train, mosaic context" 60 "${bench[@]}" --mode train --focal-context-impl mosaic
+step "bench: T infer, mosaic context" 60 "${bench[@]}" --mode infer --focal-context mosaic
+step "bench: T train, mosaic context" 60 "${bench[@]}" --mode train --focal-context mosaic
 step "TF-free tests on the GPU" 120 "${gpu_tests[@]}" tests/test_network.py tests/test_step.py \
     tests/test_arrays.py tests/test_summary.py tests/test_aligned_projection.py tests/test_aot.py
 step "depthwise impls" 60 depthwise

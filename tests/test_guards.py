@@ -170,7 +170,8 @@ def test_published_1000_class_weights_evaluate_a_wnid_sorted_imagenet_folder(tmp
     Image.new("RGB", (40, 40), (90, 120, 150)).save(tmp_path / "in1k" / "val" / wnid / f"{len(os.listdir(tmp_path / 'in1k' / 'val' / wnid))}.png")
   class_names = (labels.imagenet_class_names(1000) if names == "short"
                  else [n for _, n in labels._read_tsv("imagenet1k.tsv")])
-  meta = {"model": "focalnet_tiny_srf", "model_overrides": {}, "class_names": list(class_names)}
+  overrides = {"embed_dim": 8, "depths": [1, 1], "num_classes": 1000, "focal_levels": 1}
+  meta = {"model": "focalnet_tiny_srf", "model_overrides": overrides, "class_names": list(class_names)}
   checkpoint.save(tmp_path / "weights", {"params": params}, meta, step=0)
   loaded = evaluation.as_pretrained(str(tmp_path / "weights"))
   config = train_utils.tiny_config(dataset=f"folder:{tmp_path / 'in1k'}", eval_split="val", image_size=32,
