@@ -1,9 +1,9 @@
 """The training transforms against timm's, on real photos: every RandAugment op at fixed magnitudes,
 RandomResizedCrop's window fed the same random draws, and Mixup/CutMix with a fixed lambda and box.
 
-The RandAugment ops (focalnet_jax/data/randaugment.py) give PIL's pixels exactly, both signs, both
-interpolations. Before they were rewritten after PIL's C code (issue #16), on these photos at levels
-0/5/9/10: the enhance ops (rounding where PIL's blend truncates; Color also from a float luma) were off by
+The RandAugment ops (focalnet_jax/data/randaugment_jax.py, run in the train step) give PIL's pixels
+exactly, both signs, both interpolations, jitted and vmapped as over a batch. Before the (then
+TensorFlow) ops were rewritten after PIL's C code (issue #16), on these photos at levels 0/5/9/10: the enhance ops (rounding where PIL's blend truncates; Color also from a float luma) were off by
 one level (Color up to two) on 25-31% of the values, AutoContrast by one on 0.1%, and the geometric ops
 (TF's bilinear projective transform with a soft border, where timm asks PIL for its bicubic, a = -1, with
 a hard one) by a mean of 1.1-2.5 levels and up to 75. Bilinear alone, with PIL's border, is still a mean
@@ -19,7 +19,7 @@ from configs import default
 from torch_refs import import_timm
 
 tf = pytest.importorskip("tensorflow")
-from focalnet_jax.data import augment, randaugment, tf_random  # noqa: E402  (imports TF)
+from focalnet_jax.data import augment, randaugment_jax, tf_random  # noqa: E402  (imports TF)
 
 # timm's fill colour for ImageNet's mean (`img_mean` in create_transform's RandAugment hparams).
 FILL = tuple(min(255, round(255 * m)) for m in default.IMAGENET_MEAN)
@@ -54,12 +54,12 @@ def test_the_op_set_and_policy_are_timms(timm_aa):
   policy = f"rand-m{config.aug.randaug_magnitude:g}-mstd{config.aug.randaug_magnitude_std:g}-inc1"
   assert policy == "rand-m9-mstd0.5-inc1"  # the official FocalNet recipe
   ra = timm_aa.rand_augment_transform(policy, _timm_hparams("bicubic"))
-  assert [op.name for op in ra.ops] == list(randaugment.randaugment_ops(FILL))
+  assert [op.name for op in ra.ops] == list(randaugment_jax.OP_NAMES)
   assert ra.num_layers == config.aug.randaug_num_ops == 2
   for op in ra.ops:
     assert (op.prob, op.magnitude, op.magnitude_std) == (0.5, 9, 0.5)
     assert op.kwargs == dict(fillcolor=FILL, resample=Image.Resampling.BICUBIC)
-  assert timm_aa._LEVEL_DENOM == randaugment.LEVEL_MAX
+  assert timm_aa._LEVEL_DENOM == randaugment_jax.LEVEL_MAX
 
 
 def _timm_apply(timm_aa, monkeypatch, name, img, level, sign, interpolation):
@@ -75,29 +75,49 @@ def _timm_apply(timm_aa, monkeypatch, name, img, level, sign, interpolation):
       return np.zeros_like(img)
 
 
-@pytest.mark.parametrize("name", list(randaugment.randaugment_ops(FILL)))
-def test_randaugment_op_gives_timms_pixels(name, photos, timm_aa, monkeypatch):
-  """Run as the pipeline runs it, in graphs (tf.function and tf.data map), where Grappler rewrites
-  arithmetic that eager mode leaves alone; the level in double precision, as timm has it."""
-  interpolations = ("bicubic", "bilinear") if name in ("Rotate", "ShearX", "ShearY", "TranslateXRel",
-                                                       "TranslateYRel") else ("bicubic",)
+GEOMETRIC = ("Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
+
+
+@pytest.mark.parametrize("name", randaugment_jax.OP_NAMES)
+def test_randaugment_op_on_the_accelerator_gives_timms_pixels(name, photos, timm_aa, monkeypatch):
+  """The JAX ops the train step runs, jitted and vmapped over levels and signs as over a batch."""
+  import jax
+  interpolations = ("bicubic", "bilinear") if name in GEOMETRIC else ("bicubic",)
   cases = [(level, sign) for level in LEVELS for sign in (1.0, -1.0)]
-  levels = tf.constant([c[0] for c in cases], tf.float64)
-  signs = tf.constant([c[1] for c in cases], tf.float32)
   for interpolation in interpolations:
-    op = randaugment.randaugment_ops(FILL, interpolation)[name]
-    in_function = tf.function(op)
+    op = randaugment_jax.randaugment_ops(FILL, interpolation)[name]
+
+    @jax.jit
+    def batched(img, levels, signs, op=op):
+      return jax.vmap(op, in_axes=(None, 0, 0))(img, levels, signs)
+
     for img in photos:
-      in_data = tf.data.Dataset.from_tensor_slices((levels, signs)).map(
-          lambda l, s: op(tf.constant(img), l, s))
-      for (level, sign), from_data in zip(cases, in_data):
+      with jax.enable_x64(True):  # the levels in double precision, as timm has them
+        got = np.asarray(batched(img, np.array([c[0] for c in cases]), np.array([c[1] for c in cases], np.float32)))
+      for (level, sign), out in zip(cases, got):
         want = _timm_apply(timm_aa, monkeypatch, name, img, level, sign, interpolation)
-        from_function = in_function(tf.constant(img), tf.constant(level, tf.float64), tf.constant(sign))
-        for mode, got in (("tf.function", from_function), ("tf.data", from_data)):
-          diff = np.abs(got.numpy().astype(int) - want.astype(int))
-          assert diff.max() == 0, (f"{name} {interpolation} level {level} sign {sign} on {img.shape} in "
-                                   f"{mode}: {(diff > 0).mean():.2%} of values differ, mean "
-                                   f"{diff.mean():.3f}, max {diff.max()}")
+        diff = np.abs(out.astype(int) - want.astype(int))
+        assert diff.max() == 0, (f"{name} {interpolation} level {level} sign {sign} on {img.shape}: "
+                                 f"{(diff > 0).mean():.2%} of values differ, mean {diff.mean():.3f}, max {diff.max()}")
+
+
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+def test_a_randaugment_layer_applies_exactly_the_chosen_op(interpolation, photos):
+  """A layer runs every op kind once (a table, an affine, a blend; identities for the kinds not
+  chosen), so that a vmapped batch does not run all fifteen ops: it must give the chosen op's pixels."""
+  import jax
+  ops = randaugment_jax.randaugment_ops(FILL, interpolation)
+  cases = [(i, level, sign) for i in range(-1, 15) for level in (0.0, 3.7, 9.43, 10.0) for sign in (1.0, -1.0)]
+  with jax.enable_x64(True):
+    layer = jax.jit(jax.vmap(lambda img, i, level, sign: randaugment_jax._layer(img, i, level, sign, FILL,
+                                                                                interpolation),
+                             in_axes=(None, 0, 0, 0)))
+    for img in photos[::2]:
+      got = np.asarray(layer(img, np.array([c[0] for c in cases], np.int32), np.array([c[1] for c in cases]),
+                             np.array([c[2] for c in cases], np.float32)))
+      for (i, level, sign), out in zip(cases, got):
+        want = img if i < 0 else np.asarray(ops[randaugment_jax.OP_NAMES[i]](img, np.float64(level), np.float32(sign)))
+        np.testing.assert_array_equal(out, want, err_msg=f"op {i} level {level} sign {sign} on {img.shape}")
 
 
 def test_rotate_by_a_quarter_turn_is_exact_on_a_square(photos, timm_aa, monkeypatch):
@@ -105,7 +125,9 @@ def test_rotate_by_a_quarter_turn_is_exact_on_a_square(photos, timm_aa, monkeypa
   img = photos[1]
   for degrees in (90.0, -90.0, 180.0):
     want = np.asarray(Image.fromarray(img).rotate(degrees, resample=Image.Resampling.BICUBIC, fillcolor=FILL))
-    got = randaugment.rotate(tf.constant(img), tf.constant(degrees), FILL).numpy()
+    import jax
+    with jax.enable_x64(True):
+      got = np.asarray(randaugment_jax.rotate(img, np.float64(degrees), FILL))
     np.testing.assert_array_equal(got, want)
 
 

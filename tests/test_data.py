@@ -15,7 +15,7 @@ from focalnet_jax import data
 from focalnet_jax.data import digits, folder
 
 tf = pytest.importorskip("tensorflow")
-from focalnet_jax.data import augment, randaugment  # noqa: E402  (imports TF)
+from focalnet_jax.data import augment, device_augment, randaugment_jax  # noqa: E402  (imports TF)
 
 MEAN, STD = default.IMAGENET_MEAN, default.IMAGENET_STD
 
@@ -92,22 +92,21 @@ assert 'tensorflow' not in sys.modules, 'synthetic data imported TF'
 
 
 def test_every_randaugment_op_keeps_shape_and_dtype():
-  img = tf.constant(np.asarray(_image(0, 20, 28)))
-  ops = randaugment.randaugment_ops((124, 116, 104))
+  import jax
+  img = np.asarray(_image(0, 20, 28))
+  ops = randaugment_jax.randaugment_ops((124, 116, 104))
   assert len(ops) == 15  # timm's increasing set
-  for name, op in ops.items():
-    for level, sign in ((0.0, 1.0), (9.0, -1.0), (10.0, 1.0)):
-      out = op(img, tf.constant(level), tf.constant(sign))
-      assert out.shape == img.shape and out.dtype == tf.uint8, name
-  # Spot checks of the semantics: invert and a full-strength posterize.
-  assert np.array_equal(ops["Invert"](img, 5.0, 1.0).numpy(), 255 - img.numpy())
-  assert ops["PosterizeIncreasing"](img, tf.constant(10.0), 1.0).numpy().max() == 0  # 0 bits kept
-
-
-def test_rotate_fills_with_the_mean_colour():
-  img = tf.fill([20, 20, 3], tf.constant(200, tf.uint8))
-  out = randaugment.rotate(img, tf.constant(45.0), (10, 20, 30)).numpy()
-  assert tuple(out[0, 0]) == (10, 20, 30)  # corner rotated out of the image
+  with jax.enable_x64(True):
+    for name, op in ops.items():
+      for level, sign in ((0.0, 1.0), (9.0, -1.0), (10.0, 1.0)):
+        out = op(img, np.float64(level), np.float32(sign))
+        assert out.shape == img.shape and out.dtype == np.uint8, name
+    # Spot checks of the semantics: invert and a full-strength posterize.
+    assert np.array_equal(ops["Invert"](img, 5.0, 1.0), 255 - img)
+    assert int(ops["PosterizeIncreasing"](img, np.float64(10.0), 1.0).max()) == 0  # 0 bits kept
+    img = np.full((20, 20, 3), 200, np.uint8)
+    out = np.asarray(randaugment_jax.rotate(img, np.float64(45.0), (10, 20, 30)))
+  assert tuple(out[0, 0]) == (10, 20, 30)  # corner rotated out of the image: the mean colour
   assert tuple(out[10, 10]) == (200, 200, 200)
 
 
@@ -121,30 +120,46 @@ def test_rrc_window_stays_inside_and_follows_the_scale():
   assert (h, w) == (40, 53) and left == (100 - 53) // 2 and top == 0
 
 
-def test_train_transform_shape_ranges_and_seeds():
+def test_train_crop_is_uint8_and_seeded():
   raw = tf.io.encode_jpeg(np.asarray(_image(1, 50, 70)))
-  kw = dict(image_size=32, interpolation="bicubic", scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip=True,
-            randaug_num_ops=2, randaug_magnitude=9.0, randaug_magnitude_std=0.5)
-  # With mean 0, std 1/255 and no erasing the output is the uint8 image before normalisation.
-  for i in range(8):
-    x = augment.train_transform(raw, tf.constant([i, 7]), random_erase_prob=0.0, mean=(0, 0, 0),
-                                std=(1 / 255,) * 3, **kw).numpy()
-    assert x.shape == (32, 32, 3) and x.min() >= 0 and x.max() <= 255 and np.allclose(x, np.round(x), atol=1e-3)
-  a = augment.train_transform(raw, tf.constant([3, 4]), random_erase_prob=1.0, mean=MEAN, std=STD, **kw)
-  b = augment.train_transform(raw, tf.constant([3, 4]), random_erase_prob=1.0, mean=MEAN, std=STD, **kw)
-  c = augment.train_transform(raw, tf.constant([3, 5]), random_erase_prob=1.0, mean=MEAN, std=STD, **kw)
-  assert np.isfinite(a.numpy()).all()
-  assert np.array_equal(a.numpy(), b.numpy()) and not np.array_equal(a.numpy(), c.numpy())
+  kw = dict(image_size=32, interpolation="bicubic", scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3))
+  a, b, c = (augment.train_crop(raw, tf.constant(s), **kw).numpy() for s in ([3, 4], [3, 4], [3, 5]))
+  assert a.shape == (32, 32, 3) and a.dtype == np.uint8
+  assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def _recipe(**aug):
+  from configs import default
+  config = default.get_config()
+  config.aug.update(aug)
+  return config
+
+
+def test_device_augment_normalises_and_is_keyed_per_example():
+  import jax
+  images = np.stack([np.asarray(_image(i, 32, 32)) for i in range(4)])
+  key = jax.random.key(0)
+  plain = np.asarray(device_augment.augment_batch(key, images, _recipe(hflip=False, randaug_num_ops=0,
+                                                                       random_erase_prob=0.0)))
+  want = (images / np.float32(255) - np.float32(MEAN)) / np.float32(STD)
+  np.testing.assert_allclose(plain, want, rtol=1e-6, atol=1e-6)
+  full = jax.jit(lambda k, x: device_augment.augment_batch(k, x, _recipe()))
+  a, b, c = np.asarray(full(key, images)), np.asarray(full(key, images)), np.asarray(full(jax.random.key(1), images))
+  assert a.shape == (4, 32, 32, 3) and a.dtype == np.float32 and np.isfinite(a).all()
+  assert np.array_equal(a, b) and not np.array_equal(a, c)
+  # Example i's draws depend on its position, not on the others in the batch.
+  np.testing.assert_array_equal(np.asarray(full(key, images[:2])), a[:2])
 
 
 def test_random_erase_fills_one_box_with_noise():
-  x = tf.zeros([40, 40, 3])
-  erased = augment.random_erase(x, tf.constant([0, 3]), 1.0).numpy() != 0
+  import jax
+  x = np.zeros([40, 40, 3], np.float32)
+  erased = np.asarray(device_augment.random_erase(x, jax.random.key(3), 1.0)) != 0
   rows, cols = np.where(erased.any(-1))
   assert erased.sum() > 0.02 * 40 * 40 * 3 * 0.9
   box = erased[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
   assert box.mean() > 0.99  # one filled rectangle
-  assert not augment.random_erase(x, tf.constant([0, 3]), 0.0).numpy().any()
+  assert not np.asarray(device_augment.random_erase(x, jax.random.key(3), 0.0)).any()
 
 
 @pytest.mark.parametrize("shape", [(100, 100), (100, 150)])
@@ -168,7 +183,7 @@ def test_folder_info_and_batches(image_folder):
   info = data.get_info(config)
   assert info == data.DatasetInfo(3, 23, 11, ("ant", "bee", "cat"))
   batch = next(data.train_iterator(config))
-  assert batch["image"].shape == (4, 24, 24, 3) and batch["image"].dtype == np.float32
+  assert batch["image"].shape == (4, 24, 24, 3) and batch["image"].dtype == np.uint8
   assert batch["label"].dtype == np.int32 and set(batch["label"]) <= {0, 1, 2}
   assert np.isfinite(batch["image"]).all()
 

@@ -117,3 +117,45 @@ def test_end_to_end_on_mock_imagenet(tmp_path):
   assert {"config.json", "metrics.jsonl", "checkpoints", "tb"} <= set(os.listdir(tmp_path))
   meta = checkpoint.read_meta(str(tmp_path / "checkpoints"))
   assert meta["model"] == "focalnet_tiny_srf" and meta["model_overrides"]["num_classes"] == 1000
+
+
+def _jpeg_folder(root, n=32, classes=2):
+  from PIL import Image
+  rng = np.random.default_rng(0)
+  for i in range(n):
+    path = os.path.join(root, "train", f"c{i % classes}", f"{i:03d}.jpg")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    pixels = rng.integers(0, 256, (20 + i % 5, 24, 3), dtype=np.uint8)
+    Image.fromarray(pixels).resize((24 + 2 * (i % 3), 20 + i % 5)).save(path, quality=90)
+  return root
+
+
+def test_sigterm_and_resume_through_the_pipeline_with_device_augmentation(tmp_path):
+  """JPEG folder -> uint8 crops -> flip, RandAugment, normalise and erasing in the train step:
+  SIGTERM during step 4 of 6 saves; the rerun ends as an uninterrupted run does."""
+  pytest.importorskip("tensorflow")
+  from focalnet_jax import data as data_lib
+
+  class SigtermAt(data_lib.PipelineData):
+    def __init__(self, at):
+      self.at = at
+
+    def train_batches(self, config, *, start_step=0, **kwargs):
+      for step, batch in enumerate(super().train_batches(config, start_step=start_step, **kwargs), start_step):
+        if step == self.at:
+          os.kill(os.getpid(), signal.SIGTERM)
+        yield batch
+
+  root = _jpeg_folder(str(tmp_path / "jpegs"))
+  config = train_utils.tiny_config(total_steps=6, checkpoint_every_steps=2, log_every_steps=2,
+                                     dataset=f"folder:{root}", eval_split="train")
+  assert config.aug.randaug_num_ops == 2 and config.aug.random_erase_prob > 0  # the recipe, on device
+  straight = trainer.train_and_evaluate(config, str(tmp_path / "straight"), data=SigtermAt(-1))
+  workdir = str(tmp_path / "killed")
+  first = trainer.train_and_evaluate(config, workdir, data=SigtermAt(3))
+  assert first["preempted"] == 1.0 and first["step"] == 4
+  resumed = trainer.train_and_evaluate(config, workdir, data=SigtermAt(-1))
+  assert resumed["step"] == 6
+  for key in ("loss", "top1", "train_loss"):
+    np.testing.assert_allclose(resumed[key], straight[key], rtol=1e-6)
+  _assert_trees_close(_params(workdir), _params(str(tmp_path / "straight")), rtol=1e-6, atol=1e-8)

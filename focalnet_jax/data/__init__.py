@@ -38,6 +38,10 @@ Batch = dict[str, np.ndarray]
 class Dataset(Protocol):
   """What the trainer and evaluation read (see the module docstring for the contract)."""
 
+  # float32: train images arrive ready; uint8: crops the train step augments and normalises
+  # (`focalnet_jax.data.device_augment`).
+  train_image_dtype: type
+
   def info(self, config) -> DatasetInfo: ...
 
   def train_batches(self, config, *, start_step: int = 0, process_index: int = 0,
@@ -48,6 +52,8 @@ class Dataset(Protocol):
 
 class PipelineData:
   """The tf.data pipeline over a TFDS dataset, an image folder or the digits folder."""
+
+  train_image_dtype = np.uint8  # random resized crops; the rest of the recipe runs in the train step
 
   def info(self, config) -> DatasetInfo:
     return get_info(config)

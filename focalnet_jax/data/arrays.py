@@ -29,6 +29,8 @@ class ArrayData:
   """`train_images` (N, H, W, 3) with int `train_labels` (N,), and the same for eval: float32 and
   ready to use, or (`augment=True`) uint8 (N, H, W) or (N, H, W, 3) for the recipe's transforms."""
 
+  train_image_dtype = np.float32  # batches are normalised on the host (`transforms_np`)
+
   def __init__(self, train_images: np.ndarray, train_labels: np.ndarray, eval_images: np.ndarray,
                eval_labels: np.ndarray, class_names: Sequence[str] | None = None, *, augment: bool = False):
     self.augment = augment

@@ -1,30 +1,29 @@
-"""Train and eval image transforms in TensorFlow, stateless and seeded per example.
+"""The host's image transforms in TensorFlow, stateless and seeded per example.
 
-The train transform follows the official FocalNet recipe (timm's `create_transform` with
-`rand-m9-mstd0.5-inc1`, `reprob=0.25`, `remode='pixel'`):
-
-  random resized crop (scale, log-uniform ratio; timm's 10 tries then centre crop) -> bicubic
-  resize -> horizontal flip -> RandAugment -> /255 -> normalise -> random erasing
-
-RandAugment (`randaugment.py`) computes what PIL computes for timm, pixel for pixel.
+The official FocalNet recipe (timm's `create_transform` with `rand-m9-mstd0.5-inc1`, `reprob=0.25`,
+`remode='pixel'`) starts with the random resized crop (scale, log-uniform ratio; timm's 10 tries,
+then a centre crop) and a bicubic resize to the model's size: that is done here, decoding only the
+crop window, and the uint8 crops leave the host. The flip, RandAugment, normalisation and random
+erasing run on the accelerator, in the train step (`device_augment`).
 
 Every function takes a stateless seed (an int32/int64 tensor of shape [2]), so a transformed
 example depends only on (image, seed). This module imports TensorFlow; import it lazily.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, Sequence
 
+import numpy as np
 import tensorflow as tf
 
-from focalnet_jax.data.randaugment import randaugment
+from focalnet_jax.data.eval_images import resample_filter
+
 from focalnet_jax.data.tf_random import randint, split, uniform
 
-# timm's random erasing: box area fraction and aspect range, tries per image.
-_ERASE_AREA = (0.02, 1.0 / 3.0)
-_ERASE_ASPECT = (0.3, 1.0 / 0.3)
-_TRIES = 10
+_TRIES = 10  # RandomResizedCrop's candidate windows
+_FILTER_SUPPORT = {"bicubic": 2.0, "bilinear": 1.0}  # PIL's filter radii, in output pixels
 
 
 # ----------------------------------------------------------------------------------------
@@ -61,69 +60,87 @@ def rrc_window(seed, height, width, scale: Sequence[float], ratio: Sequence[floa
   return tf.stack([top, left, h, w])
 
 
-def decode_and_crop(data: tf.Tensor, window_fn: Callable[[tf.Tensor, tf.Tensor], tf.Tensor]) -> tf.Tensor:
-  """Decodes encoded image bytes to uint8 RGB [h, w, 3], cropped to `window_fn(height, width)`.
+def _decode_window(data: tf.Tensor, window_fn: Callable[[tf.Tensor, tf.Tensor], tf.Tensor]):
+  """(uint8 RGB pixels of the window `window_fn(height, width)` = [top, left, h, w], the window,
+  [height, width] of the whole image).
 
-  JPEGs decode only the crop window (much cheaper for large photos); other formats (PNG, GIF's
-  first frame, BMP, WebP) decode fully, then crop. Grayscale and RGBA become RGB.
+  JPEGs decode only the window's rows and blocks, with libjpeg's accurate integer DCT as PIL (and
+  so timm) decodes them (TensorFlow's default fast DCT is off by about one level on average, and up
+  to seven); other formats (PNG, GIF's first frame, BMP, WebP) decode fully, then are cropped.
+  Grayscale and RGBA become RGB.
   """
   def jpeg():
     shape = tf.image.extract_jpeg_shape(data)
     win = window_fn(shape[0], shape[1])
-    return tf.image.decode_and_crop_jpeg(data, win, channels=3)
+    return tf.image.decode_and_crop_jpeg(data, win, channels=3, dct_method="INTEGER_ACCURATE"), win, shape[:2]
 
   def other():
     img = tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8)
     shape = tf.shape(img)
     win = window_fn(shape[0], shape[1])
-    return img[win[0]:win[0] + win[2], win[1]:win[1] + win[3]]
+    return img[win[0]:win[0] + win[2], win[1]:win[1] + win[3]], win, shape[:2]
 
-  img = tf.cond(tf.io.is_jpeg(data), jpeg, other)
+  img, win, shape = tf.cond(tf.io.is_jpeg(data), jpeg, other)
   img.set_shape([None, None, 3])
-  return img
+  return img, win, shape
 
 
-def decode(data: tf.Tensor) -> tf.Tensor:
-  """Decodes encoded image bytes to uint8 RGB [h, w, 3] (any supported format).
-
-  JPEGs are decoded with libjpeg's accurate integer DCT, as PIL (and so timm) does: TensorFlow's
-  default fast DCT is off by about one intensity level on average, and up to seven.
-  """
-  def jpeg():
-    return tf.image.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE")
-
-  def other():
-    return tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8)
-
-  img = tf.cond(tf.io.is_jpeg(data), jpeg, other)
-  img.set_shape([None, None, 3])
-  return img
+def decode_and_crop(data: tf.Tensor, window_fn: Callable[[tf.Tensor, tf.Tensor], tf.Tensor]) -> tf.Tensor:
+  """Encoded image bytes -> uint8 RGB [h, w, 3] of the window `window_fn(height, width)`."""
+  return _decode_window(data, window_fn)[0]
 
 
-def resize(img: tf.Tensor, size, method: str) -> tf.Tensor:
-  """Resizes to `size` (h, w) with antialiasing (as PIL does) and rounds back to uint8."""
-  if method not in ("bicubic", "bilinear"):
-    raise ValueError(f"interpolation must be 'bicubic' or 'bilinear', got {method!r}")
-  out = tf.image.resize(img, size, method=method, antialias=True)
-  return tf.cast(tf.clip_by_value(tf.round(out), 0.0, 255.0), tf.uint8)
+def _pil_resize(pixels: np.ndarray, size: np.ndarray, box: np.ndarray, method: str) -> np.ndarray:
+  from PIL import Image
+  out = Image.fromarray(pixels).resize((int(size[1]), int(size[0])), resample_filter(method),
+                                       box=tuple(float(v) for v in box))
+  return np.asarray(out)
+
+
+def resize(img: tf.Tensor, size, method: str, box=None) -> tf.Tensor:
+  """PIL's antialiased resize of `img` (or of the source `box` (left, upper, right, lower) in it) to
+  `size` (h, w): uint8, timm's pixels exactly. PIL's C code does it (releasing the GIL): TF's
+  antialiased resize is several times slower, and rounds differently."""
+  resample_filter(method)  # a ValueError now, not inside the pipeline
+  if box is None:
+    shape = tf.cast(tf.shape(img), tf.float64)
+    box = tf.stack([tf.constant(0.0, tf.float64), tf.constant(0.0, tf.float64), shape[1], shape[0]])
+  out = tf.numpy_function(functools.partial(_pil_resize, method=method),
+                          [img, tf.cast(size, tf.int32), tf.cast(box, tf.float64)], tf.uint8, stateful=False)
+  out.set_shape([None, None, 3])
+  return out
 
 
 def eval_transform(data: tf.Tensor, image_size: int, crop_ratio: float, interpolation: str) -> tf.Tensor:
-  """Decode, resize the shorter side to floor(image_size / crop_ratio), centre crop image_size: uint8."""
-  img = decode(data)
-  shape = tf.shape(img)
-  # float64, as torchvision computes in Python: float32 truncates some long sides one pixel short.
-  h, w = tf.cast(shape[0], tf.float64), tf.cast(shape[1], tf.float64)
-  short = tf.constant(math.floor(image_size / crop_ratio), tf.float64)
-  # torchvision's Resize(int): the shorter side becomes `short` (the width when the sides are
-  # equal), the longer one is truncated (`focalnet_jax.data.eval_images.resized_shape`).
-  new_h = tf.cast(tf.where(w <= h, tf.floor(short * h / w), short), tf.int32)
-  new_w = tf.cast(tf.where(w <= h, short, tf.floor(short * w / h)), tf.int32)
-  img = resize(img, tf.stack([new_h, new_w]), interpolation)
-  # CenterCrop's offsets: Python's round, halves to even, as tf.round.
-  top = tf.cast(tf.round(tf.cast(new_h - image_size, tf.float64) / 2.0), tf.int32)
-  left = tf.cast(tf.round(tf.cast(new_w - image_size, tf.float64) / 2.0), tf.int32)
-  img = img[top:top + image_size, left:left + image_size]
+  """Decode, resize the shorter side to floor(image_size / crop_ratio), centre crop image_size: uint8.
+
+  Only the part of the image the centre crop samples is decoded and resized: the crop's box in the
+  source plus the filter's support (PIL's resize of that box gives the pixels of the full resize
+  followed by the crop).
+  """
+  support = _FILTER_SUPPORT[interpolation] if interpolation in _FILTER_SUPPORT else 0.0
+
+  def geometry(height, width):
+    """(the window to decode, the crop's source box within it)."""
+    # float64, as torchvision computes in Python: float32 truncates some long sides one pixel short.
+    h, w = tf.cast(height, tf.float64), tf.cast(width, tf.float64)
+    short = tf.constant(math.floor(image_size / crop_ratio), tf.float64)
+    # torchvision's Resize(int): the shorter side becomes `short` (the width when the sides are
+    # equal), the longer one is truncated (`focalnet_jax.data.eval_images.resized_shape`).
+    new_h = tf.where(w <= h, tf.floor(short * h / w), short)
+    new_w = tf.where(w <= h, short, tf.floor(short * w / h))
+    # CenterCrop's offsets: Python's round, halves to even, as tf.round.
+    top, left = tf.round((new_h - image_size) / 2.0), tf.round((new_w - image_size) / 2.0)
+    sy, sx = h / new_h, w / new_w  # PIL's scale: source pixels per output pixel
+    box = tf.stack([left * sx, top * sy, (left + image_size) * sx, (top + image_size) * sy])
+    # The filter reaches `support` output pixels, i.e. support * scale source pixels when shrinking.
+    reach = tf.stack([support * tf.maximum(sx, 1.0), support * tf.maximum(sy, 1.0)]) + 1.0
+    lo = tf.maximum(tf.floor(box[:2] - reach), 0.0)
+    hi = tf.minimum(tf.math.ceil(box[2:] + reach), tf.stack([w, h]))
+    return tf.cast(tf.stack([lo[1], lo[0], hi[1] - lo[1], hi[0] - lo[0]]), tf.int32), box - tf.concat([lo, lo], 0)
+
+  img, _, shape = _decode_window(data, lambda h, w: geometry(h, w)[0])
+  img = resize(img, [image_size, image_size], interpolation, box=geometry(shape[0], shape[1])[1])
   img.set_shape([image_size, image_size, 3])
   return img
 
@@ -134,52 +151,11 @@ def normalize(img: tf.Tensor, mean: Sequence[float], std: Sequence[float]) -> tf
   return (x - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
 
 
-def random_erase(x: tf.Tensor, seed, prob: float) -> tf.Tensor:
-  """timm RandomErasing (mode 'pixel', one box) on a normalised float image [H, W, C].
-
-  With probability `prob`, a box of area U(2%, 1/3) of the image and aspect log-uniform in
-  (0.3, 1/0.3) (ten tries to fit strictly inside) is filled with per-pixel N(0, 1) noise.
-  """
-  s_apply, s_area, s_aspect, s_top, s_left, s_noise = split(seed, 6)
-  shape = tf.shape(x)
-  height, width = shape[0], shape[1]
-  area = tf.cast(height * width, tf.float32)
-  target = area * uniform(s_area, [_TRIES], *_ERASE_AREA)
-  aspect = tf.exp(uniform(s_aspect, [_TRIES], math.log(_ERASE_ASPECT[0]), math.log(_ERASE_ASPECT[1])))
-  hs = tf.cast(tf.round(tf.sqrt(target * aspect)), tf.int32)
-  ws = tf.cast(tf.round(tf.sqrt(target / aspect)), tf.int32)
-  fits = (ws < width) & (hs < height)
-  first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
-  do = (uniform(s_apply) < prob) & tf.reduce_any(fits)
-
-  def erase():
-    h, w = hs[first], ws[first]
-    top, left = randint(s_top, height - h), randint(s_left, width - w)
-    rows = tf.range(height)[:, None, None]
-    cols = tf.range(width)[None, :, None]
-    box = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)
-    noise = tf.random.stateless_normal(shape, s_noise, dtype=x.dtype)
-    return tf.where(box, noise, x)
-
-  return tf.cond(do, erase, lambda: x)
-
-
-def train_transform(data: tf.Tensor, seed, *, image_size: int, interpolation: str,
-                    scale: Sequence[float], ratio: Sequence[float], hflip: bool,
-                    randaug_num_ops: int, randaug_magnitude: float, randaug_magnitude_std: float,
-                    random_erase_prob: float, mean: Sequence[float], std: Sequence[float]) -> tf.Tensor:
-  """Encoded image bytes -> normalised float32 [image_size, image_size, 3] (the full train recipe)."""
-  s_crop, s_flip, s_ra, s_erase = split(seed, 4)
-  img = decode_and_crop(data, lambda h, w: rrc_window(s_crop, h, w, scale, ratio))
+def train_crop(data: tf.Tensor, seed, *, image_size: int, interpolation: str, scale: Sequence[float],
+               ratio: Sequence[float]) -> tf.Tensor:
+  """Encoded image bytes -> uint8 [image_size, image_size, 3]: the recipe's random resized crop,
+  all of it that runs on the host (`device_augment` does the rest in the train step)."""
+  img = decode_and_crop(data, lambda h, w: rrc_window(seed, h, w, scale, ratio))
   img = resize(img, [image_size, image_size], interpolation)
-  if hflip:
-    img = tf.where(uniform(s_flip) < 0.5, img[:, ::-1], img)
-  if randaug_num_ops > 0:
-    fill = tuple(min(255, round(255 * m)) for m in mean)  # timm's img_mean fill colour
-    img = randaugment(img, s_ra, randaug_num_ops, randaug_magnitude, randaug_magnitude_std, fill,
-                      interpolation=interpolation)
-  x = normalize(img, mean, std)
-  if random_erase_prob > 0:
-    x = random_erase(x, s_erase, random_erase_prob)
-  x.set_shape([image_size, image_size, 3])
-  return x
+  img.set_shape([image_size, image_size, 3])
+  return img

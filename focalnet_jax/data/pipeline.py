@@ -7,7 +7,9 @@ TF-free datasets of their own; `focalnet_jax.data.from_config` picks among all o
 
 Train batches are a pure function of (config, step, process): epoch e = step // steps_per_epoch
 is shuffled from a seed of (seed, e, process), each example is augmented with stateless random
-ops seeded by (seed, e, process, position in the epoch), and tf.data runs deterministically.
+ops seeded by (seed, e, process, position in the epoch), and tf.data runs deterministically; the
+host decodes and crops, and the train step does the rest of the recipe (`device_augment`), keyed
+by (seed, step, position in the batch).
 Resuming at `start_step` starts inside epoch e at the right position, so a resumed run sees
 exactly the batches an uninterrupted one would. Epochs drop their last partial batch.
 
@@ -64,12 +66,10 @@ def get_info(config) -> DatasetInfo:
   return DatasetInfo(len(names), num_train, src.num_examples(config.eval_split), names)
 
 
-def _aug_kwargs(config) -> dict[str, Any]:
+def _crop_kwargs(config) -> dict[str, Any]:
   a = config.aug
   return dict(image_size=config.image_size, interpolation=config.interpolation, scale=tuple(a.rrc_scale),
-              ratio=tuple(a.rrc_ratio), hflip=a.hflip, randaug_num_ops=a.randaug_num_ops,
-              randaug_magnitude=float(a.randaug_magnitude), randaug_magnitude_std=float(a.randaug_magnitude_std),
-              random_erase_prob=float(a.random_erase_prob), mean=tuple(a.mean), std=tuple(a.std))
+              ratio=tuple(a.rrc_ratio))
 
 
 def _plain(tf, fn):
@@ -98,8 +98,8 @@ def _decode_error(err, paths: list[str]) -> ValueError:
 
 @functools.lru_cache(maxsize=8)
 def _train_example_fn(reads_files: bool, kwargs: tuple):
-  """(position, bytes or path, epoch seed) -> augmented image, traced once per setting: tracing
-  the RandAugment graph takes seconds, and epochs (and iterators) reuse it."""
+  """(position, bytes or path, epoch seed) -> uint8 random resized crop, traced once per setting
+  (epochs and iterators reuse it)."""
   tf = import_tf()
   from focalnet_jax.data import augment
 
@@ -108,7 +108,7 @@ def _train_example_fn(reads_files: bool, kwargs: tuple):
   def fn(pos, data, base):
     if reads_files:
       data = tf.io.read_file(data)
-    return augment.train_transform(data, tf.random.experimental.stateless_fold_in(base, pos), **dict(kwargs))
+    return augment.train_crop(data, tf.random.experimental.stateless_fold_in(base, pos), **dict(kwargs))
   return fn
 
 
@@ -136,7 +136,8 @@ class _Background:
 
 def train_iterator(config, *, start_step: int = 0, process_index: int = 0,
                    process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
-  """Infinite augmented train batches {'image': f32 (B, S, S, 3), 'label': i32 (B,)}, B = batch_size / processes.
+  """Infinite train batches {'image': uint8 (B, S, S, 3), 'label': i32 (B,)}, B = batch_size / processes:
+  random resized crops, which the train step augments further and normalises (`device_augment`).
 
   The batch at step t depends only on (config, t, process_index, process_count); see module doc.
   """
@@ -148,7 +149,7 @@ def train_iterator(config, *, start_step: int = 0, process_index: int = 0,
   if steps_per_epoch == 0:
     raise ValueError(f"batch_size {config.batch_size} exceeds the {num_train} train examples.")
   n_take = steps_per_epoch * batch
-  opts, kwargs = _options(config), _aug_kwargs(config)
+  opts, kwargs = _options(config), _crop_kwargs(config)
   parallel = config.data_threads or tf.data.AUTOTUNE
 
   transform_one = _train_example_fn(src.reads_files, tuple(sorted(kwargs.items())))

@@ -46,6 +46,8 @@ def synthetic_iterator(config, num_classes: int, *, start_step: int = 0, process
 class SyntheticData:
   """The synthetic dataset behind `config.dataset = 'synthetic'` (see `focalnet_jax.data.Dataset`)."""
 
+  train_image_dtype = np.float32  # ready images, used as they are
+
   def info(self, config) -> DatasetInfo:
     del config
     return DatasetInfo(NUM_CLASSES, NUM_TRAIN, NUM_EVAL, tuple(f"class_{i}" for i in range(NUM_CLASSES)))

@@ -103,8 +103,10 @@ class Compiled:
     return sum(b for _, b in self.traffic.values())
 
 
-def abstract_program(config: Any, mode: str, num_classes: int, num_train: int) -> tuple[Any, tuple, dict]:
-  """(function, abstract arguments, jit options) of the step the benchmark times, for `config`."""
+def abstract_program(config: Any, mode: str, num_classes: int, num_train: int,
+                     image_dtype: str) -> tuple[Any, tuple, dict]:
+  """(function, abstract arguments, jit options) of the step the benchmark times, for `config`; train
+  images of `image_dtype` ('uint8': the crops the tf.data pipeline ships, augmented in the step)."""
   import jax
   import jax.numpy as jnp
 
@@ -113,7 +115,8 @@ def abstract_program(config: Any, mode: str, num_classes: int, num_train: int) -
 
   model, _ = train_state.build_model(config, num_classes)
   size, batch = config.image_size, config.batch_size
-  images = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
+  images = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8 if mode == "train" and image_dtype == "uint8"
+                                else jnp.float32)
   if mode == "infer":
     params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3))))["params"]
     return forward_fn(model, config.model.chunk_elements), (params, images), {}
@@ -153,7 +156,7 @@ def compile_variant(args: argparse.Namespace, spec: str, device: Any) -> Compile
   sharding = jax.sharding.SingleDeviceSharding(device)
   t0 = time.perf_counter()
   try:
-    fn, abstract, options = abstract_program(config, args.mode, num_classes, benchmark.NUM_TRAIN)
+    fn, abstract, options = abstract_program(config, args.mode, num_classes, benchmark.NUM_TRAIN, args.images)
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), abstract)
     compiled = jax.jit(fn, **options).trace(*abstract).lower().compile()
   except Exception as e:  # noqa: BLE001 - one variant that does not compile is a row, not the end
@@ -200,6 +203,9 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--image-size", type=int, default=224)
   p.add_argument("--mode", choices=("infer", "train"), default="train")
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16")
+  p.add_argument("--images", choices=("float32", "uint8"), default="float32",
+                 help="train: ready float32 images, or the uint8 crops of the tf.data pipeline, which the step "
+                      "flips, RandAugments, normalises and erases")
   p.add_argument("--config", default=None, help="training config (path[:arg]); default configs/default.py")
   p.add_argument("--chunk-elements", default="0", help="infer: activation elements per stage chunk (0 = none)")
   p.add_argument("--variant", action="append", default=None,

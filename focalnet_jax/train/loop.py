@@ -30,14 +30,15 @@ from focalnet_jax.train import state as state_lib
 from focalnet_jax.train import step as step_lib
 from focalnet_jax.train import workdir as workdir_lib
 
-def compile_step(step_fn, state_sh, batch_sh, metric_names, abstract_sh, config):
-  """The train step jitted over the mesh (state donated) and compiled ahead of the first batch."""
+def compile_step(step_fn, state_sh, batch_sh, metric_names, abstract_sh, config, image_dtype):
+  """The train step jitted over the mesh (state donated) and compiled ahead of the first batch, for
+  train images of `image_dtype` (the dataset's `train_image_dtype`)."""
   repl = NamedSharding(batch_sh.mesh, P())
   train_step = jax.jit(step_fn, in_shardings=(state_sh, {"image": batch_sh, "label": batch_sh}, repl),
                        out_shardings=(state_sh, {k: (repl, repl) for k in metric_names}), donate_argnums=(0,))
   size = config.image_size
   batch = {
-      "image": jax.ShapeDtypeStruct((config.batch_size, size, size, 3), jnp.float32, sharding=batch_sh),
+      "image": jax.ShapeDtypeStruct((config.batch_size, size, size, 3), image_dtype, sharding=batch_sh),
       "label": jax.ShapeDtypeStruct((config.batch_size,), jnp.int32, sharding=batch_sh),
   }
   t0 = time.time()
@@ -244,7 +245,8 @@ def _start(config, workdir: str, data: data_lib.Dataset, mesh) -> tuple[Run, int
     workdir_lib.write_config(workdir, config.to_json_best_effort(indent=2), latest or 0)
   step_fn = step_lib.make_train_step(model, tx, config, info.num_classes, lr_fn,
                                      NamedSharding(mesh, P(None, sharding.AXES)))
-  train_step = compile_step(step_fn, state_sh, batch_sh, step_lib.metric_names(config), abstract_sh, config)
+  train_step = compile_step(step_fn, state_sh, batch_sh, step_lib.metric_names(config), abstract_sh, config,
+                            data.train_image_dtype)
   logits_fn = eval_lib.model_logits_fn(model, config.model.chunk_elements)
   eval_step = jax.jit(eval_lib.make_eval_step(logits_fn, info.num_classes), out_shardings=sharding.replicated(mesh))
   # The model's resolved values ('auto' made concrete); chunking is not a model field.

@@ -1,6 +1,7 @@
 """The pure training update: (state, batch, base_rng) -> (state, metrics).
 
-One step is: mixup/cutmix and label smoothing on device, forward and backward (optionally over
+One step is: the per-image augmentations of uint8 batches (`data.device_augment`; float32
+batches arrive ready), mixup/cutmix and label smoothing on device, forward and backward (optionally over
 micro-batches, `accumulate_gradients`), clipped AdamW (`optim`), and the EMA of the weights. The
 state is a plain dict {'step', 'params', 'opt_state'[, 'ema_params']}; metrics are (sum, count)
 pairs, divided on the host. Randomness is `fold_in(base_rng, step)`, so a resumed run draws
@@ -16,9 +17,11 @@ import ml_collections
 import optax
 from jax.sharding import NamedSharding
 
+from focalnet_jax.data import device_augment
 from focalnet_jax.train import mixup
 
 State = dict[str, Any]
+_AUGMENT_STREAM = 2  # fold_in(step key, this): the per-example augmentation keys, apart from mixup's and dropout's
 StepFn = Callable[[State, dict, jax.Array], tuple[State, dict]]
 
 
@@ -92,9 +95,13 @@ def make_train_step(
 
   def step_fn(state: State, batch: dict, base_rng: jax.Array) -> tuple[State, dict]:
     step = state["step"]
-    mix_rng, drop_rng = jax.random.split(jax.random.fold_in(base_rng, step))
+    step_rng = jax.random.fold_in(base_rng, step)
+    mix_rng, drop_rng = jax.random.split(step_rng)
+    images = batch["image"]
+    if images.dtype == jnp.uint8:  # crops still to augment (flip, RandAugment, erasing) and normalise
+      images = device_augment.augment_batch(jax.random.fold_in(step_rng, _AUGMENT_STREAM), images, config)
     images, targets, _ = mixup.mix(
-        mix_rng, batch["image"], batch["label"], num_classes=num_classes,
+        mix_rng, images, batch["label"], num_classes=num_classes,
         mixup_alpha=config.mixup_alpha, cutmix_alpha=config.cutmix_alpha, prob=config.mixup_prob,
         switch_prob=config.mixup_switch_prob, label_smoothing=config.label_smoothing,
     )
